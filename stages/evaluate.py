@@ -1,0 +1,55 @@
+"""Stage evaluate: every strategy's target classifier (and the source model as is, the
+source-only baseline) on the held-out target test set: metrics, confusions, comparison."""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from transferlab.evaluation import compare, predict
+from transferlab.io import atomic_path, load_arrays, load_state_dict, run_stage, write_csv, write_json
+from transferlab.models import classifier_from_state
+from transferlab.train import make_deterministic, pick_device
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("models", type=Path, help="directory of target classifiers, one per strategy")
+    ap.add_argument("--source-model", type=Path, required=True)
+    ap.add_argument("--test", type=Path, required=True, help="prepared target test arrays")
+    ap.add_argument("--metrics", type=Path, required=True, help="output: summary JSON")
+    ap.add_argument("--per-class", type=Path, required=True, help="output: per-class JSON")
+    ap.add_argument("--comparison", type=Path, required=True, help="output: comparison CSV")
+    ap.add_argument("--confusion", type=Path, required=True, help="output: directory of CSVs")
+    args = ap.parse_args(argv)
+
+    make_deterministic(0)
+    device = pick_device()
+    test = load_arrays(args.test)
+    x_test, y_test = torch.from_numpy(test["x_test"]).to(device), test["y_test"]
+    num_classes = int(y_test.max()) + 1
+    models = {p.stem: p for p in sorted(args.models.glob("*.safetensors"))}
+    models["source_only"] = args.source_model
+    predictions = {}
+    for name, path in models.items():
+        model = classifier_from_state(*load_state_dict(path)).to(device)
+        if model.head.out_features == num_classes:  # source-only needs the same label set
+            predictions[name] = predict(model, x_test)
+    scores = compare(predictions, y_test, num_classes)
+
+    write_json(args.metrics, {name: {k: v for k, v in s.items() if k != "per_class_accuracy"}
+                              for name, s in scores.items()})
+    write_json(args.per_class, {name: s["per_class_accuracy"] for name, s in scores.items()})
+    write_csv(args.comparison, ["strategy", "accuracy", "macro_f1", "gain_over_scratch"],
+              [[n, s["accuracy"], s["macro_f1"], s.get("gain_over_scratch", "")]
+               for n, s in scores.items()])
+    with atomic_path(args.confusion) as tmp:
+        tmp.mkdir()
+        for name, pred in predictions.items():
+            write_csv(tmp / f"{name}.csv", ["actual", "predicted"], zip(y_test.tolist(), pred.tolist()))
+    for name, s in scores.items():
+        print(f"{name:12s} accuracy {s['accuracy']:.4f}  macro-F1 {s['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

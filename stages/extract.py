@@ -1,0 +1,38 @@
+"""Stage extract: features of the target shots and validation set by the frozen source encoder,
+computed once for the feature-transfer strategy, plus feature-space diagnostics."""
+
+import argparse
+from pathlib import Path
+
+from transferlab.io import load_arrays, load_state_dict, run_stage, save_arrays, write_json
+from transferlab.models import classifier_from_state
+from transferlab.params import load_params
+from transferlab.source import extract_features, feature_diagnostics
+from transferlab.train import make_deterministic, pick_device, to_device
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("model", type=Path, help="source model")
+    ap.add_argument("target", type=Path, help="prepared target arrays (shots and validation)")
+    ap.add_argument("out", type=Path, help="output: target features")
+    ap.add_argument("--metrics", type=Path, required=True)
+    args = ap.parse_args(argv)
+    batch_size = load_params().extract.batch_size
+
+    make_deterministic(0)
+    device = pick_device()
+    encoder = classifier_from_state(*load_state_dict(args.model)).encoder.to(device)
+    target = to_device(load_arrays(args.target), device)
+    features = {"train_features": extract_features(encoder, target["x_train"], batch_size),
+                "val_features": extract_features(encoder, target["x_val"], batch_size),
+                "y_train": target["y_train"].cpu().numpy(), "y_val": target["y_val"].cpu().numpy()}
+    save_arrays(args.out, features)
+    diagnostics = feature_diagnostics(features["train_features"], features["y_train"],
+                                      features["val_features"], features["y_val"])
+    write_json(args.metrics, diagnostics)
+    print(diagnostics)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,36 @@
+"""Stage pretrain: train the source model on the source train split (selection: source val)."""
+
+import argparse
+from pathlib import Path
+
+from transferlab.io import (load_arrays, run_stage, save_state_dict, write_history,
+                            write_json)
+from transferlab.models import model_metadata
+from transferlab.params import load_params
+from transferlab.source import pretrain
+from transferlab.train import make_deterministic, pick_device, to_device
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("source", type=Path, help="prepared source arrays")
+    ap.add_argument("model", type=Path, help="output: source model (safetensors)")
+    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--curve", type=Path, required=True, help="output: training curve CSV")
+    args = ap.parse_args(argv)
+    params = load_params()
+
+    make_deterministic(params.pretrain.seed)
+    source = to_device(load_arrays(args.source), pick_device())
+    model, result = pretrain(source, params.model.widths, params.pretrain)
+
+    meta = model_metadata(source["x_train"].shape[1], params.model.widths, model.head.out_features)
+    save_state_dict(args.model, model.state_dict(), meta)
+    write_json(args.metrics, {"source_val_accuracy": round(result.best_val_accuracy, 4),
+                              "best_step": result.best_step})
+    write_history(args.curve, result.history)
+    print(f"source val accuracy {result.best_val_accuracy:.4f} at step {result.best_step}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,175 @@
+"""The schema of params.yaml: every knob, its type and range; typos and bad values stop early.
+
+`load_params()` validates the whole file, so a misspelt key anywhere fails every stage that
+runs, with the key's dotted path, what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from transferlab.io import UserError
+
+STRATEGIES = ("scratch", "finetune", "features", "structure", "joint")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Data(Strict):
+    source: Literal["mnist_5k", "uci_digits"]
+    target: Literal["mnist_5k", "uci_digits"]
+
+
+class Prepare(Strict):
+    image_size: int = Field(ge=8, le=64)
+    crop: Literal["bbox", "none"]  # centre each digit on its square bounding box
+    bottleneck_size: int = Field(ge=0, le=64)  # pass both domains through this size; 0 = off
+    scale: Literal["max", "none"]  # each image divided by its own maximum
+    source_val_fraction: float = Field(gt=0, lt=1)
+    target_test_fraction: float = Field(gt=0, lt=1)
+    target_val_per_class: int = Field(ge=1)
+    split_seed: int = Field(ge=0)  # fixes the target test set across seeds
+    shots: int = Field(ge=1)  # labelled target images per class
+
+
+class Model(Strict):
+    widths: list[int] = Field(min_length=1, max_length=6)
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if any(w < 1 for w in self.widths):
+            raise ValueError(f"model.widths must all be >= 1, got {list(self.widths)}")
+        return self
+
+
+class Optim(Strict):
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0, le=10)
+    weight_decay: float = Field(ge=0)
+    shift_px: int = Field(ge=0, le=8)  # random translation, augmentation
+
+
+class Pretrain(Optim):
+    epochs: int = Field(ge=1)
+    seed: int = Field(ge=0)
+
+
+class Extract(Strict):
+    batch_size: int = Field(ge=1)
+
+
+class Steps(Optim):
+    steps: int = Field(ge=1)
+
+
+class Scratch(Steps):
+    pass
+
+
+class Finetune(Steps):
+    frozen_blocks: int = Field(ge=0)
+    backbone_lr_mult: float = Field(ge=0)
+    l2sp_weight: float = Field(ge=0)
+
+
+class Features(Strict):
+    C: float = Field(gt=0)
+
+
+class Structure(Steps):
+    copied_blocks: int = Field(ge=0)
+    freeze_copied: bool
+
+
+class Joint(Steps):
+    target_weight: float = Field(gt=0)  # the λ of L_source + λ·L_target
+
+
+class Transfer(Strict):
+    scratch: Scratch
+    finetune: Finetune
+    features: Features
+    structure: Structure
+    joint: Joint
+
+
+class Params(Strict):
+    seed: int = Field(ge=0)  # shot draw + initialisation of transfer
+    data: Data
+    prepare: Prepare
+    model: Model
+    pretrain: Pretrain
+    extract: Extract
+    transfer: Transfer
+
+    @model_validator(mode="after")
+    def _blocks_exist(self):
+        n = len(self.model.widths)
+        for key, value in (("transfer.finetune.frozen_blocks", self.transfer.finetune.frozen_blocks),
+                           ("transfer.structure.copied_blocks", self.transfer.structure.copied_blocks)):
+            if value > n:
+                raise ValueError(f"{key}={value} but the encoder has {n} blocks (model.widths); "
+                                 f"use 0..{n}")
+        return self
+
+
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _submodel(loc: tuple) -> type[BaseModel]:
+    model: type[BaseModel] = Params
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model
+
+
+def _explain(err: ValidationError, raw: dict) -> str:
+    first = err.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(_submodel(loc[:-1]))
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f"did you mean '{'.'.join(loc[:-1] + (close[0],))}'? " if close else ""
+        return f"params.yaml: unknown key '{key}': {hint}allowed here: {', '.join(allowed)}"
+    if first["type"] == "missing":
+        return f"params.yaml: key '{key}' is missing: add it (see the README's params section)"
+    if not loc:  # a model-level check: the message names its keys
+        return f"params.yaml: {first['msg'].removeprefix('Value error, ')}"
+    given = first.get("input")
+    return f"params.yaml: {key}={given!r} is invalid: {first['msg'].removeprefix('Value error, ')}"
+
+
+def parse_params(raw: object) -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError("params.yaml must be a mapping of sections (seed, data, prepare, ...)")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_explain(err, raw)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found: run from the repository root")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}: fix the syntax") from None
+    return parse_params(raw)

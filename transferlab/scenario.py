@@ -1,0 +1,123 @@
+"""The transfer scenario: both domains aligned to one input format, then split and sampled.
+
+Alignment matters more than any method here. Measured once (3-conv net, 16x16, 8 epochs on the
+5,000 MNIST digits): source-only accuracy on the UCI digits is 10 % with a plain resize (MNIST
+digits sit inside a 4-pixel empty border, UCI digits fill their frame), 63 % with each digit
+centred on its square bounding box, 78 % when both domains also pass through the target's 8x8
+resolution and each image is scaled to a maximum of 1.
+
+Splits: the target is split once by `split_seed` into train pool / validation / test (so the
+test set is the same for every seed and every k); the k shots per class are drawn from the
+pool by `seed`, as a prefix of one per-class permutation, so the 5-shot draw contains the
+1-shot draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from transferlab.datasets import RawDataset
+from transferlab.io import UserError
+from transferlab.params import Prepare
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 1, H, W) float -> (N, 1, size, size); antialiased so downscaling averages ink."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def crop_to_bbox(image: np.ndarray) -> np.ndarray:
+    """The smallest square around the inked pixels, centred on them, zero-padded where needed."""
+    rows, cols = np.nonzero(image)
+    if rows.size == 0:
+        return image
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    side = max(bottom - top, right - left)
+    out = np.zeros((side, side), dtype=image.dtype)
+    dy, dx = (side - (bottom - top)) // 2, (side - (right - left)) // 2
+    out[dy:dy + bottom - top, dx:dx + right - left] = image[top:bottom, left:right]
+    return out
+
+
+def align(raw: RawDataset, p: Prepare) -> np.ndarray:
+    """Raw images -> (N, 1, image_size, image_size) uint8, the same framing in both domains."""
+    first_size = p.bottleneck_size or p.image_size
+    x = torch.from_numpy(raw.images.astype(np.float32) / raw.max_value)
+    if p.crop == "bbox":
+        x = torch.cat([_resize(torch.from_numpy(crop_to_bbox(img.numpy()))[None, None], first_size)
+                       for img in x])
+    else:
+        x = _resize(x[:, None], first_size)
+    x = _resize(x, p.image_size).clamp_(0, 1)
+    if p.scale == "max":
+        x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (x * 255).round_().to(torch.uint8).numpy()
+
+
+def split_stratified(labels: np.ndarray, seed: int, **take: float | int) -> dict[str, np.ndarray]:
+    """Per class, a seeded permutation cut into named parts; the part named `rest` gets the rest.
+
+    A float takes that fraction of the class (rounded), an int that many images per class.
+    """
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in [*take, "rest"]}
+    for c in np.unique(labels):
+        idx = np.random.default_rng([seed, int(c)]).permutation(np.flatnonzero(labels == c))
+        start = 0
+        for name, amount in take.items():
+            n = round(amount * idx.size) if isinstance(amount, float) else amount
+            parts[name].append(idx[start:start + n])
+            start += n
+        parts["rest"].append(idx[start:])
+    return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+
+
+def draw_shots(labels: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """`shots` pool indices per class; nested in `shots` for a fixed seed."""
+    drawn = []
+    for c in np.unique(labels[pool]):
+        members = pool[labels[pool] == c]
+        if members.size < shots:
+            raise UserError(f"prepare.shots={shots} but class {c} has only {members.size} images in "
+                            f"the target train pool: lower prepare.shots or "
+                            f"prepare.target_test_fraction / prepare.target_val_per_class")
+        drawn.append(np.random.default_rng([seed, int(c)]).permutation(members)[:shots])
+    return np.sort(np.concatenate(drawn))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    source: dict[str, np.ndarray]       # x_train, y_train, x_val, y_val
+    target: dict[str, np.ndarray]       # x_train, y_train (the shots), x_val, y_val
+    target_test: dict[str, np.ndarray]  # x_test, y_test: read by evaluate only
+    summary: dict[str, int]
+
+
+def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int) -> Scenario:
+    if set(np.unique(source.labels)) != set(np.unique(target.labels)):
+        raise UserError("source and target label sets differ: choose datasets with the same classes")
+    xs, xt = align(source, p), align(target, p)
+    s = split_stratified(source.labels, p.split_seed, val=p.source_val_fraction)
+    t = split_stratified(target.labels, p.split_seed, test=p.target_test_fraction,
+                         val=p.target_val_per_class)
+    if min(np.bincount(target.labels[t["val"]])) < p.target_val_per_class:
+        raise UserError(f"prepare.target_val_per_class={p.target_val_per_class} exceeds what a "
+                        f"class has after the test split: lower it or prepare.target_test_fraction")
+    shots = draw_shots(target.labels, t["rest"], p.shots, seed)
+    summary = {"source_train": s["rest"].size, "source_val": s["val"].size,
+               "target_pool": t["rest"].size, "target_train": shots.size,
+               "target_val": t["val"].size, "target_test": t["test"].size,
+               "classes": int(np.unique(target.labels).size), "shots": p.shots}
+    return Scenario(
+        source={"x_train": xs[s["rest"]], "y_train": source.labels[s["rest"]],
+                "x_val": xs[s["val"]], "y_val": source.labels[s["val"]]},
+        target={"x_train": xt[shots], "y_train": target.labels[shots],
+                "x_val": xt[t["val"]], "y_val": target.labels[t["val"]]},
+        target_test={"x_test": xt[t["test"]], "y_test": target.labels[t["test"]]},
+        summary={k: int(v) for k, v in summary.items()},
+    )

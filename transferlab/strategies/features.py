@@ -1,0 +1,45 @@
+"""Feature transfer: freeze the source encoder z, fit a new classifier g on its features.
+min_g L(g(z(x)); D_target), with g = standardisation + multinomial logistic regression
+(scikit-learn, L2 strength 1/C) fitted on features that `extract` computed once.
+
+The fitted g is folded into a linear head on the source encoder, so the result is an ordinary
+Classifier and `evaluate` treats it like every other strategy (no pickled estimator on disk).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from transferlab.models import Classifier
+from transferlab.params import Features
+from transferlab.strategies import Inputs, Outcome
+
+
+def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, C: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (classes, features) and bias (classes,) of logits = x @ W.T + b, scaler folded in."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_train)
+    clf = LogisticRegression(C=C, max_iter=5000).fit(scaler.transform(x_train), y_train)
+    if not np.array_equal(clf.classes_, np.arange(clf.classes_.size)) or clf.classes_.size < 3:
+        raise ValueError(f"need labels 0..K-1 with K >= 3 in the shots, got {clf.classes_}")
+    weight = clf.coef_ / scaler.scale_  # (x - mean) / scale @ coef.T + b, expanded
+    return weight, clf.intercept_ - weight @ scaler.mean_
+
+
+def run(inputs: Inputs, cfg: Features) -> Outcome:
+    feats = inputs.load_features()
+    weight, bias = fit_linear_probe(feats["train_features"], feats["y_train"], cfg.C)
+    val_logits = feats["val_features"] @ weight.T + bias
+    val_accuracy = float((val_logits.argmax(1) == feats["y_val"]).mean())
+
+    model = Classifier(inputs.in_channels, inputs.widths, inputs.num_classes)
+    model.encoder.load_state_dict(inputs.load_source_model().encoder.state_dict(), strict=True)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(weight[:inputs.num_classes]))
+        model.head.bias.copy_(torch.from_numpy(bias[:inputs.num_classes]))
+    model.eval()
+    return Outcome(model, None, {"val_accuracy": val_accuracy})

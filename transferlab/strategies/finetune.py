@@ -1,0 +1,46 @@
+"""Parameter transfer: start from the source encoder, attach a new head, fine-tune on the target.
+min_theta L(theta; D_target) + alpha/2 ||w - w_source||^2   (L2-SP: Li, Grandvalet & Davoine,
+"Explicit inductive bias for transfer learning with convolutional networks", ICML 2018).
+
+Options: the first `frozen_blocks` encoder blocks stay fixed (BatchNorm statistics included);
+the encoder learns at `lr * backbone_lr_mult`; with L2-SP on, the encoder is pulled towards the
+source weights instead of towards zero (AdamW's decay applies to the head only).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from transferlab.models import Classifier, freeze, new_head
+from transferlab.params import Finetune
+from transferlab.strategies import Inputs, Outcome, fit_on_target, trainable
+
+
+def run(inputs: Inputs, cfg: Finetune) -> Outcome:
+    torch.manual_seed(inputs.seed)
+    source = inputs.load_source_model()
+    model = Classifier(inputs.in_channels, inputs.widths, inputs.num_classes)
+    model.encoder.load_state_dict(source.encoder.state_dict(), strict=True)
+    model.head = new_head(model.encoder.out_features, inputs.num_classes)
+    frozen = model.encoder.block_names[:cfg.frozen_blocks]
+    for name in frozen:
+        freeze(model.encoder.block(name))
+    model.to(inputs.target["x_train"].device)
+
+    backbone = trainable(model.encoder)
+    penalty = None
+    if cfg.l2sp_weight > 0:
+        anchor = [p.detach().clone() for p in backbone]
+
+        def penalty() -> torch.Tensor:
+            return 0.5 * cfg.l2sp_weight * sum(((p - a) ** 2).sum() for p, a in zip(backbone, anchor))
+
+    groups = [
+        {"params": backbone, "lr": cfg.lr * cfg.backbone_lr_mult,
+         "weight_decay": 0.0 if cfg.l2sp_weight > 0 else cfg.weight_decay},
+        {"params": list(model.head.parameters()), "lr": cfg.lr},
+    ]
+    if cfg.backbone_lr_mult == 0:
+        groups = groups[1:]
+    result = fit_on_target(model, groups, inputs, cfg, penalty=penalty)
+    return Outcome(model, result, {"frozen_blocks": frozen})
