@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -61,13 +62,26 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Seq
         writer.writerows([[round(v, 6) if isinstance(v, float) else v for v in row] for row in rows])
 
 
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same file with its JSON header key-sorted: the safetensors writer orders the header
+    from a hash map, so the same tensors can give different bytes from one process to the next."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format aligns the data section to 8 bytes
+    return struct.pack("<Q", len(header)) + header + blob[8 + n:]
+
+
+def _write_bytes(path: str | os.PathLike, blob: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+
+
 def save_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
                 metadata: Mapping[str, str] | None = None) -> None:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    arrays = {k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())}
-    with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp), metadata=dict(metadata or {}))
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    _write_bytes(path, canonical_safetensors(save(arrays, metadata=dict(metadata or {}))))
 
 
 def write_history(path: str | os.PathLike, history: Sequence[Mapping]) -> None:
@@ -96,11 +110,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def save_state_dict(path: str | os.PathLike, state: Mapping, metadata: Mapping[str, str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    state = {k: v.detach().cpu().contiguous() for k, v in sorted(state.items())}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=dict(metadata))
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    _write_bytes(path, canonical_safetensors(save(state, metadata=dict(metadata))))
 
 
 def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:

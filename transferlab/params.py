@@ -140,7 +140,8 @@ def _explain(err: ValidationError, raw: dict) -> str:
     key = ".".join(loc)
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(_submodel(loc[:-1]))
-        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        close = ([a for a in allowed if a.startswith(loc[-1]) or loc[-1].startswith(a)]
+                 or difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.5))
         hint = f"did you mean '{'.'.join(loc[:-1] + (close[0],))}'? " if close else ""
         return f"params.yaml: unknown key '{key}': {hint}allowed here: {', '.join(allowed)}"
     if first["type"] == "missing":

@@ -1,0 +1,29 @@
+# Two commands on a fresh clone (Python 3.11, pip, git): `make run` and `make test`.
+# Both create .venv and install the project on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## the default experiment: every stage that is out of date, then the results
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc metrics show metrics/evaluate.json
+
+test: $(STAMP)  ## the whole suite, end-to-end dvc runs included (what CI runs)
+	PATH="$(CURDIR)/$(BIN):$$PATH" pytest
+
+test-fast: $(STAMP)  ## without the end-to-end dvc runs
+	PATH="$(CURDIR)/$(BIN):$$PATH" pytest -m "not slow"
+
+clean:  ## remove the pipeline's cached outputs (the DVC cache keeps them: `dvc checkout`)
+	rm -rf data/raw data/prepared data/features models

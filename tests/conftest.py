@@ -1,0 +1,68 @@
+"""Shared fixtures: the repository's params.yaml with small overrides, and tiny in-memory data."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from transferlab.params import Params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough that each stage takes a second or two, big enough to exercise every code path.
+TINY = {
+    "prepare": {"image_size": 8, "shots": 2, "target_val_per_class": 3},
+    "model": {"widths": [4, 8, 8]},
+    "pretrain": {"epochs": 1, "batch_size": 256},
+    "transfer": {name: {"steps": 4, "batch_size": 16}
+                 for name in ("scratch", "finetune", "structure", "joint")},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def repo_params_dict() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def tiny_params_dict(**sections) -> dict:
+    return merge(merge(repo_params_dict(), TINY), sections)
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    return parse_params(tiny_params_dict())
+
+
+def make_images(n_per_class: int, num_classes: int = 4, size: int = 8, seed: int = 0):
+    """Class c is a bright bar at row 2c (plus noise): learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(num_classes), n_per_class)
+    x = rng.integers(0, 40, size=(len(y), 1, size, size)).astype(np.uint8)
+    for i, c in enumerate(y):
+        x[i, 0, (2 * c) % size, :] = 255
+    return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+
+@pytest.fixture
+def tiny_target():
+    x_train, y_train = make_images(3, seed=1)
+    x_val, y_val = make_images(4, seed=2)
+    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+
+
+@pytest.fixture
+def tiny_source():
+    x_train, y_train = make_images(20, seed=3)
+    x_val, y_val = make_images(5, seed=4)
+    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}

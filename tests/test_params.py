@@ -1,0 +1,50 @@
+import pytest
+
+from tests.conftest import ROOT, merge, repo_params_dict
+from transferlab.io import UserError
+from transferlab.params import load_params, parse_params
+
+
+def test_repository_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.prepare.shots >= 1 and params.model.widths
+
+
+@pytest.mark.parametrize("override, expected", [
+    ({"prepare": {"shot": 5}}, "unknown key 'prepare.shot': did you mean 'prepare.shots'?"),
+    ({"trasfer": {}}, "unknown key 'trasfer': did you mean 'transfer'?"),
+    ({"transfer": {"finetune": {"l2sp": 0.1}}}, "did you mean 'transfer.finetune.l2sp_weight'?"),
+    ({"prepare": {"shots": 0}}, "prepare.shots=0 is invalid"),
+    ({"prepare": {"shots": 2.5}}, "prepare.shots=2.5 is invalid"),
+    ({"prepare": {"crop": "box"}}, "prepare.crop='box' is invalid: Input should be 'bbox' or 'none'"),
+    ({"data": {"target": "usps"}}, "data.target='usps' is invalid"),
+    ({"transfer": {"structure": {"freeze_copied": "yes"}}}, "transfer.structure.freeze_copied="),
+    ({"transfer": {"finetune": {"frozen_blocks": 4}}},
+     "transfer.finetune.frozen_blocks=4 but the encoder has 3 blocks"),
+    ({"model": {"widths": []}}, "model.widths=[] is invalid"),
+])
+def test_bad_params_name_the_key(override, expected):
+    with pytest.raises(UserError) as err:
+        parse_params(merge(repo_params_dict(), override))
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_key_is_named():
+    raw = repo_params_dict()
+    del raw["transfer"]["features"]["C"]
+    with pytest.raises(UserError, match="key 'transfer.features.C' is missing"):
+        parse_params(raw)
+
+
+def test_int_is_accepted_where_a_float_is_expected():
+    # `dvc exp run -S transfer.features.C=1` writes an int
+    assert parse_params(merge(repo_params_dict(), {"transfer": {"features": {"C": 1}}})
+                        ).transfer.features.C == 1.0
+
+
+def test_invalid_yaml_is_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("prepare:\n  shots: [1\n")
+    with pytest.raises(UserError, match="not valid YAML at line"):
+        load_params(path)

@@ -1,0 +1,66 @@
+import torch
+
+from tests.conftest import make_images
+from transferlab.models import Classifier, freeze
+from transferlab.train import IndexSampler, Stream, cosine_lr, fit, shift_batch, to_float
+
+
+def test_shift_batch_moves_pixels_and_keeps_shape():
+    x = torch.zeros(64, 1, 5, 5)
+    x[:, 0, 2, 2] = 1
+    gen = torch.Generator().manual_seed(0)
+    out = shift_batch(x, 1, gen)
+    assert out.shape == x.shape and (out.sum(dim=(1, 2, 3)) == 1).all()
+    assert (out[:, 0, 2, 2] == 0).any()  # some images moved
+    assert shift_batch(x, 0, gen) is x
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    lrs = [cosine_lr(s, 100, 1.0) for s in range(100)]
+    assert lrs[0] < lrs[4] == 1.0 and lrs[-1] < 0.01
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+def test_sampler_visits_every_index_once_per_pass():
+    sampler = IndexSampler(10, 5, torch.Generator().manual_seed(0))
+    assert sorted(torch.cat([sampler.next(), sampler.next()]).tolist()) == list(range(10))
+
+
+def _fit(model, x, y, steps=30, seed=0):
+    return fit(model, [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 0.01}],
+               [Stream(x, y, model)], (x, y, model), steps=steps, batch_size=16,
+               weight_decay=0.0, shift_px=0, seed=seed)
+
+
+def test_fit_learns_and_selects_on_validation():
+    torch.manual_seed(0)
+    x, y = make_images(8)
+    model = Classifier(1, [8, 8], num_classes=4)
+    result = _fit(model, x, y)
+    assert result.best_val_accuracy == 1.0
+    assert len(result.history) == 30 and result.history[-1]["step"] == 30
+    assert (model(to_float(x)).argmax(1) == y).float().mean() == 1.0
+
+
+def test_same_seed_gives_the_same_weights_bit_for_bit():
+    x, y = make_images(8)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = Classifier(1, [8, 8], num_classes=4)
+        _fit(model, x, y, steps=10)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_frozen_block_keeps_weights_and_batchnorm_statistics():
+    torch.manual_seed(0)
+    x, y = make_images(8)
+    model = Classifier(1, [8, 8], num_classes=4)
+    freeze(model.encoder.block("block1"))
+    before = {k: v.clone() for k, v in model.encoder.block("block1").state_dict().items()}
+    _fit(model, x, y, steps=5)
+    after = model.encoder.block("block1").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(model.encoder.block("block2")[0].weight,
+                           Classifier(1, [8, 8], 4).encoder.block("block2")[0].weight)
