@@ -1,0 +1,151 @@
+"""Each stage's main() on tiny params in a temporary directory, in pipeline order."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, tiny_params_dict
+from transferlab.io import load_arrays, load_state_dict
+from transferlab.strategies import NAMES
+
+
+def load_stage(name):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def cwd(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def run_main(work, stage, *args):
+    with cwd(work):
+        load_stage(stage).main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stages")
+    (d / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
+    return d
+
+
+@pytest.fixture(scope="module")
+def downloaded(work):
+    run_main(work, "download", "data/raw")
+    return work
+
+
+@pytest.fixture(scope="module")
+def prepared(downloaded):
+    run_main(downloaded, "prepare", "data/raw", "data/prepared", "--summary", "metrics/scenario.json")
+    return downloaded
+
+
+@pytest.fixture(scope="module")
+def pretrained(prepared):
+    run_main(prepared, "pretrain", "data/prepared/source.safetensors", "models/source.safetensors",
+             "--metrics", "metrics/pretrain.json", "--curve", "plots/curves/pretrain.csv")
+    return prepared
+
+
+@pytest.fixture(scope="module")
+def extracted(pretrained):
+    run_main(pretrained, "extract", "models/source.safetensors",
+             "data/prepared/target.safetensors", "data/features/target.safetensors",
+             "--metrics", "metrics/extract.json")
+    return pretrained
+
+
+@pytest.fixture(scope="module")
+def transferred(extracted):
+    for name in NAMES:
+        run_main(extracted, "transfer", name, "--prepared", "data/prepared",
+                 "--source-model", "models/source.safetensors",
+                 "--features", "data/features/target.safetensors",
+                 "--model", f"models/transfer/{name}.safetensors",
+                 "--metrics", f"metrics/transfer/{name}.json", "--curve", f"plots/curves/{name}.csv")
+    return extracted
+
+
+def test_download_writes_both_embedded_datasets(downloaded):
+    mnist = load_arrays(downloaded / "data/raw/mnist_5k.safetensors")
+    uci = load_arrays(downloaded / "data/raw/uci_digits.safetensors")
+    assert mnist["images"].shape == (5000, 28, 28) and uci["images"].shape == (1797, 8, 8)
+    assert (mnist["labels"].min(), mnist["labels"].max()) == (0, 9)
+
+
+def test_prepare_writes_aligned_splits_and_keeps_test_apart(prepared):
+    target = load_arrays(prepared / "data/prepared/target.safetensors")
+    test = load_arrays(prepared / "data/prepared/target_test.safetensors")
+    assert set(target) == {"x_train", "y_train", "x_val", "y_val"}
+    assert target["x_train"].shape == (20, 1, 8, 8) and target["x_train"].dtype.name == "uint8"
+    summary = json.loads((prepared / "metrics/scenario.json").read_text())
+    assert summary["target_test"] == len(test["y_test"]) and summary["shots"] == 2
+
+
+def test_pretrain_writes_model_metrics_and_curve(pretrained):
+    state, meta = load_state_dict(pretrained / "models/source.safetensors")
+    assert meta["widths"] == "4,8,8" and "head.weight" in state
+    metrics = json.loads((pretrained / "metrics/pretrain.json").read_text())
+    assert 0.1 < metrics["source_val_accuracy"] <= 1.0
+    assert (pretrained / "plots/curves/pretrain.csv").read_text().startswith("step,train_loss")
+
+
+def test_extract_writes_features_and_diagnostics(extracted):
+    features = load_arrays(extracted / "data/features/target.safetensors")
+    assert features["train_features"].shape == (20, 8)
+    assert set(json.loads((extracted / "metrics/extract.json").read_text())) == {
+        "nearest_centroid_val_accuracy", "fisher_ratio"}
+
+
+def test_transfer_writes_one_model_per_strategy(transferred):
+    for name in NAMES:
+        assert (transferred / f"models/transfer/{name}.safetensors").is_file()
+        assert "val_accuracy" in json.loads((transferred / f"metrics/transfer/{name}.json").read_text())
+
+
+def test_evaluate_scores_every_strategy_and_the_source_only_baseline(transferred):
+    run_main(transferred, "evaluate", "models/transfer", "--source-model", "models/source.safetensors",
+             "--test", "data/prepared/target_test.safetensors", "--metrics", "metrics/evaluate.json",
+             "--per-class", "metrics/per_class.json", "--comparison", "plots/comparison.csv",
+             "--confusion", "plots/confusion")
+    scores = json.loads((transferred / "metrics/evaluate.json").read_text())
+    assert set(scores) == {*NAMES, "source_only"}
+    assert scores["scratch"]["gain_over_scratch"] == 0.0
+    for s in scores.values():
+        assert 0 <= s["accuracy"] <= 1 and 0 <= s["macro_f1"] <= 1
+    per_class = json.loads((transferred / "metrics/per_class.json").read_text())
+    assert set(per_class["finetune"]) == {str(c) for c in range(10)}
+    confusion = (transferred / "plots/confusion/finetune.csv").read_text().splitlines()
+    n_test = len(load_arrays(transferred / "data/prepared/target_test.safetensors")["y_test"])
+    assert confusion[0] == "actual,predicted" and len(confusion) == n_test + 1
+
+
+def test_bad_params_stop_a_stage_with_one_line_and_exit_2(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(prepare={"shots": -1})))
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    (tmp_path / "data/prepared/keep.txt").write_text("earlier output")
+    proc = subprocess.run([sys.executable, ROOT / "stages/prepare.py", "data/raw", "data/prepared",
+                           "--summary", "metrics/scenario.json"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: params.yaml: prepare.shots=-1 is invalid: Input should be greater than or equal to 1"]
+    assert (tmp_path / "data/prepared/keep.txt").read_text() == "earlier output"
