@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from transferlab.evaluation import compare, predict
+from transferlab.evaluation import compare, predict, results_markdown
 from transferlab.io import atomic_path, load_arrays, load_state_dict, run_stage, write_csv, write_json
 from transferlab.models import classifier_from_state
 from transferlab.train import make_deterministic, pick_device
@@ -21,6 +21,7 @@ def main(argv=None):
     ap.add_argument("--per-class", type=Path, required=True, help="output: per-class JSON")
     ap.add_argument("--comparison", type=Path, required=True, help="output: comparison CSV")
     ap.add_argument("--confusion", type=Path, required=True, help="output: directory of CSVs")
+    ap.add_argument("--report", type=Path, required=True, help="output: markdown results table")
     args = ap.parse_args(argv)
 
     make_deterministic(0)
@@ -47,8 +48,10 @@ def main(argv=None):
         tmp.mkdir()
         for name, pred in predictions.items():
             write_csv(tmp / f"{name}.csv", ["actual", "predicted"], zip(y_test.tolist(), pred.tolist()))
-    for name, s in scores.items():
-        print(f"{name:12s} accuracy {s['accuracy']:.4f}  macro-F1 {s['macro_f1']:.4f}")
+    report = results_markdown(scores)
+    with atomic_path(args.report) as tmp:
+        tmp.write_text(report)
+    print(report, end="")
 
 
 if __name__ == "__main__":
