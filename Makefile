@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)  ## the default experiment: every stage that is out of date, then the results
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc metrics show metrics/evaluate.json
+	@cat reports/results.md
 
 test: $(STAMP)  ## the whole suite, end-to-end dvc runs included (what CI runs)
 	PATH="$(CURDIR)/$(BIN):$$PATH" pytest
