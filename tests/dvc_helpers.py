@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-STAGES = ["download", "prepare", "pretrain", "extract", "transfer@scratch", "transfer@finetune",
+STAGES = ["check_params", "download", "prepare", "pretrain", "extract", "transfer@scratch", "transfer@finetune",
           "transfer@features", "transfer@structure", "transfer@joint", "evaluate"]
 PROJECT_FILES = ["dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "data/.gitignore",
                  "stages", "transferlab"]

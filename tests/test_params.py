@@ -48,3 +48,16 @@ def test_invalid_yaml_is_one_line(tmp_path):
     path.write_text("prepare:\n  shots: [1\n")
     with pytest.raises(UserError, match="not valid YAML at line"):
         load_params(path)
+
+
+def test_a_misspelt_key_is_reported_as_misspelt_not_as_missing():
+    raw = repo_params_dict()
+    raw["prepare"]["shot"] = raw["prepare"].pop("shots")
+    with pytest.raises(UserError, match="unknown key 'prepare.shot': did you mean 'prepare.shots'"):
+        parse_params(raw)
+
+
+def test_image_too_small_for_the_encoder_is_refused():
+    with pytest.raises(UserError, match="prepare.image_size=8 is too small for 5 encoder blocks"):
+        parse_params(merge(repo_params_dict(), {"prepare": {"image_size": 8},
+                                                "model": {"widths": [4, 4, 4, 4, 4]}}))

@@ -112,6 +112,10 @@ class Params(Strict):
     @model_validator(mode="after")
     def _blocks_exist(self):
         n = len(self.model.widths)
+        smallest = 2 ** (n - 1)  # every block but the last halves the image
+        if self.prepare.image_size < smallest:
+            raise ValueError(f"prepare.image_size={self.prepare.image_size} is too small for "
+                             f"{n} encoder blocks (model.widths): use >= {smallest} or fewer blocks")
         for key, value in (("transfer.finetune.frozen_blocks", self.transfer.finetune.frozen_blocks),
                            ("transfer.structure.copied_blocks", self.transfer.structure.copied_blocks)):
             if value > n:
@@ -135,7 +139,8 @@ def _submodel(loc: tuple) -> type[BaseModel]:
 
 
 def _explain(err: ValidationError, raw: dict) -> str:
-    first = err.errors()[0]
+    # an unknown key first: a misspelt key also makes its correct spelling "missing"
+    first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     loc = tuple(str(p) for p in first["loc"])
     key = ".".join(loc)
     if first["type"] == "extra_forbidden":

@@ -1,0 +1,130 @@
+"""Multi-seed statistics of a transfer study: means with t intervals, gains paired by seed.
+
+Seeds are few (3-5), so intervals use Student's t, not 1.96: with n=3 the two-sided 95 %
+quantile is 4.30, more than twice the normal 1.96. Gains over scratch are paired by seed
+because a seed fixes the k-shot draw, and the draw moves every strategy together: pairing
+removes that shared noise, so a gain can be certain while both raw intervals overlap.
+"""
+
+from __future__ import annotations
+
+import math
+
+DIGITS = 4  # rounded so study JSON diffs stay readable, as in metrics.py
+LEVEL = 0.95  # the interval level of study_table, and the "95 % CI" study_markdown prints
+CONTROL = "scratch"
+STRATEGY_ORDER = ("source_only", "scratch", "finetune", "features", "structure", "joint")
+
+
+def t_quantile(df: int, level: float = LEVEL) -> float:
+    """Two-sided Student t quantile: mean ± t·std/√n covers the true mean with prob. `level`."""
+    from scipy.stats import t  # scipy arrives with scikit-learn; only this function needs it
+
+    if df < 1:
+        raise ValueError(f"a t interval needs df >= 1 (at least 2 values), got df={df}")
+    return float(t.ppf(0.5 + level / 2, df))  # df=2 -> 4.3027, df=4 -> 2.7764
+
+
+def summarize(values, level: float = LEVEL) -> dict:
+    """Mean, sample std (ddof=1), n and the t interval of the mean.
+
+    With one value there is no spread to estimate: std, ci_low and ci_high are None (not NaN,
+    which json.dumps writes as the invalid token NaN), so a 1-seed run still gives a row.
+    """
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n == 0:
+        raise ValueError("cannot summarize an empty list of values")
+    mean = math.fsum(xs) / n
+    if n == 1:
+        return {"mean": mean, "std": None, "n": 1, "ci_low": None, "ci_high": None}
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = t_quantile(n - 1, level) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "n": n, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def paired_gain(strategy_values_by_seed: dict, scratch_values_by_seed: dict,
+                level: float = LEVEL) -> dict:
+    """summarize() of strategy − scratch, seed by seed, plus two verdicts on the interval.
+
+    negative_transfer: the whole interval is below zero (ci_high < 0), i.e. the source hurt.
+    positive: the whole interval is above zero (ci_low > 0). Both are False with one seed.
+    Seeds must match exactly: a gain over a different set of draws is not a paired gain.
+    """
+    mine, theirs = set(strategy_values_by_seed), set(scratch_values_by_seed)
+    if mine != theirs:
+        raise ValueError(f"seeds differ: missing from scratch {sorted(mine - theirs)}, "
+                         f"missing from the strategy {sorted(theirs - mine)}")
+    seeds = sorted(mine)
+    gain = summarize([strategy_values_by_seed[s] - scratch_values_by_seed[s] for s in seeds],
+                     level)
+    has_ci = gain["ci_low"] is not None
+    gain["positive"] = has_ci and gain["ci_low"] > 0
+    gain["negative_transfer"] = has_ci and gain["ci_high"] < 0
+    return gain
+
+
+def _rounded(summary: dict) -> dict:
+    return {k: round(v, DIGITS) if isinstance(v, float) else v for k, v in summary.items()}
+
+
+def _strategy_rank(strategy: str) -> tuple:
+    """Known strategies in pipeline order, then any others alphabetically."""
+    if strategy in STRATEGY_ORDER:
+        return (STRATEGY_ORDER.index(strategy), "")
+    return (len(STRATEGY_ORDER), strategy)
+
+
+def study_table(records, metric: str = "accuracy") -> list[dict]:
+    """One row per (strategy, shots): the metric's summary and its paired gain over scratch.
+
+    Row: strategy, shots, metric, mean, std, n, ci_low, ci_high, negative_transfer and, except
+    for scratch itself and cells with no scratch at the same shots, gain (paired_gain's dict).
+    negative_transfer is False where there is no gain. Flags use unrounded values; the
+    numbers are rounded to 4 decimals. Sorted by shots, then STRATEGY_ORDER.
+    """
+    cells: dict = {}  # (strategy, shots) -> {seed: value}
+    for r in records:
+        by_seed = cells.setdefault((r["strategy"], int(r["shots"])), {})
+        if r["seed"] in by_seed:
+            raise ValueError(f"duplicate record: {r['strategy']} shots={r['shots']} "
+                             f"seed={r['seed']}")
+        by_seed[r["seed"]] = float(r[metric])
+    rows = []
+    for strategy, shots in sorted(cells, key=lambda c: (c[1], _strategy_rank(c[0]))):
+        by_seed = cells[strategy, shots]
+        row = {"strategy": strategy, "shots": shots, "metric": metric,
+               **_rounded(summarize(by_seed.values())), "negative_transfer": False}
+        control = cells.get((CONTROL, shots))
+        if strategy != CONTROL and control is not None:
+            row["gain"] = _rounded(paired_gain(by_seed, control))
+            row["negative_transfer"] = row["gain"]["negative_transfer"]
+        rows.append(row)
+    return rows
+
+
+def _signed(x: float) -> str:
+    """'+2.1' / '−0.4' (a real minus sign); -0.04 prints as +0.0, not −0.0."""
+    return f"{round(x, 1) + 0.0:+.1f}".replace("-", "\u2212")
+
+
+def study_markdown(rows: list[dict]) -> str:
+    """A markdown table of study_table rows, in percent and percentage points."""
+    metric = rows[0]["metric"] if rows else "accuracy"
+    lines = [f"| strategy | k | seeds | {metric} % (mean ± 95 % CI) "
+             "| gain over scratch (points, 95 % CI) | negative transfer |",
+             "|---|---:|---:|---:|---:|:---:|"]
+    for r in rows:
+        value = f"{100 * r['mean']:.1f}"
+        if r["ci_high"] is not None:  # half-width; None with one seed
+            value += f" ± {100 * (r['ci_high'] - r['mean']):.1f}"
+        gain = "—"
+        if "gain" in r:
+            g = r["gain"]
+            gain = _signed(100 * g["mean"])
+            if g["ci_low"] is not None:
+                gain += f" [{_signed(100 * g['ci_low'])}, {_signed(100 * g['ci_high'])}]"
+        marker = "yes" if r["negative_transfer"] else ""
+        lines.append(f"| {r['strategy']} | {r['shots']} | {r['n']} | {value} | {gain} "
+                     f"| {marker} |")
+    return "\n".join(lines) + "\n"
