@@ -1,7 +1,8 @@
 """Stage prepare: align both domains, split them, draw the target shots.
 
-Writes source (train/val), target (shots/val) and target test as separate files: only the
-evaluate stage depends on the test file.
+Writes source (train/val), target (shots/val), target pool (the train pool and val, from
+which the study draws its own shots) and target test as separate files: only the evaluation
+stages depend on the test file, and the pool does not change with `seed` or `prepare.shots`.
 """
 
 import argparse
@@ -28,6 +29,7 @@ def main(argv=None):
         tmp.mkdir()
         save_arrays(tmp / "source.safetensors", scenario.source)
         save_arrays(tmp / "target.safetensors", scenario.target)
+        save_arrays(tmp / "target_pool.safetensors", scenario.target_pool)  # for the study
         save_arrays(tmp / "target_test.safetensors", scenario.target_test)
     write_json(args.summary, scenario.summary)
     print(", ".join(f"{k}={v}" for k, v in scenario.summary.items()))

@@ -21,6 +21,7 @@ TINY = {
     "pretrain": {"epochs": 1, "batch_size": 256},
     "transfer": {name: {"steps": 4, "batch_size": 16}
                  for name in ("scratch", "finetune", "structure", "joint")},
+    "study": {"shots": [1, 2], "seeds": [0], "layer_shots": 1},
 }
 
 

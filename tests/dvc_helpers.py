@@ -14,8 +14,8 @@ from tests.conftest import ROOT
 
 STAGES = ["check_params", "download", "prepare", "pretrain", "extract", "transfer@scratch", "transfer@finetune",
           "transfer@features", "transfer@structure", "transfer@joint", "evaluate"]
-PROJECT_FILES = ["dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "data/.gitignore",
-                 "stages", "transferlab"]
+PROJECT_FILES = ["dvc.yaml", "study/dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore",
+                 ".dvc/plots", "data/.gitignore", "stages", "transferlab"]
 
 
 def copy_project(dst: Path, params: dict) -> Path:

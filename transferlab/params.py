@@ -100,6 +100,19 @@ class Transfer(Strict):
     joint: Joint
 
 
+class Study(Strict):
+    shots: list[int] = Field(min_length=1)  # label budgets k (per class)
+    seeds: list[int] = Field(min_length=1)  # each seed: another shot draw and initialisation
+    layer_shots: int = Field(ge=1)  # label budget of the layer-transfer grid
+
+    @model_validator(mode="after")
+    def _distinct_positive(self):
+        for key, values, low in (("shots", self.shots, 1), ("seeds", self.seeds, 0)):
+            if len(set(values)) != len(values) or min(values) < low:
+                raise ValueError(f"study.{key}={values}: use distinct integers >= {low}")
+        return self
+
+
 class Params(Strict):
     seed: int = Field(ge=0)  # shot draw + initialisation of transfer
     data: Data
@@ -108,6 +121,7 @@ class Params(Strict):
     pretrain: Pretrain
     extract: Extract
     transfer: Transfer
+    study: Study
 
     @model_validator(mode="after")
     def _blocks_exist(self):

@@ -94,6 +94,7 @@ def draw_shots(labels: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> n
 class Scenario:
     source: dict[str, np.ndarray]       # x_train, y_train, x_val, y_val
     target: dict[str, np.ndarray]       # x_train, y_train (the shots), x_val, y_val
+    target_pool: dict[str, np.ndarray]  # x_pool, y_pool (all unlabelled-so-far images), x_val, y_val
     target_test: dict[str, np.ndarray]  # x_test, y_test: read by evaluate only
     summary: dict[str, int]
 
@@ -118,6 +119,8 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
                 "x_val": xs[s["val"]], "y_val": source.labels[s["val"]]},
         target={"x_train": xt[shots], "y_train": target.labels[shots],
                 "x_val": xt[t["val"]], "y_val": target.labels[t["val"]]},
+        target_pool={"x_pool": xt[t["rest"]], "y_pool": target.labels[t["rest"]],
+                     "x_val": xt[t["val"]], "y_val": target.labels[t["val"]]},
         target_test={"x_test": xt[t["test"]], "y_test": target.labels[t["test"]]},
         summary={k: int(v) for k, v in summary.items()},
     )

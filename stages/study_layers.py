@@ -1,0 +1,46 @@
+"""Stage study layers@<seed>: the layer-transfer grid of the structure strategy at one label
+budget: n = 0..L source blocks copied and frozen (AnB), copied and fine-tuned (AnB+), and a
+control with n blocks frozen at a random initialisation. Test scores after selection."""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from transferlab.io import load_arrays, load_state_dict, run_stage, write_json
+from transferlab.models import classifier_from_state
+from transferlab.params import load_params
+from transferlab.study import cell_target, make_inputs, score, train_layer_grid
+from transferlab.train import make_deterministic, pick_device, to_device
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--prepared", type=Path, required=True, help="directory of prepared arrays")
+    ap.add_argument("--source-model", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="output: the grid's scores, JSON")
+    args = ap.parse_args(argv)
+    params = load_params()
+    shots = params.study.layer_shots
+
+    make_deterministic(args.seed)
+    device = pick_device()
+    pool = to_device(load_arrays(args.prepared / "target_pool.safetensors"), device)
+    source = classifier_from_state(*load_state_dict(args.source_model)).to(device)
+    inputs = make_inputs(cell_target(pool, shots, args.seed), params, args.seed,
+                         lambda: source, lambda: None)
+    outcomes = train_layer_grid(inputs, params)
+
+    test = load_arrays(args.prepared / "target_test.safetensors")  # models are chosen: score
+    models = {f"{v}:{n}": o.model for (v, n), o in outcomes.items()}
+    scores = score(models, torch.from_numpy(test["x_test"]).to(device), test["y_test"])
+    rows = [{"variant": v, "blocks": n, "val_accuracy": round(o.fit.best_val_accuracy, 4),
+             **scores[f"{v}:{n}"]} for (v, n), o in outcomes.items()]
+    write_json(args.out, {"shots": shots, "seed": args.seed, "grid": rows})
+    print(f"seed={args.seed}: " + ", ".join(f"{r['variant']}:{r['blocks']} "
+                                           f"{100 * r['accuracy']:.1f}" for r in rows))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,71 @@
+"""Stage study report: statistics over seeds of every cell and of the layer grid.
+
+Per (strategy, k): mean, std and a 95 % Student-t interval of target-test accuracy; the gain
+over scratch paired by seed, with its own interval; cells whose gain interval lies entirely
+below zero are flagged as negative transfer. Writes the metrics JSON, the markdown report and
+the plot data (accuracy and gain against k, accuracy against copied blocks n).
+"""
+
+import argparse
+from pathlib import Path
+
+from transferlab.io import atomic_path, read_json, run_stage, write_csv, write_json
+from transferlab.stats import study_markdown, study_table
+from transferlab.study import cell_records, layer_markdown, layer_table
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("cells", type=Path, help="directory of cell JSONs")
+    ap.add_argument("layers", type=Path, help="directory of layer-grid JSONs")
+    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--report", type=Path, required=True)
+    ap.add_argument("--plots", type=Path, required=True, help="output: directory of plot CSVs")
+    args = ap.parse_args(argv)
+
+    cells = [read_json(p) for p in sorted(args.cells.glob("*.json"))]
+    grids = [read_json(p) for p in sorted(args.layers.glob("*.json"))]
+    rows, layers = study_table(cell_records(cells)), layer_table(grids)
+    seeds = sorted({c["seed"] for c in cells})
+    write_json(args.metrics, {
+        "cells": {f"{r['strategy']}@k{r['shots']}": {
+            "accuracy": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+            **({"gain": r["gain"]["mean"], "gain_ci_low": r["gain"]["ci_low"],
+                "gain_ci_high": r["gain"]["ci_high"], "negative_transfer": r["negative_transfer"]}
+               if "gain" in r else {})} for r in rows},
+        "layers": {f"{r['variant']}@n{r['blocks']}": {"accuracy": r["mean"], "ci_low": r["ci_low"],
+                                                     "ci_high": r["ci_high"]} for r in layers}})
+    negative = [f"{r['strategy']} at k={r['shots']}" for r in rows if r["negative_transfer"]]
+    report = "\n".join([
+        "# Study: label budgets x seeds",
+        "",
+        f"Target-test accuracy over seeds {seeds} (each seed: another shot draw and "
+        "initialisation), 95 % Student-t intervals; gains over scratch paired by seed.",
+        "Negative transfer (gain interval entirely below zero): "
+        + (", ".join(negative) if negative else "none found") + ".",
+        "",
+        study_markdown(rows),
+        f"## Layer transfer (structure strategy, k={grids[0]['shots'] if grids else '?'})",
+        "",
+        "frozen = copied source blocks kept fixed (AnB); fine-tuned = copied then trained "
+        "(AnB+); random-frozen = the same blocks frozen at a random initialisation (control).",
+        "",
+        layer_markdown(layers)])
+    with atomic_path(args.report) as tmp:
+        tmp.write_text(report)
+    with atomic_path(args.plots) as tmp:
+        tmp.mkdir()
+        write_csv(tmp / "accuracy_vs_k.csv", ["strategy", "shots", "accuracy", "ci_low", "ci_high"],
+                  [[r["strategy"], r["shots"], r["mean"], r["ci_low"], r["ci_high"]] for r in rows])
+        write_csv(tmp / "gain_vs_k.csv", ["strategy", "shots", "gain", "ci_low", "ci_high"],
+                  [[r["strategy"], r["shots"], r["gain"]["mean"], r["gain"]["ci_low"],
+                    r["gain"]["ci_high"]] for r in rows if "gain" in r])
+        write_csv(tmp / "accuracy_vs_blocks.csv", ["variant", "blocks", "accuracy", "ci_low",
+                                                   "ci_high"],
+                  [[r["variant"], r["blocks"], r["mean"], r["ci_low"], r["ci_high"]]
+                   for r in layers])
+    print(report)
+
+
+if __name__ == "__main__":
+    run_stage(main)

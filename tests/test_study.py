@@ -1,0 +1,103 @@
+"""The study: cells draw their own shots, never hand the test set to training, and aggregate."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_images, tiny_params_dict
+from tests.test_stages import run_main
+from transferlab import strategies, study
+from transferlab.models import Classifier
+from transferlab.params import parse_params
+
+WIDTHS = [4, 8, 8]
+
+
+@pytest.fixture
+def params():
+    return parse_params(tiny_params_dict(model={"widths": WIDTHS}))
+
+
+@pytest.fixture
+def pool():
+    x_pool, y_pool = make_images(6, seed=5)
+    x_val, y_val = make_images(3, seed=6)
+    return {"x_pool": x_pool, "y_pool": y_pool, "x_val": x_val, "y_val": y_val}
+
+
+@pytest.fixture
+def source_model():
+    torch.manual_seed(9)
+    return Classifier(1, WIDTHS, num_classes=4).eval()
+
+
+def test_cell_draws_nested_shots_from_the_pool(pool):
+    one, three = study.cell_target(pool, 1, seed=0), study.cell_target(pool, 3, seed=0)
+    assert torch.bincount(three["y_train"]).tolist() == [3, 3, 3, 3]
+    rows = {tuple(x.flatten().tolist()) for x in three["x_train"]}
+    assert {tuple(x.flatten().tolist()) for x in one["x_train"]} <= rows
+    assert three["x_val"] is pool["x_val"]
+
+
+def test_training_never_receives_test_images(pool, params, source_model, monkeypatch):
+    x_test = torch.full((5, 1, 8, 8), 7, dtype=torch.uint8)  # a marker no other image has
+    seen = []
+    for target in ("transferlab.strategies.fit", "transferlab.strategies.joint.fit"):
+        original = strategies.fit
+
+        def spy(model, groups, streams, val, *args, _original=original, **kwargs):
+            seen.extend([s.x for s in streams] + [val[0]])
+            return _original(model, groups, streams, val, *args, **kwargs)
+
+        monkeypatch.setattr(target, spy)
+    source = {"x_train": make_images(5, seed=7)[0], "y_train": make_images(5, seed=7)[1]}
+    inputs = study.make_inputs(study.cell_target(pool, 2, seed=0), params, 0,
+                               lambda: source_model, lambda: source)
+    outcomes = study.train_cell(inputs, params)
+    assert set(outcomes) == set(strategies.NAMES)
+    assert seen and all(not (x == x_test[0]).flatten(1).all(1).any() for x in seen)
+    scores = study.score({n: o.model for n, o in outcomes.items()}, x_test,
+                         np.zeros(5, dtype=np.int64))
+    assert set(scores) == set(strategies.NAMES)
+
+
+def test_layer_grid_covers_every_variant_and_copies_only_from_the_source(pool, params,
+                                                                        source_model):
+    assert study.layer_variants(3)[:4] == [("none", 0), ("frozen", 1), ("fine-tuned", 1),
+                                          ("random-frozen", 1)]
+    inputs = study.make_inputs(study.cell_target(pool, 2, seed=0), params, 0,
+                               lambda: source_model, lambda: None)
+    grid = study.train_layer_grid(inputs, params)
+    assert len(grid) == 10
+    src = source_model.encoder.block("block1")[0].weight
+    assert torch.equal(grid["frozen", 2].model.encoder.block("block1")[0].weight, src)
+    assert not torch.equal(grid["random-frozen", 2].model.encoder.block("block1")[0].weight, src)
+    assert inputs.load_source_model() is source_model
+
+
+def test_report_stage_aggregates_cells_and_flags_negative_transfer(tmp_path):
+    accuracy = {0: {"scratch": 0.80, "finetune": 0.75}, 1: {"scratch": 0.82, "finetune": 0.76},
+                2: {"scratch": 0.84, "finetune": 0.79}}
+    for seed, accs in accuracy.items():
+        cell = {"shots": 5, "seed": seed, "val_accuracy": {},
+                "test": {n: {"accuracy": a, "macro_f1": a} for n, a in accs.items()}}
+        (tmp_path / "cells").mkdir(exist_ok=True)
+        (tmp_path / "cells" / f"k5-s{seed}.json").write_text(json.dumps(cell))
+        grid = {"shots": 5, "seed": seed, "grid": [
+            {"variant": "none", "blocks": 0, "val_accuracy": 0.8, "accuracy": 0.8 + seed / 100}]}
+        (tmp_path / "layers").mkdir(exist_ok=True)
+        (tmp_path / "layers" / f"s{seed}.json").write_text(json.dumps(grid))
+    run_main(tmp_path, "study_report", "cells", "layers", "--metrics", "metrics.json",
+             "--report", "report.md", "--plots", "plots")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # gains -0.05, -0.06, -0.05: mean -0.0533, std 0.00577, t(2)=4.3027 -> half-width 0.0143
+    assert metrics["cells"]["finetune@k5"]["gain"] == pytest.approx(-0.0533, abs=1e-4)
+    assert metrics["cells"]["finetune@k5"]["gain_ci_high"] == pytest.approx(-0.0390, abs=1e-4)
+    assert metrics["cells"]["finetune@k5"]["negative_transfer"] is True
+    assert metrics["layers"]["none@n0"]["accuracy"] == pytest.approx(0.81)
+    report = (tmp_path / "report.md").read_text()
+    assert "Negative transfer (gain interval entirely below zero): finetune at k=5." in report
+    assert (tmp_path / "plots/accuracy_vs_k.csv").read_text().startswith(
+        "strategy,shots,accuracy,ci_low,ci_high\nscratch,5,0.82,")
