@@ -2,12 +2,14 @@
 source-only baseline) on the held-out target test set: metrics, confusions, comparison."""
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 
 from transferlab.evaluation import compare, predict, results_markdown
-from transferlab.io import atomic_path, load_arrays, load_state_dict, run_stage, write_csv, write_json
+from transferlab.io import (atomic_path, load_arrays, load_state_dict, read_metadata, run_stage,
+                            write_csv, write_json)
 from transferlab.models import classifier_from_state
 from transferlab.train import make_deterministic, pick_device
 
@@ -28,14 +30,15 @@ def main(argv=None):
     device = pick_device()
     test = load_arrays(args.test)
     x_test, y_test = torch.from_numpy(test["x_test"]).to(device), test["y_test"]
-    num_classes = int(y_test.max()) + 1
+    target_classes = json.loads(read_metadata(args.test)["classes"])
+    num_classes = len(target_classes)
     models = {p.stem: p for p in sorted(args.models.glob("*.safetensors"))}
     models["source_only"] = args.source_model
     predictions = {}
     for name, path in models.items():
-        model = classifier_from_state(*load_state_dict(path)).to(device)
-        if model.head.out_features == num_classes:  # source-only needs the same label set
-            predictions[name] = predict(model, x_test)
+        model, classes = classifier_from_state(*load_state_dict(path))
+        if classes == target_classes:  # source-only needs the very same classes, in order
+            predictions[name] = predict(model.to(device), x_test)
     scores = compare(predictions, y_test, num_classes)
 
     write_json(args.metrics, {name: {k: v for k, v in s.items() if k != "per_class_accuracy"}

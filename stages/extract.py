@@ -22,7 +22,7 @@ def main(argv=None):
 
     make_deterministic(0)
     device = pick_device()
-    encoder = classifier_from_state(*load_state_dict(args.model)).encoder.to(device)
+    encoder = classifier_from_state(*load_state_dict(args.model))[0].encoder.to(device)
     target = to_device(load_arrays(args.target), device)
     features = {"train_features": extract_features(encoder, target["x_train"], batch_size),
                 "val_features": extract_features(encoder, target["x_val"], batch_size),

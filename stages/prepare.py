@@ -6,6 +6,7 @@ stages depend on the test file, and the pool does not change with `seed` or `pre
 """
 
 import argparse
+import json
 from pathlib import Path
 
 from transferlab.datasets import load_raw
@@ -22,15 +23,17 @@ def main(argv=None):
     args = ap.parse_args(argv)
     params = load_params()
 
-    scenario = build_scenario(load_raw(args.raw / f"{params.data.source}.safetensors"),
-                              load_raw(args.raw / f"{params.data.target}.safetensors"),
-                              params.prepare, params.seed)
+    scenario = build_scenario(load_raw(args.raw / "source.safetensors"),
+                              load_raw(args.raw / "target.safetensors"), params.prepare,
+                              params.seed, params.data.source, params.data.target)
+    source_meta = {"classes": json.dumps(scenario.source_classes)}
+    target_meta = {"classes": json.dumps(scenario.target_classes)}
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        save_arrays(tmp / "source.safetensors", scenario.source)
-        save_arrays(tmp / "target.safetensors", scenario.target)
-        save_arrays(tmp / "target_pool.safetensors", scenario.target_pool)  # for the study
-        save_arrays(tmp / "target_test.safetensors", scenario.target_test)
+        save_arrays(tmp / "source.safetensors", scenario.source, source_meta)
+        save_arrays(tmp / "target.safetensors", scenario.target, target_meta)
+        save_arrays(tmp / "target_pool.safetensors", scenario.target_pool, target_meta)
+        save_arrays(tmp / "target_test.safetensors", scenario.target_test, target_meta)
     write_json(args.summary, scenario.summary)
     print(", ".join(f"{k}={v}" for k, v in scenario.summary.items()))
 

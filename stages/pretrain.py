@@ -1,11 +1,12 @@
 """Stage pretrain: train the source model on the source train split (selection: source val)."""
 
 import argparse
+import json
 from pathlib import Path
 
-from transferlab.io import (load_arrays, run_stage, save_state_dict, write_history,
-                            write_json)
-from transferlab.models import model_metadata
+from transferlab.io import (load_arrays, read_metadata, run_stage, save_state_dict,
+                            write_history, write_json)
+from transferlab.models import architecture_from, model_metadata
 from transferlab.params import load_params
 from transferlab.source import pretrain
 from transferlab.train import make_deterministic, pick_device, to_device
@@ -22,10 +23,11 @@ def main(argv=None):
 
     make_deterministic(params.pretrain.seed)
     source = to_device(load_arrays(args.source), pick_device())
-    model, result = pretrain(source, params.model.widths, params.pretrain)
+    architecture = architecture_from(params.model, source["x_train"].shape[1])
+    model, result = pretrain(source, architecture, params.pretrain, params.model.weights)
 
-    meta = model_metadata(source["x_train"].shape[1], params.model.widths, model.head.out_features)
-    save_state_dict(args.model, model.state_dict(), meta)
+    classes = json.loads(read_metadata(args.source)["classes"])
+    save_state_dict(args.model, model.state_dict(), model_metadata(architecture, classes))
     write_json(args.metrics, {"source_val_accuracy": round(result.best_val_accuracy, 4),
                               "best_step": result.best_step})
     write_history(args.curve, result.history)

@@ -5,20 +5,22 @@ test set is read after every model has been chosen.
 """
 
 import argparse
+import json
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from transferlab.io import load_arrays, load_state_dict, run_stage, write_json
+from transferlab.io import load_arrays, load_state_dict, read_metadata, run_stage, write_json
 from transferlab.models import classifier_from_state
 from transferlab.params import load_params
-from transferlab.study import cell_target, make_inputs, score, train_cell
+from transferlab.strategies import make_inputs
+from transferlab.study import cell_target, score, train_cell
 from transferlab.train import make_deterministic, pick_device, to_device
 
 
 def load_source_model(path, device):
-    return classifier_from_state(*load_state_dict(path)).to(device)
+    return classifier_from_state(*load_state_dict(path))[0].to(device)
 
 
 def main(argv=None):
@@ -41,7 +43,10 @@ def main(argv=None):
     outcomes = train_cell(inputs, params)
 
     test = load_arrays(args.prepared / "target_test.safetensors")  # models are chosen: score
-    models = {name: o.model for name, o in outcomes.items()} | {"source_only": source_model()}
+    models = {name: o.model for name, o in outcomes.items()}
+    target_classes = json.loads(read_metadata(args.prepared / "target_test.safetensors")["classes"])
+    if json.loads(load_state_dict(args.source_model)[1]["classes"]) == target_classes:
+        models["source_only"] = source_model()  # only where source and target share classes
     scores = score(models, torch.from_numpy(test["x_test"]).to(device), test["y_test"])
     val = {name: round(o.fit.best_val_accuracy if o.fit else o.info["val_accuracy"], 4)
            for name, o in outcomes.items()}

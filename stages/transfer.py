@@ -5,19 +5,20 @@ target classifier, its validation metrics and its training curve.
 """
 
 import argparse
+import json
 from functools import partial
 from pathlib import Path
 
 from transferlab import strategies
-from transferlab.io import (load_arrays, load_state_dict, run_stage, save_state_dict,
-                            write_history, write_json)
+from transferlab.io import (load_arrays, load_state_dict, read_metadata, run_stage,
+                            save_state_dict, write_history, write_json)
 from transferlab.models import classifier_from_state, model_metadata
 from transferlab.params import load_params
 from transferlab.train import make_deterministic, pick_device, to_device
 
 
 def load_source_model(path, device):
-    return classifier_from_state(*load_state_dict(path)).to(device)
+    return classifier_from_state(*load_state_dict(path))[0].to(device)
 
 
 def main(argv=None):
@@ -36,17 +37,15 @@ def main(argv=None):
     make_deterministic(params.seed)
     device = pick_device()
     target = to_device(load_arrays(args.prepared / "target.safetensors"), device)
-    inputs = strategies.Inputs(
-        target=target, in_channels=target["x_train"].shape[1],
-        num_classes=int(target["y_train"].max()) + 1, widths=params.model.widths,
-        seed=params.seed,
-        load_source_model=partial(load_source_model, args.source_model, device),
-        load_source_data=lambda: to_device(load_arrays(args.prepared / "source.safetensors"), device),
-        load_features=partial(load_arrays, args.features))
+    inputs = strategies.make_inputs(
+        target, params, params.seed, partial(load_source_model, args.source_model, device),
+        lambda: to_device(load_arrays(args.prepared / "source.safetensors"), device),
+        partial(load_arrays, args.features))
     outcome = strategies.run(args.strategy, inputs, cfg)
 
+    classes = json.loads(read_metadata(args.prepared / "target.safetensors")["classes"])
     save_state_dict(args.model, outcome.model.state_dict(),
-                    model_metadata(inputs.in_channels, inputs.widths, inputs.num_classes))
+                    model_metadata(inputs.architecture, classes))
     fit = outcome.fit
     metrics = {"val_accuracy": round(fit.best_val_accuracy if fit else outcome.info["val_accuracy"], 4)}
     if fit:

@@ -58,6 +58,40 @@ def test_a_misspelt_key_is_reported_as_misspelt_not_as_missing():
 
 
 def test_image_too_small_for_the_encoder_is_refused():
-    with pytest.raises(UserError, match="prepare.image_size=8 is too small for 5 encoder blocks"):
+    with pytest.raises(UserError, match="prepare.image_size=8 is too small for model.arch=small_cnn with these blocks: use >= 16"):
         parse_params(merge(repo_params_dict(), {"prepare": {"image_size": 8},
                                                 "model": {"widths": [4, 4, 4, 4, 4]}}))
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"target": {"name": "folder"}}, "data.target.root must be set exactly when data.target.name is folder"),
+    ({"source": {"root": "/images"}}, "data.source.root must be set exactly when"),
+    ({"target": {"classes": [3]}}, "data.target.classes=[3]: use 'all' or at least two distinct"),
+    ({"source": {"name": "uci_digits"}}, "data.source and data.target are the same dataset"),
+    ({"source": {"name": "cifar10", "classes": [0, 1, 2]},
+      "target": {"name": "cifar10", "classes": [2, 3]}}, "same dataset: give both explicit, disjoint"),
+])
+def test_impossible_scenarios_are_refused(data, expected):
+    with pytest.raises(UserError) as err:
+        parse_params(merge(repo_params_dict(), {"data": data}))
+    assert expected in str(err.value)
+
+
+def test_task_transfer_on_one_dataset_with_disjoint_classes_is_accepted():
+    params = parse_params(merge(repo_params_dict(), {
+        "data": {"source": {"name": "cifar10", "classes": [0, 1, 2, 3, 4]},
+                 "target": {"name": "cifar10", "classes": [5, 6, 7, 8, 9]}},
+        "prepare": {"channels": 3, "image_size": 32}}))
+    assert params.data.target.classes == [5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("model, prepare, expected", [
+    ({"weights": "imagenet"}, {}, "model.weights='imagenet' needs model.arch=resnet18"),
+    ({"arch": "resnet18", "weights": "imagenet"}, {"image_size": 32},
+     "model.weights=imagenet expects colour input: set prepare.channels=3"),
+    ({"arch": "resnet18"}, {"image_size": 16}, "prepare.image_size=16 is too small for model.arch=resnet18"),
+])
+def test_backbone_checks(model, prepare, expected):
+    with pytest.raises(UserError) as err:
+        parse_params(merge(repo_params_dict(), {"model": model, "prepare": prepare}))
+    assert expected in str(err.value)

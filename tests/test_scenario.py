@@ -9,15 +9,15 @@ from transferlab.scenario import align, build_scenario, crop_to_bbox, draw_shots
 
 
 def test_crop_to_bbox_centres_the_ink_in_a_square():
-    img = np.zeros((28, 28), np.uint8)
-    img[10:14, 5:7] = 200  # 4 tall, 2 wide
+    img = np.zeros((1, 28, 28), np.uint8)
+    img[0, 10:14, 5:7] = 200  # 4 tall, 2 wide
     out = crop_to_bbox(img)
-    assert out.shape == (4, 4)
-    assert (out[:, 1:3] == 200).all() and (out[:, [0, 3]] == 0).all()
+    assert out.shape == (1, 4, 4)
+    assert (out[0, :, 1:3] == 200).all() and (out[0, :, [0, 3]] == 0).all()
 
 
 def test_crop_to_bbox_keeps_a_blank_image():
-    img = np.zeros((8, 8), np.uint8)
+    img = np.zeros((1, 8, 8), np.uint8)
     assert crop_to_bbox(img) is img
 
 
@@ -75,3 +75,29 @@ def test_test_set_is_fixed_across_seeds_and_shots():
     np.testing.assert_array_equal(a.target["x_val"], b.target["x_val"])
     assert a.summary["target_train"] == 20 and b.summary["target_train"] == 30
     assert "x_test" not in a.target and "x_test" not in a.source
+
+
+def test_class_subset_is_renumbered_and_named():
+    from transferlab.scenario import select_classes
+
+    raw = RawDataset(np.zeros((6, 4, 4), np.uint8), np.array([0, 1, 2, 3, 4, 2]), 255,
+                     tuple("abcde"))
+    sub = select_classes(raw, [4, 2], "data.target.classes")
+    assert sub.labels.tolist() == [0, 1, 0] and sub.classes == ("c", "e")
+    with pytest.raises(UserError, match=r"data.target.classes=\[2, 7\]: the dataset has no class 7"):
+        select_classes(raw, [2, 7], "data.target.classes")
+
+
+def test_colour_and_gray_meet_at_the_chosen_channels():
+    from transferlab.scenario import to_channels
+
+    import torch
+
+    gray, colour = torch.rand(2, 1, 4, 4), torch.rand(2, 3, 4, 4)
+    assert torch.equal(to_channels(gray, 3)[:, 2], gray[:, 0])
+    luminance = 0.299 * colour[:, 0] + 0.587 * colour[:, 1] + 0.114 * colour[:, 2]
+    torch.testing.assert_close(to_channels(colour, 1)[:, 0], luminance)
+    p = parse_params(tiny_params_dict(prepare={"crop": "none", "bottleneck_size": 0,
+                                               "channels": 3})).prepare
+    rgb = RawDataset(np.full((2, 32, 32, 3), 100, np.uint8), np.array([0, 1]), 255, ("x", "y"))
+    assert align(rgb, p).shape == (2, 3, 8, 8)

@@ -85,8 +85,8 @@ def transferred(extracted):
 
 
 def test_download_writes_both_embedded_datasets(downloaded):
-    mnist = load_arrays(downloaded / "data/raw/mnist_5k.safetensors")
-    uci = load_arrays(downloaded / "data/raw/uci_digits.safetensors")
+    mnist = load_arrays(downloaded / "data/raw/source.safetensors")
+    uci = load_arrays(downloaded / "data/raw/target.safetensors")
     assert mnist["images"].shape == (5000, 28, 28) and uci["images"].shape == (1797, 8, 8)
     assert (mnist["labels"].min(), mnist["labels"].max()) == (0, 9)
 
@@ -102,7 +102,8 @@ def test_prepare_writes_aligned_splits_and_keeps_test_apart(prepared):
 
 def test_pretrain_writes_model_metrics_and_curve(pretrained):
     state, meta = load_state_dict(pretrained / "models/source.safetensors")
-    assert meta["widths"] == "4,8,8" and "head.weight" in state
+    assert meta["widths"] == "[4, 8, 8]" and meta["arch"] == "small_cnn" and "head.weight" in state
+    assert json.loads(meta["classes"]) == [str(d) for d in range(10)]
     metrics = json.loads((pretrained / "metrics/pretrain.json").read_text())
     assert 0.1 < metrics["source_val_accuracy"] <= 1.0
     assert (pretrained / "plots/curves/pretrain.csv").read_text().startswith("step,train_loss")

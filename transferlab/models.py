@@ -1,6 +1,11 @@
-"""A small conv encoder with named blocks, a linear head, and weight copying that says what it did.
+"""Encoders with named blocks, a linear head, and weight copying that says what it did.
 
-Shapes for the default 16x16 one-channel input and widths (32, 64, 128):
+Two encoders share one interface (`blocks` with names, `out_features`, forward -> (N, F)):
+    small_cnn  conv blocks `block1`..`blockL`, one per entry of model.widths
+    resnet18   torchvision's ResNet-18 as blocks `stem`, `layer1`..`layer4`; optionally a
+               small-input stem (3x3 stride-1 conv, no max-pool) for 16-32 pixel images
+
+small_cnn shapes for the default 16x16 one-channel input and widths (32, 64, 128):
     block1  (N, 1, 16, 16) -> (N, 32, 8, 8)    conv3x3-BN-ReLU, max-pool 2
     block2  (N, 32, 8, 8)  -> (N, 64, 4, 4)    conv3x3-BN-ReLU, max-pool 2
     block3  (N, 64, 4, 4)  -> (N, 128, 4, 4)   conv3x3-BN-ReLU (the last block keeps its size)
@@ -10,8 +15,10 @@ Shapes for the default 16x16 one-channel input and widths (32, 64, 128):
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,13 +32,10 @@ def conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    def __init__(self, in_channels: int, widths: Sequence[int]):
-        super().__init__()
-        channels = [in_channels, *widths]
-        self.blocks = nn.Sequential(OrderedDict(
-            (f"block{i + 1}", conv_block(channels[i], channels[i + 1], pool=i + 1 < len(widths)))
-            for i in range(len(widths))))
-        self.out_features = channels[-1]
+    """Named blocks (an nn.Sequential) followed by a global average pool."""
+
+    blocks: nn.Sequential
+    out_features: int
 
     @property
     def block_names(self) -> list[str]:
@@ -44,13 +48,56 @@ class Encoder(nn.Module):
         return self.blocks(x).mean(dim=(2, 3))  # (N, C, H, W) -> (N, C)
 
 
+class SmallCNN(Encoder):
+    def __init__(self, in_channels: int, widths: Sequence[int]):
+        super().__init__()
+        channels = [in_channels, *widths]
+        self.blocks = nn.Sequential(OrderedDict(
+            (f"block{i + 1}", conv_block(channels[i], channels[i + 1], pool=i + 1 < len(widths)))
+            for i in range(len(widths))))
+        self.out_features = channels[-1]
+
+
+class ResNet18(Encoder):
+    """torchvision's resnet18 without its fc layer, regrouped into five named blocks.
+
+    (N, C, 224, 224) -> stem (N, 64, 56, 56) -> layer1..layer4 -> (N, 512, 7, 7) -> (N, 512);
+    with small_input_stem, (N, C, 32, 32) -> stem (N, 64, 32, 32) -> ... -> (N, 512, 4, 4).
+    """
+
+    def __init__(self, in_channels: int, small_input_stem: bool):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None)
+        if small_input_stem:
+            conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            pool = nn.Identity()
+        else:
+            conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            pool = net.maxpool
+        stem = nn.Sequential(OrderedDict(conv1=conv1, bn1=net.bn1, relu=net.relu, maxpool=pool))
+        self.blocks = nn.Sequential(OrderedDict(stem=stem, layer1=net.layer1, layer2=net.layer2,
+                                                layer3=net.layer3, layer4=net.layer4))
+        self.out_features = 512
+
+
+def build_encoder(arch: str, in_channels: int, widths: Sequence[int] = (),
+                  small_input_stem: bool = False) -> Encoder:
+    if arch == "small_cnn":
+        return SmallCNN(in_channels, widths)
+    if arch == "resnet18":
+        return ResNet18(in_channels, small_input_stem)
+    raise ValueError(f"unknown architecture '{arch}': choose small_cnn or resnet18")
+
+
 class Classifier(nn.Module):
     """encoder + linear head; `forward` always returns logits (N, classes)."""
 
-    def __init__(self, in_channels: int, widths: Sequence[int], num_classes: int):
+    def __init__(self, encoder: Encoder, num_classes: int):
         super().__init__()
-        self.encoder = Encoder(in_channels, widths)
-        self.head = nn.Linear(self.encoder.out_features, num_classes)
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.out_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
@@ -95,15 +142,75 @@ def freeze(module: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-def model_metadata(in_channels: int, widths: Sequence[int], num_classes: int) -> dict[str, str]:
-    return {"in_channels": str(in_channels), "widths": ",".join(map(str, widths)),
-            "num_classes": str(num_classes)}
+@dataclass(frozen=True)
+class Architecture:
+    """What it takes to rebuild an encoder; stored in every model file's metadata."""
+    arch: str
+    in_channels: int
+    widths: tuple[int, ...] = ()
+    small_input_stem: bool = False
+
+    def build(self) -> Encoder:
+        return build_encoder(self.arch, self.in_channels, self.widths, self.small_input_stem)
 
 
-def classifier_from_state(state: dict, metadata: dict[str, str]) -> Classifier:
-    """Rebuild a Classifier from a file the pipeline wrote; names and shapes must match exactly."""
-    model = Classifier(int(metadata["in_channels"]),
-                       [int(w) for w in metadata["widths"].split(",")],
-                       int(metadata["num_classes"]))
+def architecture_from(model_cfg, in_channels: int) -> Architecture:
+    """From params.yaml's `model` section (arch, widths, small_input_stem)."""
+    widths = tuple(model_cfg.widths) if model_cfg.arch == "small_cnn" else ()
+    return Architecture(model_cfg.arch, in_channels, widths,
+                        model_cfg.small_input_stem if model_cfg.arch == "resnet18" else False)
+
+
+def model_metadata(architecture: Architecture, classes: Sequence[str]) -> dict[str, str]:
+    return {"arch": architecture.arch, "in_channels": str(architecture.in_channels),
+            "widths": json.dumps(list(architecture.widths)),
+            "small_input_stem": json.dumps(architecture.small_input_stem),
+            "classes": json.dumps(list(classes))}
+
+
+def classifier_from_state(state: dict, metadata: dict[str, str]) -> tuple[Classifier, list[str]]:
+    """Rebuild a Classifier (and its class names) from a file the pipeline wrote; tensor names
+    and shapes must match exactly."""
+    architecture = Architecture(metadata["arch"], int(metadata["in_channels"]),
+                                tuple(json.loads(metadata["widths"])),
+                                json.loads(metadata["small_input_stem"]))
+    classes = json.loads(metadata["classes"])
+    model = Classifier(architecture.build(), len(classes))
     model.load_state_dict(state, strict=True)
-    return model
+    return model, classes
+
+
+def torchvision_to_block_name(name: str) -> str | None:
+    """A torchvision resnet18 tensor name -> ours ('conv1.weight' -> 'blocks.stem.conv1.weight');
+    None for the ImageNet classifier (fc.*), which transfer always replaces."""
+    if name.startswith(("conv1.", "bn1.")):
+        return f"blocks.stem.{name}"
+    if name.startswith("layer"):
+        return f"blocks.{name}"
+    return None
+
+
+def load_pretrained(encoder: Encoder, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Copy a torchvision-format resnet18 state dict into a ResNet18 encoder.
+
+    Copies every tensor whose name maps to ours and whose shape matches; returns (copied,
+    skipped with reasons). Refuses a file that matches nothing: it is not a resnet18.
+    """
+    own = encoder.state_dict()
+    copied, skipped = [], []
+    for name, tensor in state.items():
+        ours = torchvision_to_block_name(name)
+        if ours is None:
+            skipped.append(f"{name} (the ImageNet head: replaced)")
+        elif ours not in own:
+            skipped.append(f"{name} (no such tensor here)")
+        elif own[ours].shape != tensor.shape:
+            skipped.append(f"{name} (shape {tuple(tensor.shape)}, here {tuple(own[ours].shape)})")
+        else:
+            own[ours] = tensor.detach().clone()
+            copied.append(name)
+    if not copied:
+        raise ValueError("no tensor of the weights file matches a resnet18: "
+                         f"first names {list(state)[:3]}")
+    encoder.load_state_dict(own)
+    return copied, skipped

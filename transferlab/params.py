@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Literal
 
 import yaml
@@ -18,13 +19,53 @@ from transferlab.io import UserError
 STRATEGIES = ("scratch", "finetune", "features", "structure", "joint")
 
 
+def encoder_blocks(arch: str, widths: Sequence[int]) -> int:
+    """How many named blocks an architecture has (what frozen/copied block counts range over)."""
+    return len(widths) if arch == "small_cnn" else 5
+
+
+def min_image_size(arch: str, widths: Sequence[int], small_input_stem: bool) -> int:
+    """The smallest input that every downsampling of the encoder still leaves >= 1 pixel."""
+    if arch == "small_cnn":
+        return 2 ** (len(widths) - 1)  # every block but the last halves the image
+    return 8 if small_input_stem else 32  # resnet18: x8 (layer2..4) or x32 (plus the stem's x4)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+DATASETS = ("mnist_5k", "uci_digits", "mnist", "fashion_mnist", "usps", "svhn", "cifar10", "folder")
+
+
+class DatasetSpec(Strict):
+    name: Literal[DATASETS]
+    classes: Literal["all"] | list[int]  # class ids in the dataset's own numbering, or all
+    root: str  # the image-folder root when name is folder; "" otherwise
+
+
 class Data(Strict):
-    source: Literal["mnist_5k", "uci_digits"]
-    target: Literal["mnist_5k", "uci_digits"]
+    source: DatasetSpec
+    target: DatasetSpec
+    cache_dir: str  # downloaded datasets; "" = $TRANSFERLAB_DATA or ~/.cache/transferlab
+
+    @model_validator(mode="after")
+    def _scenario(self):
+        for role, spec in (("source", self.source), ("target", self.target)):
+            if (spec.name == "folder") != bool(spec.root):
+                raise ValueError(f"data.{role}.root must be set exactly when data.{role}.name is "
+                                 f"folder (got name={spec.name}, root={spec.root!r})")
+            if spec.classes != "all" and (len(set(spec.classes)) != len(spec.classes)
+                                          or len(spec.classes) < 2 or min(spec.classes) < 0):
+                raise ValueError(f"data.{role}.classes={spec.classes}: use 'all' or at least two "
+                                 "distinct class ids >= 0")
+        same = (self.source.name, self.source.root) == (self.target.name, self.target.root)
+        if same and (self.source.classes == "all" or self.target.classes == "all"
+                     or set(self.source.classes) & set(self.target.classes)):
+            raise ValueError("data.source and data.target are the same dataset: give both "
+                             "explicit, disjoint class lists (data.*.classes), or the target's "
+                             "test images would be source training images")
+        return self
 
 
 class Prepare(Strict):
@@ -32,6 +73,7 @@ class Prepare(Strict):
     crop: Literal["bbox", "none"]  # centre each digit on its square bounding box
     bottleneck_size: int = Field(ge=0, le=64)  # pass both domains through this size; 0 = off
     scale: Literal["max", "none"]  # each image divided by its own maximum
+    channels: Literal[1, 3]  # gray -> 3 repeats the channel; colour -> 1 takes the luminance
     source_val_fraction: float = Field(gt=0, lt=1)
     target_test_fraction: float = Field(gt=0, lt=1)
     target_val_per_class: int = Field(ge=1)
@@ -40,7 +82,10 @@ class Prepare(Strict):
 
 
 class Model(Strict):
-    widths: list[int] = Field(min_length=1, max_length=6)
+    arch: Literal["small_cnn", "resnet18"]
+    widths: list[int] = Field(min_length=1, max_length=6)  # small_cnn: channels per block
+    small_input_stem: bool  # resnet18: 3x3 stride-1 stem, no max-pool, for small images
+    weights: str  # source-model initialisation: none | imagenet | path to a resnet18 .pth
 
     @model_validator(mode="after")
     def _positive(self):
@@ -124,17 +169,22 @@ class Params(Strict):
     study: Study
 
     @model_validator(mode="after")
-    def _blocks_exist(self):
-        n = len(self.model.widths)
-        smallest = 2 ** (n - 1)  # every block but the last halves the image
+    def _fits_the_model(self):
+        m = self.model
+        if m.weights != "none" and m.arch != "resnet18":
+            raise ValueError(f"model.weights={m.weights!r} needs model.arch=resnet18 "
+                             "(small_cnn has no published weights): use none")
+        if m.weights == "imagenet" and self.prepare.channels != 3:
+            raise ValueError("model.weights=imagenet expects colour input: set prepare.channels=3")
+        smallest = min_image_size(m.arch, m.widths, m.small_input_stem)
         if self.prepare.image_size < smallest:
             raise ValueError(f"prepare.image_size={self.prepare.image_size} is too small for "
-                             f"{n} encoder blocks (model.widths): use >= {smallest} or fewer blocks")
+                             f"model.arch={m.arch} with these blocks: use >= {smallest}")
+        n = encoder_blocks(m.arch, m.widths)
         for key, value in (("transfer.finetune.frozen_blocks", self.transfer.finetune.frozen_blocks),
                            ("transfer.structure.copied_blocks", self.transfer.structure.copied_blocks)):
             if value > n:
-                raise ValueError(f"{key}={value} but the encoder has {n} blocks (model.widths); "
-                                 f"use 0..{n}")
+                raise ValueError(f"{key}={value} but the encoder has {n} blocks; use 0..{n}")
         return self
 
 

@@ -6,6 +6,9 @@ digits sit inside a 4-pixel empty border, UCI digits fill their frame), 63 % wit
 centred on its square bounding box, 78 % when both domains also pass through the target's 8x8
 resolution and each image is scaled to a maximum of 1.
 
+Colour and gray datasets meet at `prepare.channels` (gray -> 3 repeats the channel, colour ->
+1 takes the luminance). A class subset (data.*.classes) is renumbered 0..K-1 in sorted order.
+
 Splits: the target is split once by `split_seed` into train pool / validation / test (so the
 test set is the same for every seed and every k); the k shots per class are drawn from the
 pool by `seed`, as a prefix of one per-class permutation, so the 5-shot draw contains the
@@ -22,7 +25,9 @@ import torch.nn.functional as F
 
 from transferlab.datasets import RawDataset
 from transferlab.io import UserError
-from transferlab.params import Prepare
+from transferlab.params import DatasetSpec, Prepare
+
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -33,31 +38,59 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def crop_to_bbox(image: np.ndarray) -> np.ndarray:
-    """The smallest square around the inked pixels, centred on them, zero-padded where needed."""
-    rows, cols = np.nonzero(image)
+    """(C, H, W): the smallest square around the inked pixels (any channel > 0), centred on
+    them, zero-padded where needed."""
+    rows, cols = np.nonzero(image.max(axis=0))
     if rows.size == 0:
         return image
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     side = max(bottom - top, right - left)
-    out = np.zeros((side, side), dtype=image.dtype)
+    out = np.zeros((image.shape[0], side, side), dtype=image.dtype)
     dy, dx = (side - (bottom - top)) // 2, (side - (right - left)) // 2
-    out[dy:dy + bottom - top, dx:dx + right - left] = image[top:bottom, left:right]
+    out[:, dy:dy + bottom - top, dx:dx + right - left] = image[:, top:bottom, left:right]
     return out
 
 
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, H, W) with C in {1, 3} -> (N, channels, H, W)."""
+    if x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    return (x * torch.tensor(LUMINANCE).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
 def align(raw: RawDataset, p: Prepare) -> np.ndarray:
-    """Raw images -> (N, 1, image_size, image_size) uint8, the same framing in both domains."""
+    """Raw images -> (N, channels, image_size, image_size) uint8, the same framing in both
+    domains."""
     first_size = p.bottleneck_size or p.image_size
     x = torch.from_numpy(raw.images.astype(np.float32) / raw.max_value)
+    x = to_channels(x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2), p.channels)
     if p.crop == "bbox":
-        x = torch.cat([_resize(torch.from_numpy(crop_to_bbox(img.numpy()))[None, None], first_size)
+        x = torch.cat([_resize(torch.from_numpy(crop_to_bbox(img.numpy()))[None], first_size)
                        for img in x])
     else:
-        x = _resize(x[:, None], first_size)
+        x = _resize(x, first_size)
     x = _resize(x, p.image_size).clamp_(0, 1)
     if p.scale == "max":
         x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
     return (x * 255).round_().to(torch.uint8).numpy()
+
+
+def select_classes(raw: RawDataset, classes: str | list[int], key: str) -> RawDataset:
+    """The images of the chosen class ids, relabelled 0..K-1 in sorted id order."""
+    if classes == "all":
+        return raw
+    missing = sorted(set(classes) - set(range(len(raw.classes))))
+    if missing:
+        raise UserError(f"{key}={classes}: the dataset has no class {missing[0]} (its ids are "
+                        f"0..{len(raw.classes) - 1}: {', '.join(raw.classes)})")
+    chosen = sorted(classes)
+    keep = np.isin(raw.labels, chosen)
+    relabel = np.full(len(raw.classes), -1, dtype=np.int64)
+    relabel[chosen] = np.arange(len(chosen))
+    return RawDataset(raw.images[keep], relabel[raw.labels[keep]], raw.max_value,
+                      tuple(raw.classes[c] for c in chosen))
 
 
 def split_stratified(labels: np.ndarray, seed: int, **take: float | int) -> dict[str, np.ndarray]:
@@ -97,11 +130,17 @@ class Scenario:
     target_pool: dict[str, np.ndarray]  # x_pool, y_pool (all unlabelled-so-far images), x_val, y_val
     target_test: dict[str, np.ndarray]  # x_test, y_test: read by evaluate only
     summary: dict[str, int]
+    source_classes: tuple[str, ...]
+    target_classes: tuple[str, ...]
 
 
-def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int) -> Scenario:
-    if set(np.unique(source.labels)) != set(np.unique(target.labels)):
-        raise UserError("source and target label sets differ: choose datasets with the same classes")
+def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int,
+                   source_spec: DatasetSpec | None = None,
+                   target_spec: DatasetSpec | None = None) -> Scenario:
+    if source_spec is not None:
+        source = select_classes(source, source_spec.classes, "data.source.classes")
+    if target_spec is not None:
+        target = select_classes(target, target_spec.classes, "data.target.classes")
     xs, xt = align(source, p), align(target, p)
     s = split_stratified(source.labels, p.split_seed, val=p.source_val_fraction)
     t = split_stratified(target.labels, p.split_seed, test=p.target_test_fraction,
@@ -123,4 +162,5 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
                      "x_val": xt[t["val"]], "y_val": target.labels[t["val"]]},
         target_test={"x_test": xt[t["test"]], "y_test": target.labels[t["test"]]},
         summary={k: int(v) for k, v in summary.items()},
+        source_classes=tuple(source.classes), target_classes=tuple(target.classes),
     )

@@ -7,23 +7,65 @@ validation split, never target data.
 from __future__ import annotations
 
 import math
+import pickle
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from transferlab.models import Classifier, Encoder
+from transferlab.io import UserError
+from transferlab.models import Architecture, Classifier, Encoder, load_pretrained
 from transferlab.params import Pretrain
 from transferlab.train import FitResult, Stream, fit, predict_logits
 
 DIGITS = 4
 
 
-def pretrain(source: dict[str, torch.Tensor], widths: list[int], cfg: Pretrain
-             ) -> tuple[Classifier, FitResult]:
-    """Train encoder + head on the source train split; keep the best epoch on source val."""
+def read_weights(weights: str) -> dict[str, torch.Tensor]:
+    """A torchvision-format resnet18 state dict: `imagenet` (torchvision's own weights enum and
+    cache under $TORCH_HOME) or a local file, loaded with weights_only=True (no code runs)."""
+    if weights == "imagenet":
+        from torchvision.models import ResNet18_Weights
+
+        spec = ResNet18_Weights.IMAGENET1K_V1
+        try:
+            return spec.get_state_dict(progress=False)
+        except OSError as err:  # URLError is an OSError: no network, no cached file
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.url).name
+            raise UserError(f"ImageNet weights not found at {cache} and not downloadable ({err}):"
+                            f" place the file from {spec.url} there (set TORCH_HOME to move it)"
+                            ) from None
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"model.weights: {path} not found: give a resnet18 state dict (.pth), "
+                        "imagenet or none")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        # weights_only refuses anything but tensors and plain containers: no code can run
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"model.weights: {path} is not a loadable state dict ({first_line})"
+                        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"model.weights: {path} holds no state dict of tensors")
+    return state
+
+
+def pretrain(source: dict[str, torch.Tensor], architecture: Architecture, cfg: Pretrain,
+             weights: str = "none") -> tuple[Classifier, FitResult]:
+    """Train encoder + head on the source train split (from `weights` if given); keep the best
+    epoch on source val."""
     x, y = source["x_train"], source["y_train"]
     torch.manual_seed(cfg.seed)
-    model = Classifier(x.shape[1], widths, int(y.max()) + 1).to(x.device)
+    model = Classifier(architecture.build(), int(y.max()) + 1)
+    if weights != "none":
+        try:
+            copied, skipped = load_pretrained(model.encoder, read_weights(weights))
+        except ValueError as err:
+            raise UserError(f"model.weights={weights}: {err}") from None
+        print(f"initialised from {weights}: copied {len(copied)} tensors"
+              + (f"; skipped {len(skipped)}: {'; '.join(skipped)}" if skipped else ""))
+    model.to(x.device)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}],
                  [Stream(x, y, model)], (source["x_val"], source["y_val"], model),

@@ -9,17 +9,14 @@ scripts load it after training has finished.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
 from transferlab import strategies
 from transferlab.evaluation import compare, predict
 from transferlab.models import Classifier
-from transferlab.params import Params
+from transferlab.params import Params, encoder_blocks
 from transferlab.scenario import draw_shots
-from transferlab.source import extract_features
 from transferlab.train import make_deterministic
 
 LayerVariant = tuple[str, int]  # (variant, copied blocks)
@@ -32,24 +29,6 @@ def cell_target(pool: dict[str, torch.Tensor], shots: int, seed: int) -> dict[st
     return {"x_train": pool["x_pool"][idx.to(pool["x_pool"].device)],
             "y_train": pool["y_pool"][idx.to(pool["y_pool"].device)],
             "x_val": pool["x_val"], "y_val": pool["y_val"]}
-
-
-def make_inputs(target: dict[str, torch.Tensor], params: Params, seed: int,
-                load_source_model: Callable[[], Classifier],
-                load_source_data: Callable[[], dict]) -> strategies.Inputs:
-    """Inputs whose frozen features are computed here, from the source encoder, on demand."""
-    def load_features() -> dict:
-        encoder = load_source_model().encoder
-        batch = params.extract.batch_size
-        return {"train_features": extract_features(encoder, target["x_train"], batch),
-                "val_features": extract_features(encoder, target["x_val"], batch),
-                "y_train": target["y_train"].cpu().numpy(), "y_val": target["y_val"].cpu().numpy()}
-
-    return strategies.Inputs(
-        target=target, in_channels=target["x_train"].shape[1],
-        num_classes=int(target["y_train"].max()) + 1, widths=params.model.widths, seed=seed,
-        load_source_model=load_source_model, load_source_data=load_source_data,
-        load_features=load_features)
 
 
 def train_cell(inputs: strategies.Inputs, params: Params) -> dict[str, strategies.Outcome]:
@@ -73,10 +52,10 @@ def train_layer_grid(inputs: strategies.Inputs, params: Params
     cfg = params.transfer.structure
     load_source = inputs.load_source_model
     outcomes = {}
-    for variant, n in layer_variants(len(params.model.widths)):
+    for variant, n in layer_variants(encoder_blocks(params.model.arch, params.model.widths)):
         make_deterministic(inputs.seed)
         if variant == "random-frozen":
-            random_source = Classifier(inputs.in_channels, inputs.widths, inputs.num_classes)
+            random_source = Classifier(inputs.architecture.build(), inputs.num_classes)
             inputs.load_source_model = lambda model=random_source: model
         else:
             inputs.load_source_model = load_source

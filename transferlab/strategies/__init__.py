@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from transferlab.models import Classifier
+from transferlab.models import Architecture, Classifier, architecture_from, new_head
+from transferlab.params import Params
+from transferlab.source import extract_features
 from transferlab.train import FitResult, Stream, fit
 
 NAMES = ("scratch", "finetune", "features", "structure", "joint")
@@ -22,9 +24,8 @@ NAMES = ("scratch", "finetune", "features", "structure", "joint")
 @dataclass
 class Inputs:
     target: dict[str, torch.Tensor]  # x_train, y_train (the shots), x_val, y_val: on the device
-    in_channels: int
+    architecture: Architecture       # the encoder every new model is built with
     num_classes: int
-    widths: list[int]
     seed: int
     load_source_model: Callable[[], Classifier]           # read only by strategies that use it
     load_source_data: Callable[[], dict[str, torch.Tensor]]
@@ -38,10 +39,37 @@ class Outcome:
     info: dict = field(default_factory=dict)  # strategy facts for metrics (what was copied, ...)
 
 
+def make_inputs(target: dict[str, torch.Tensor], params: Params, seed: int,
+                load_source_model: Callable[[], Classifier],
+                load_source_data: Callable[[], dict],
+                load_features: Callable[[], dict] | None = None) -> Inputs:
+    """Inputs for the target shots and validation set; without `load_features`, the frozen
+    features are computed on demand from the source encoder (as the extract stage does)."""
+    def compute_features() -> dict:
+        encoder = load_source_model().encoder
+        batch = params.extract.batch_size
+        return {"train_features": extract_features(encoder, target["x_train"], batch),
+                "val_features": extract_features(encoder, target["x_val"], batch),
+                "y_train": target["y_train"].cpu().numpy(), "y_val": target["y_val"].cpu().numpy()}
+
+    return Inputs(target=target,
+                  architecture=architecture_from(params.model, target["x_train"].shape[1]),
+                  num_classes=int(target["y_train"].max()) + 1, seed=seed,
+                  load_source_model=load_source_model, load_source_data=load_source_data,
+                  load_features=load_features or compute_features)
+
+
 def run(name: str, inputs: Inputs, cfg) -> Outcome:
     if name not in NAMES:
         raise ValueError(f"unknown strategy '{name}': choose one of {', '.join(NAMES)}")
     return importlib.import_module(f"transferlab.strategies.{name}").run(inputs, cfg)
+
+
+def new_classifier(inputs: Inputs) -> Classifier:
+    """A randomly initialised encoder (from the global seed) with a zero-initialised head."""
+    model = Classifier(inputs.architecture.build(), inputs.num_classes)
+    model.head = new_head(model.encoder.out_features, inputs.num_classes)
+    return model
 
 
 def fit_on_target(model: Classifier, param_groups: list[dict], inputs: Inputs, cfg,

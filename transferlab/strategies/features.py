@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from transferlab.models import Classifier
 from transferlab.params import Features
-from transferlab.strategies import Inputs, Outcome
+from transferlab.strategies import Inputs, Outcome, new_classifier
 
 
 def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, C: float
@@ -36,7 +35,7 @@ def run(inputs: Inputs, cfg: Features) -> Outcome:
     val_logits = feats["val_features"] @ weight.T + bias
     val_accuracy = float((val_logits.argmax(1) == feats["y_val"]).mean())
 
-    model = Classifier(inputs.in_channels, inputs.widths, inputs.num_classes)
+    model = new_classifier(inputs)
     model.encoder.load_state_dict(inputs.load_source_model().encoder.state_dict(), strict=True)
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(weight[:inputs.num_classes]))

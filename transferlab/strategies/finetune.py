@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import torch
 
-from transferlab.models import Classifier, freeze, new_head
+from transferlab.models import freeze
 from transferlab.params import Finetune
-from transferlab.strategies import Inputs, Outcome, fit_on_target, trainable
+from transferlab.strategies import Inputs, Outcome, fit_on_target, new_classifier, trainable
 
 
 def run(inputs: Inputs, cfg: Finetune) -> Outcome:
     torch.manual_seed(inputs.seed)
     source = inputs.load_source_model()
-    model = Classifier(inputs.in_channels, inputs.widths, inputs.num_classes)
+    model = new_classifier(inputs)
     model.encoder.load_state_dict(source.encoder.state_dict(), strict=True)
-    model.head = new_head(model.encoder.out_features, inputs.num_classes)
     frozen = model.encoder.block_names[:cfg.frozen_blocks]
     for name in frozen:
         freeze(model.encoder.block(name))

@@ -10,16 +10,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from transferlab.models import Classifier, new_head
+from transferlab.models import new_head
 from transferlab.params import Joint
-from transferlab.strategies import Inputs, Outcome
+from transferlab.strategies import Inputs, Outcome, new_classifier
 from transferlab.train import Stream, fit
 
 
 def run(inputs: Inputs, cfg: Joint) -> Outcome:
     torch.manual_seed(inputs.seed)
-    model = Classifier(inputs.in_channels, inputs.widths, inputs.num_classes)
-    model.head = new_head(model.encoder.out_features, inputs.num_classes)  # the target head
+    model = new_classifier(inputs)  # its head is the target head
     source = inputs.load_source_data()
     source_head = new_head(model.encoder.out_features, int(source["y_train"].max()) + 1)
     both = nn.ModuleDict({"model": model, "source_head": source_head})

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from transferlab.models import Classifier, copy_blocks, freeze, new_head
+from transferlab.models import copy_blocks, freeze
 from transferlab.params import Structure
-from transferlab.strategies import Inputs, Outcome, fit_on_target, trainable
+from transferlab.strategies import Inputs, Outcome, fit_on_target, new_classifier, trainable
 
 
 def run(inputs: Inputs, cfg: Structure) -> Outcome:
     torch.manual_seed(inputs.seed)
-    model = Classifier(inputs.in_channels, inputs.widths, inputs.num_classes)
-    model.head = new_head(model.encoder.out_features, inputs.num_classes)
+    model = new_classifier(inputs)
     names = model.encoder.block_names[:cfg.copied_blocks]
     copied = copy_blocks(model.encoder, inputs.load_source_model().encoder, names) if names else []
     if cfg.freeze_copied:
