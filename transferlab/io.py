@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import os
 import shutil
@@ -30,10 +31,13 @@ class UserError(Exception):
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; move it into place only if the block succeeds.
 
-    Works for files and directories. An interrupted or failed block leaves `path` as it was.
+    Works for files and directories. An interrupted or failed block leaves `path` as it was;
+    a temporary left by a killed run (SIGKILL gives no chance to clean up) is removed here.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
