@@ -1,0 +1,106 @@
+"""The README's dataset presets: valid params, and each one end to end on fixtures in the real
+file formats, through every stage's main() as dvc.yaml calls it (in-process, so the fixtures'
+md5s can stand in for the official ones)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, merge, tiny_params_dict
+from tests.fixtures_formats import (random_images, trust_fixture_md5s, write_cifar10, write_mnist,
+                                    write_svhn, write_usps)
+from tests.test_stages import run_main
+from transferlab.io import load_arrays, read_metadata
+from transferlab.params import parse_params
+
+
+def readme_presets() -> dict[str, dict]:
+    """name -> params overrides, from the `dvc exp run -n NAME -S key=value ...` lines."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- presets:start -->")[1].split("<!-- presets:end -->")[0]
+    presets = {}
+    for line in block.splitlines():
+        if not line.startswith("dvc exp run"):
+            continue
+        words = shlex.split(line)
+        name = words[words.index("-n") + 1]
+        override: dict = {}
+        for i, word in enumerate(words):
+            if word == "-S":
+                key, value = words[i + 1].split("=", 1)
+                *parents, leaf = key.split(".")
+                node = override
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = yaml.safe_load(value)
+        presets[name] = override
+    return presets
+
+
+PRESETS = readme_presets()
+
+
+def test_the_readme_lists_the_presets_of_the_issue():
+    assert set(PRESETS) == {"mnist-to-usps", "svhn-to-mnist", "cifar10-split",
+                            "cifar10-split-resnet18"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_valid_params(name):
+    parse_params(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), PRESETS[name]))
+
+
+def stage_commands() -> list[tuple[str, list[str]]]:
+    """(stage script, argv) for every stage of dvc.yaml in order, the matrix expanded."""
+    commands = []
+    for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
+        items = stage.get("matrix", {}).get("strategy", [None])
+        for item in items:
+            cmd = stage["cmd"].replace("${item.strategy}", str(item))
+            words = shlex.split(cmd)
+            commands.append((words[1].removeprefix("stages/").removesuffix(".py"), words[2:]))
+    return commands
+
+
+def write_fixtures(name: str, cache, monkeypatch) -> None:
+    if name in ("mnist", "fashion_mnist"):
+        write_mnist(cache, "MNIST" if name == "mnist" else "FashionMNIST", n=300)
+    elif name == "usps":
+        images, labels = random_images(300, (16, 16), seed=3)
+        write_usps(cache, images / 127.5 - 1, labels)
+    elif name == "svhn":
+        write_svhn(cache, n=300)
+    elif name == "cifar10":
+        write_cifar10(cache, per_batch=120)
+    trust_fixture_md5s(monkeypatch, name, cache)
+
+
+TINY_RUN = {"pretrain": {"epochs": 1}, "prepare": {"shots": 2, "target_val_per_class": 3},
+            "model": {"widths": [4, 8]},
+            "transfer": {n: {"steps": 3} for n in ("scratch", "finetune", "structure", "joint")}}
+
+
+@pytest.mark.parametrize("name", ["mnist-to-usps", "svhn-to-mnist", "cifar10-split"])
+def test_preset_runs_every_stage_on_real_format_fixtures(name, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    params = merge(merge(tiny_params_dict(), PRESETS[name]), TINY_RUN)
+    params["data"]["cache_dir"] = str(cache)
+    for role in ("source", "target"):
+        write_fixtures(params["data"][role]["name"], cache, monkeypatch)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for script, argv in stage_commands():
+        run_main(tmp_path, script, *argv)
+    scores = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    expected = {"scratch", "finetune", "features", "structure", "joint"}
+    same_classes = name != "cifar10-split"
+    assert set(scores) == expected | ({"source_only"} if same_classes else set())
+    classes = json.loads(read_metadata(tmp_path / "data/prepared/target_test.safetensors")["classes"])
+    if name == "cifar10-split":
+        assert classes == ["dog", "frog", "horse", "ship", "truck"]
+    x = load_arrays(tmp_path / "data/prepared/target.safetensors")["x_train"]
+    assert x.shape[1:] == ((3, 32, 32) if name == "cifar10-split" else
+                           (1, params["prepare"]["image_size"], params["prepare"]["image_size"]))
