@@ -37,16 +37,13 @@ def main(argv=None):
                                                      "ci_high": r["ci_high"]} for r in layers}})
     negative = [f"{r['strategy']} at k={r['shots']}" for r in rows if r["negative_transfer"]]
     report = "\n".join([
-        "# Study: label budgets x seeds",
-        "",
         f"Target-test accuracy over seeds {seeds} (each seed: another shot draw and "
         "initialisation), 95 % Student-t intervals; gains over scratch paired by seed.",
         "Negative transfer (gain interval entirely below zero): "
         + (", ".join(negative) if negative else "none found") + ".",
         "",
         study_markdown(rows),
-        f"## Layer transfer (structure strategy, k={grids[0]['shots'] if grids else '?'})",
-        "",
+        f"**Layer transfer** (structure strategy, k={grids[0]['shots'] if grids else '?'}): "
         "frozen = copied source blocks kept fixed (AnB); fine-tuned = copied then trained "
         "(AnB+); random-frozen = the same blocks frozen at a random initialisation (control).",
         "",

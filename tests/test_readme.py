@@ -15,3 +15,9 @@ def test_readme_table_is_the_committed_report():
 def test_committed_report_matches_committed_metrics():
     scores = json.loads((ROOT / "metrics/evaluate.json").read_text())
     assert results_markdown(scores) == (ROOT / "reports/results.md").read_text()
+
+
+def test_readme_study_section_is_the_committed_study_report():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- study:start -->\n")[1].split("<!-- study:end -->")[0]
+    assert block == (ROOT / "study/report.md").read_text()
