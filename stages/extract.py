@@ -7,7 +7,7 @@ from pathlib import Path
 from transferlab.io import load_arrays, load_state_dict, run_stage, save_arrays, write_json
 from transferlab.models import classifier_from_state
 from transferlab.params import load_params
-from transferlab.source import extract_features, feature_diagnostics
+from transferlab.source import feature_diagnostics, target_features
 from transferlab.train import make_deterministic, pick_device, to_device
 
 
@@ -24,9 +24,7 @@ def main(argv=None):
     device = pick_device()
     encoder = classifier_from_state(*load_state_dict(args.model))[0].encoder.to(device)
     target = to_device(load_arrays(args.target), device)
-    features = {"train_features": extract_features(encoder, target["x_train"], batch_size),
-                "val_features": extract_features(encoder, target["x_val"], batch_size),
-                "y_train": target["y_train"].cpu().numpy(), "y_val": target["y_val"].cpu().numpy()}
+    features = target_features(encoder, target, batch_size)
     save_arrays(args.out, features)
     diagnostics = feature_diagnostics(features["train_features"], features["y_train"],
                                       features["val_features"], features["y_val"])

@@ -80,6 +80,13 @@ def extract_features(encoder: Encoder, x: torch.Tensor, batch_size: int) -> np.n
     return predict_logits(encoder, x, batch_size).cpu().numpy().astype(np.float32)
 
 
+def target_features(encoder: Encoder, target: dict[str, torch.Tensor], batch_size: int) -> dict:
+    """Frozen features of the target shots and validation set, with their labels."""
+    return {"train_features": extract_features(encoder, target["x_train"], batch_size),
+            "val_features": extract_features(encoder, target["x_val"], batch_size),
+            "y_train": target["y_train"].cpu().numpy(), "y_val": target["y_val"].cpu().numpy()}
+
+
 def _unit_rows(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 

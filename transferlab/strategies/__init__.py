@@ -15,7 +15,7 @@ import torch
 
 from transferlab.models import Architecture, Classifier, architecture_from, new_head
 from transferlab.params import Params
-from transferlab.source import extract_features
+from transferlab.source import target_features
 from transferlab.train import FitResult, Stream, fit
 
 NAMES = ("scratch", "finetune", "features", "structure", "joint")
@@ -46,11 +46,7 @@ def make_inputs(target: dict[str, torch.Tensor], params: Params, seed: int,
     """Inputs for the target shots and validation set; without `load_features`, the frozen
     features are computed on demand from the source encoder (as the extract stage does)."""
     def compute_features() -> dict:
-        encoder = load_source_model().encoder
-        batch = params.extract.batch_size
-        return {"train_features": extract_features(encoder, target["x_train"], batch),
-                "val_features": extract_features(encoder, target["x_val"], batch),
-                "y_train": target["y_train"].cpu().numpy(), "y_val": target["y_val"].cpu().numpy()}
+        return target_features(load_source_model().encoder, target, params.extract.batch_size)
 
     return Inputs(target=target,
                   architecture=architecture_from(params.model, target["x_train"].shape[1]),
