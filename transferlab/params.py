@@ -7,12 +7,14 @@ runs, with the key's dotted path, what was given and what is allowed.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from transferlab.io import UserError
 
@@ -32,7 +34,11 @@ def min_image_size(arch: str, widths: Sequence[int], small_input_stem: bool) -> 
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: `.inf` would pass every lower bound and train a NaN model
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+SEED_LIMIT = 2 ** 63  # torch.manual_seed takes a signed 64-bit integer
 
 
 DATASETS = ("mnist_5k", "uci_digits", "mnist", "fashion_mnist", "usps", "svhn", "cifar10", "folder")
@@ -42,6 +48,14 @@ class DatasetSpec(Strict):
     name: Literal[DATASETS]
     classes: Literal["all"] | list[int]  # class ids in the dataset's own numbering, or all
     root: str  # the image-folder root when name is folder; "" otherwise
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _all_or_ids(cls, value):
+        if value != "all" and not (isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ValueError("use 'all' or a list of class ids such as [0, 1, 2]")
+        return value
 
 
 class Data(Strict):
@@ -73,12 +87,19 @@ class Prepare(Strict):
     crop: Literal["bbox", "none"]  # centre each digit on its square bounding box
     bottleneck_size: int = Field(ge=0, le=64)  # pass both domains through this size; 0 = off
     scale: Literal["max", "none"]  # each image divided by its own maximum
-    channels: Literal[1, 3]  # gray -> 3 repeats the channel; colour -> 1 takes the luminance
+    channels: int  # 1 or 3: gray -> 3 repeats the channel; colour -> 1 takes the luminance
     source_val_fraction: float = Field(gt=0, lt=1)
     target_test_fraction: float = Field(gt=0, lt=1)
     target_val_per_class: int = Field(ge=1)
-    split_seed: int = Field(ge=0)  # fixes the target test set across seeds
+    split_seed: int = Field(ge=0, lt=SEED_LIMIT)  # fixes the target test set across seeds
     shots: int = Field(ge=1)  # labelled target images per class
+
+    @field_validator("channels")
+    @classmethod
+    def _one_or_three(cls, value):
+        if value not in (1, 3):
+            raise ValueError("use 1 or 3")
+        return value
 
 
 class Model(Strict):
@@ -103,7 +124,7 @@ class Optim(Strict):
 
 class Pretrain(Optim):
     epochs: int = Field(ge=1)
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, lt=SEED_LIMIT)
 
 
 class Extract(Strict):
@@ -152,14 +173,15 @@ class Study(Strict):
 
     @model_validator(mode="after")
     def _distinct_positive(self):
-        for key, values, low in (("shots", self.shots, 1), ("seeds", self.seeds, 0)):
-            if len(set(values)) != len(values) or min(values) < low:
-                raise ValueError(f"study.{key}={values}: use distinct integers >= {low}")
+        for key, values, low, high in (("shots", self.shots, 1, 10 ** 6),
+                                       ("seeds", self.seeds, 0, SEED_LIMIT)):
+            if len(set(values)) != len(values) or min(values) < low or max(values) >= high:
+                raise ValueError(f"study.{key}={values}: use distinct integers in [{low}, {high})")
         return self
 
 
 class Params(Strict):
-    seed: int = Field(ge=0)  # shot draw + initialisation of transfer
+    seed: int = Field(ge=0, lt=SEED_LIMIT)  # shot draw + initialisation of transfer
     data: Data
     prepare: Prepare
     model: Model
@@ -205,20 +227,45 @@ def _submodel(loc: tuple) -> type[BaseModel]:
 def _explain(err: ValidationError, raw: dict) -> str:
     # an unknown key first: a misspelt key also makes its correct spelling "missing"
     first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
-    loc = tuple(str(p) for p in first["loc"])
+    # drop pydantic's union-branch names (e.g. "literal['all']") from the location
+    loc = tuple(str(p) for p in first["loc"] if isinstance(p, int) or str(p).isidentifier())
     key = ".".join(loc)
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(_submodel(loc[:-1]))
-        close = ([a for a in allowed if a.startswith(loc[-1]) or loc[-1].startswith(a)]
-                 or difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.5))
+        given, lower = loc[-1], {a.lower(): a for a in allowed}
+        close = ([a for a in allowed if a.lower().startswith(given.lower())
+                  or given.lower().startswith(a.lower())]
+                 or [lower[m] for m in difflib.get_close_matches(given.lower(), lower, n=1,
+                                                                 cutoff=0.5)])
         hint = f"did you mean '{'.'.join(loc[:-1] + (close[0],))}'? " if close else ""
         return f"params.yaml: unknown key '{key}': {hint}allowed here: {', '.join(allowed)}"
     if first["type"] == "missing":
         return f"params.yaml: key '{key}' is missing: add it (see the README's params section)"
     if not loc:  # a model-level check: the message names its keys
         return f"params.yaml: {first['msg'].removeprefix('Value error, ')}"
-    given = first.get("input")
-    return f"params.yaml: {key}={given!r} is invalid: {first['msg'].removeprefix('Value error, ')}"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error" and re.search(r"\b[a-z_]+\.[a-z_]{2,}", msg):
+        return f"params.yaml: {msg}"  # a section's own check: its message names the keys
+    return f"params.yaml: {key}={first.get('input')!r} is invalid: {msg}"
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a repeated key (plain PyYAML keeps the last one silently, while
+    DVC's own reader refuses the file): both must agree on what params.yaml says."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKeyError(f"key '{key}' appears twice "
+                                        f"(line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_params(raw: object) -> Params:
@@ -237,7 +284,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise UserError(f"{path} not found: run from the repository root")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text: save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{path} cannot be read ({err.strerror})") from None
+    except DuplicateKeyError as err:
+        raise UserError(f"{path}: {err}: keep one") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
