@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)  ## the default experiment: every stage that is out of date, then the results
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
-	@cat reports/results.md
+	@$(BIN)/python -c "import json; from transferlab.evaluation import results_markdown as t; \
+	print(t(json.load(open('metrics/evaluate.json'))), end='')"
 
 test: $(STAMP)  ## the whole suite, end-to-end dvc runs included (what CI runs)
 	PATH="$(CURDIR)/$(BIN):$$PATH" pytest

@@ -3,17 +3,24 @@
     python scripts/sync_readme.py      (or: make readme)
 """
 
+import json
 import re
 from pathlib import Path
 
+from transferlab.evaluation import results_markdown
+
 ROOT = Path(__file__).resolve().parents[1]
-BLOCKS = {"results": ROOT / "reports/results.md", "study": ROOT / "study/report.md"}
+
+
+def blocks() -> dict[str, str]:
+    return {"results": results_markdown(json.loads((ROOT / "metrics/evaluate.json").read_text())),
+            "study": (ROOT / "study/report.md").read_text()}
 
 
 def sync(readme: str) -> str:
-    for name, source in BLOCKS.items():
+    for name, text in blocks().items():
         pattern = rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)"
-        readme = re.sub(pattern, lambda m: m[1] + source.read_text() + m[2], readme, flags=re.S)
+        readme = re.sub(pattern, lambda m: m[1] + text + m[2], readme, flags=re.S)
     return readme
 
 

@@ -23,7 +23,6 @@ def main(argv=None):
     ap.add_argument("--per-class", type=Path, required=True, help="output: per-class JSON")
     ap.add_argument("--comparison", type=Path, required=True, help="output: comparison CSV")
     ap.add_argument("--confusion", type=Path, required=True, help="output: directory of CSVs")
-    ap.add_argument("--report", type=Path, required=True, help="output: markdown results table")
     args = ap.parse_args(argv)
 
     make_deterministic(0)
@@ -51,10 +50,7 @@ def main(argv=None):
         tmp.mkdir()
         for name, pred in predictions.items():
             write_csv(tmp / f"{name}.csv", ["actual", "predicted"], zip(y_test.tolist(), pred.tolist()))
-    report = results_markdown(scores)
-    with atomic_path(args.report) as tmp:
-        tmp.write_text(report)
-    print(report, end="")
+    print(results_markdown(scores), end="")  # the README's table: scripts/sync_readme.py
 
 
 if __name__ == "__main__":

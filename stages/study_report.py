@@ -10,8 +10,7 @@ import argparse
 from pathlib import Path
 
 from transferlab.io import atomic_path, read_json, run_stage, write_csv, write_json
-from transferlab.stats import study_markdown, study_table
-from transferlab.study import cell_records, layer_markdown, layer_table
+from transferlab.stats import cell_records, layer_markdown, layer_table, study_markdown, study_table
 
 
 def main(argv=None):

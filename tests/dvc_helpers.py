@@ -102,8 +102,9 @@ def fully_run_project(dst: Path) -> Path:
 
 def restored(output: str) -> list[str]:
     """Stage names that `dvc repro` output says it restored from the run-cache instead of running
-    (with --dry, DVC prints these and then 'Running stage' too)."""
-    return [line.split("'")[1] for line in output.splitlines() if "is cached - skipping run" in line]
+    (not with --dry: there DVC looks stages up by their old dep hashes, then says 'Running')."""
+    return [line.split("'")[1] for line in output.splitlines()
+            if "is cached - skipping run" in line]
 
 
 def reset_to_head(repo: Path) -> None:
@@ -156,14 +157,16 @@ def _resolved_stages(root: Path) -> dict[str, dict]:
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
-    skip = {".git", ".dvc", ".venv", ".github", "node_modules"}
+    skip = {".git", ".dvc", ".venv", ".github", "node_modules", "__pycache__"}
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp).resolve()
-        for path in root.rglob("*.yaml"):
-            rel = path.relative_to(root)
-            if not skip & set(rel.parts[:-1]) and path.name != "dvc.lock":
-                (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, scratch / rel)
+        for folder, subfolders, files in os.walk(root):
+            subfolders[:] = [d for d in subfolders if d not in skip]
+            for name in files:
+                if name.endswith(".yaml") and name != "dvc.lock":
+                    rel = Path(folder, name).relative_to(root)
+                    (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(root / rel, scratch / rel)
         (scratch / ".dvc").mkdir()
         (scratch / ".dvc" / "config").write_text("[core]\n    no_scm = true\n")
 

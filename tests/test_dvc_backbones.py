@@ -41,4 +41,4 @@ def test_folder_source_and_resnet18_with_local_weights(tmp_path):
     assert "copied 119 tensors; skipped 3: conv1.weight (shape (64, 3, 7, 7), here (64, 1, 3, 3))" in out
     assert "finetune" in (repo / "metrics/evaluate.json").read_text()
     assert "source_only" in (repo / "metrics/evaluate.json").read_text()
-    assert "up to date" in dvc(repo, "status")
+    assert "up to date" in dvc(repo, "status", "dvc.yaml")

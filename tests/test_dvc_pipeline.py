@@ -15,7 +15,7 @@ def repo(tmp_path_factory):
 
 def test_repro_runs_every_stage_then_nothing(repo):
     assert ran(dvc(repo, "repro")) == STAGES
-    assert "up to date" in dvc(repo, "status")
+    assert "up to date" in dvc(repo, "status", "dvc.yaml")
     assert ran(dvc(repo, "repro")) == []
     metrics = dvc(repo, "metrics", "show", "--json")
     for name in ["scratch", "finetune", "features", "structure", "joint", "source_only"]:
@@ -26,7 +26,7 @@ def test_a_strategy_knob_reruns_only_its_stage_and_evaluate(repo):
     params = read_params(repo)
     params["transfer"]["finetune"]["l2sp_weight"] = 0.5
     write_params(repo, params)
-    assert ran(dvc(repo, "repro")) == ["transfer@finetune", "evaluate"]
+    assert ran(dvc(repo, "repro")) == ["check_params", "transfer@finetune", "evaluate"]
 
 
 def test_study_adding_a_seed_runs_only_its_cells(repo):

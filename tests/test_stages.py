@@ -126,15 +126,12 @@ def test_evaluate_scores_every_strategy_and_the_source_only_baseline(transferred
     run_main(transferred, "evaluate", "models/transfer", "--source-model", "models/source.safetensors",
              "--test", "data/prepared/target_test.safetensors", "--metrics", "metrics/evaluate.json",
              "--per-class", "metrics/per_class.json", "--comparison", "plots/comparison.csv",
-             "--confusion", "plots/confusion", "--report", "reports/results.md")
+             "--confusion", "plots/confusion")
     scores = json.loads((transferred / "metrics/evaluate.json").read_text())
     assert set(scores) == {*NAMES, "source_only"}
     assert scores["scratch"]["gain_over_scratch"] == 0.0
     for s in scores.values():
         assert 0 <= s["accuracy"] <= 1 and 0 <= s["macro_f1"] <= 1
-    report = (transferred / "reports/results.md").read_text()
-    assert f"| scratch | random init, target shots only (the control) | " \
-           f"{100 * scores['scratch']['accuracy']:.1f} |" in report
     per_class = json.loads((transferred / "metrics/per_class.json").read_text())
     assert set(per_class["finetune"]) == {str(c) for c in range(10)}
     confusion = (transferred / "plots/confusion/finetune.csv").read_text().splitlines()

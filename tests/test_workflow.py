@@ -31,15 +31,16 @@ def steps(workflow) -> list[dict]:
 
 def index(steps: list[dict], pattern: str) -> int:
     """The position of the first step whose `run` or `uses` matches `pattern` (a regex)."""
-    found = [i for i, s in enumerate(steps) if re.search(pattern, s.get("run", "") + s.get("uses", ""), re.M)]
+    found = [i for i, s in enumerate(steps)
+             if re.search(pattern, s.get("run", "") + s.get("uses", ""), re.M)]
     assert found, f"no step matches {pattern!r}"
     return found[0]
 
 
 def test_the_workflow_passes_the_github_workflow_schema():
     checker = Path(sys.executable).parent / "check-jsonschema"
-    proc = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", str(WORKFLOW)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows",
+                           str(WORKFLOW)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -128,3 +128,34 @@ def study_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['strategy']} | {r['shots']} | {r['n']} | {value} | {gain} "
                      f"| {marker} |")
     return "\n".join(lines) + "\n"
+
+
+def cell_records(cells: list[dict]) -> list[dict]:
+    """Cell JSONs -> one record per (strategy, shots, seed) for stats.study_table."""
+    return [{"strategy": name, "shots": c["shots"], "seed": c["seed"], **s}
+            for c in cells for name, s in c["test"].items()]
+
+
+def layer_table(grids: list[dict]) -> list[dict]:
+    """Per (variant, copied blocks): test accuracy over seeds with its t interval."""
+    by_cell: dict[tuple[str, int], list[float]] = {}
+    for g in grids:
+        for r in g["grid"]:
+            by_cell.setdefault((r["variant"], r["blocks"]), []).append(r["accuracy"])
+    rows = []
+    for (variant, blocks), values in sorted(by_cell.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        s = summarize(values)
+        rows.append({"variant": variant, "blocks": blocks,
+                     **{k: round(v, DIGITS) if isinstance(v, float) else v for k, v in s.items()}})
+    return rows
+
+
+def layer_markdown(rows: list[dict]) -> str:
+    lines = ["| copied blocks n | variant | seeds | accuracy % (mean ± 95 % CI) |",
+             "|---:|---|---:|---:|"]
+    for r in rows:
+        value = f"{100 * r['mean']:.1f}"
+        if r["ci_high"] is not None:
+            value += f" ± {100 * (r['ci_high'] - r['mean']):.1f}"
+        lines.append(f"| {r['blocks']} | {r['variant']} | {r['n']} | {value} |")
+    return "\n".join(lines) + "\n"
