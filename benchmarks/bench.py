@@ -110,7 +110,7 @@ def bench_loops(samples: int) -> None:
     from torch.utils.flop_counter import FlopCounterMode
     from torchvision import transforms
 
-    from transferlab.models import Classifier
+    from transferlab.models import Classifier, SmallCNN
     from transferlab.params import load_params
     from transferlab.train import Stream, fit
 
@@ -131,7 +131,7 @@ def bench_loops(samples: int) -> None:
             return self.transform(x[i, 0].numpy()), y[i]
 
     torch.manual_seed(0)
-    model = Classifier(1, params.model.widths, 10)
+    model = Classifier(SmallCNN(1, params.model.widths), 10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     loader = DataLoader(Images(), batch_size=100, shuffle=True, num_workers=2)
     seen, start = 0, time.perf_counter()
@@ -148,7 +148,7 @@ def bench_loops(samples: int) -> None:
 
     cfg = params.pretrain
     torch.manual_seed(0)
-    model = Classifier(1, params.model.widths, 10)
+    model = Classifier(SmallCNN(1, params.model.widths), 10)
     steps = math.ceil(samples / cfg.batch_size)
     start = time.perf_counter()
     fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}], [Stream(x, y, model)],
