@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from transferlab.evaluation import compare, predict, results_markdown
-from transferlab.io import (atomic_path, load_arrays, load_state_dict, read_metadata, run_stage,
+from transferlab.io import (atomic_path, load_arrays, read_metadata, run_stage,
                             write_csv, write_json)
-from transferlab.models import classifier_from_state
+from transferlab.models import load_classifier
 from transferlab.train import make_deterministic, pick_device
 
 
@@ -35,9 +35,9 @@ def main(argv=None):
     models["source_only"] = args.source_model
     predictions = {}
     for name, path in models.items():
-        model, classes = classifier_from_state(*load_state_dict(path))
+        model, classes = load_classifier(path, device)
         if classes == target_classes:  # source-only needs the very same classes, in order
-            predictions[name] = predict(model.to(device), x_test)
+            predictions[name] = predict(model, x_test)
     scores = compare(predictions, y_test, num_classes)
 
     write_json(args.metrics, {name: {k: v for k, v in s.items() if k != "per_class_accuracy"}

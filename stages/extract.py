@@ -4,8 +4,8 @@ computed once for the feature-transfer strategy, plus feature-space diagnostics.
 import argparse
 from pathlib import Path
 
-from transferlab.io import load_arrays, load_state_dict, run_stage, save_arrays, write_json
-from transferlab.models import classifier_from_state
+from transferlab.io import load_arrays, run_stage, save_arrays, write_json
+from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.source import feature_diagnostics, target_features
 from transferlab.train import make_deterministic, pick_device, to_device
@@ -22,7 +22,7 @@ def main(argv=None):
 
     make_deterministic(0)
     device = pick_device()
-    encoder = classifier_from_state(*load_state_dict(args.model))[0].encoder.to(device)
+    encoder = load_classifier(args.model, device)[0].encoder
     target = to_device(load_arrays(args.target), device)
     features = target_features(encoder, target, batch_size)
     save_arrays(args.out, features)

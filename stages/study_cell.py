@@ -6,21 +6,16 @@ test set is read after every model has been chosen.
 
 import argparse
 import json
-from functools import partial
 from pathlib import Path
 
 import torch
 
-from transferlab.io import load_arrays, load_state_dict, read_metadata, run_stage, write_json
-from transferlab.models import classifier_from_state
+from transferlab.io import load_arrays, read_metadata, run_stage, write_json
+from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.strategies import make_inputs
 from transferlab.study import cell_target, score, train_cell
 from transferlab.train import make_deterministic, pick_device, to_device
-
-
-def load_source_model(path, device):
-    return classifier_from_state(*load_state_dict(path))[0].to(device)
 
 
 def main(argv=None):
@@ -36,17 +31,17 @@ def main(argv=None):
     make_deterministic(args.seed)
     device = pick_device()
     pool = to_device(load_arrays(args.prepared / "target_pool.safetensors"), device)
-    source_model = partial(load_source_model, args.source_model, device)
+    source_model, source_classes = load_classifier(args.source_model, device)
     inputs = make_inputs(
-        cell_target(pool, args.shots, args.seed), params, args.seed, source_model,
+        cell_target(pool, args.shots, args.seed), params, args.seed, lambda: source_model,
         lambda: to_device(load_arrays(args.prepared / "source.safetensors"), device))
     outcomes = train_cell(inputs, params)
 
     test = load_arrays(args.prepared / "target_test.safetensors")  # models are chosen: score
     models = {name: o.model for name, o in outcomes.items()}
     target_classes = json.loads(read_metadata(args.prepared / "target_test.safetensors")["classes"])
-    if json.loads(load_state_dict(args.source_model)[1]["classes"]) == target_classes:
-        models["source_only"] = source_model()  # only where source and target share classes
+    if source_classes == target_classes:
+        models["source_only"] = source_model  # only where source and target share classes
     scores = score(models, torch.from_numpy(test["x_test"]).to(device), test["y_test"])
     val = {name: round(o.fit.best_val_accuracy if o.fit else o.info["val_accuracy"], 4)
            for name, o in outcomes.items()}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from transferlab.io import load_arrays, load_state_dict, run_stage, write_json
-from transferlab.models import classifier_from_state
+from transferlab.io import load_arrays, run_stage, write_json
+from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.strategies import make_inputs
 from transferlab.study import cell_target, score, train_layer_grid
@@ -28,7 +28,7 @@ def main(argv=None):
     make_deterministic(args.seed)
     device = pick_device()
     pool = to_device(load_arrays(args.prepared / "target_pool.safetensors"), device)
-    source = classifier_from_state(*load_state_dict(args.source_model))[0].to(device)
+    source = load_classifier(args.source_model, device)[0]
     inputs = make_inputs(cell_target(pool, shots, args.seed), params, args.seed,
                          lambda: source, lambda: None)
     outcomes = train_layer_grid(inputs, params)

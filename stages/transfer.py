@@ -10,15 +10,11 @@ from functools import partial
 from pathlib import Path
 
 from transferlab import strategies
-from transferlab.io import (load_arrays, load_state_dict, read_metadata, run_stage,
+from transferlab.io import (load_arrays, read_metadata, run_stage,
                             save_state_dict, write_history, write_json)
-from transferlab.models import classifier_from_state, model_metadata
+from transferlab.models import load_classifier, model_metadata
 from transferlab.params import load_params
 from transferlab.train import make_deterministic, pick_device, to_device
-
-
-def load_source_model(path, device):
-    return classifier_from_state(*load_state_dict(path))[0].to(device)
 
 
 def main(argv=None):
@@ -38,7 +34,7 @@ def main(argv=None):
     device = pick_device()
     target = to_device(load_arrays(args.prepared / "target.safetensors"), device)
     inputs = strategies.make_inputs(
-        target, params, params.seed, partial(load_source_model, args.source_model, device),
+        target, params, params.seed, lambda: load_classifier(args.source_model, device)[0],
         lambda: to_device(load_arrays(args.prepared / "source.safetensors"), device),
         partial(load_arrays, args.features))
     outcome = strategies.run(args.strategy, inputs, cfg)

@@ -180,6 +180,14 @@ def classifier_from_state(state: dict, metadata: dict[str, str]) -> tuple[Classi
     return model, classes
 
 
+def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Classifier, list[str]]:
+    """A model file the pipeline wrote -> (Classifier on `device`, its class names)."""
+    from transferlab.io import load_state_dict
+
+    model, classes = classifier_from_state(*load_state_dict(path))
+    return model.to(device), classes
+
+
 def torchvision_to_block_name(name: str) -> str | None:
     """A torchvision resnet18 tensor name -> ours ('conv1.weight' -> 'blocks.stem.conv1.weight');
     None for the ImageNet classifier (fc.*), which transfer always replaces."""
