@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast clean readme study
+.PHONY: install run test test-fast clean readme study ranking
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ clean:  ## remove the pipeline's cached outputs (the DVC cache keeps them: `dvc 
 
 study: $(STAMP)  ## the label-budget x seed study and the layer grid (about 6 minutes on 2 cores)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro study/dvc.yaml
+
+ranking: $(STAMP)  ## transferability scores vs real outcomes of candidate sources (ranking/dvc.yaml)
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro ranking/dvc.yaml
 
 readme:  ## copy the committed result tables into README.md (a test checks they agree)
 	$(BIN)/python scripts/sync_readme.py

@@ -56,20 +56,24 @@ RERUNS: dict[str, frozenset[str]] = {
     **{f"transfer.{s.removeprefix('transfer@')}.*": frozenset({"check_params", s, "evaluate"})
        for s in sorted(TRANSFER)},
     "study.*": frozenset({"check_params"}),  # read by study/dvc.yaml only (`make study`)
+    "ranking.*": frozenset({"check_params"}),  # read by ranking/dvc.yaml only (`make ranking`)
     COMMENT_ONLY: frozenset({"check_params"}),
     # library modules: a comment appended
     "transferlab/__init__.py": frozenset(),  # a docstring only (checked below)
+    "transferlab/candidates.py": frozenset(),  # ranking only
     "transferlab/datasets.py": frozenset({"download", "prepare"}),
     "transferlab/evaluation.py": frozenset({"evaluate"}),
     "transferlab/io.py": EVERY,
     "transferlab/metrics.py": frozenset({"evaluate"}),
     "transferlab/models.py": EVERY - {"check_params", "download", "prepare"},
     "transferlab/params.py": EVERY - {"evaluate"},
+    "transferlab/ranking.py": frozenset(),  # ranking only
     "transferlab/scenario.py": frozenset({"prepare"}),
     "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate"},
     "transferlab/stats.py": frozenset(),  # study only
     "transferlab/study.py": frozenset(),  # study only
     "transferlab/train.py": EVERY - {"check_params", "download", "prepare"},
+    "transferlab/transferability.py": frozenset({"extract"}),
     "transferlab/strategies/__init__.py": TRANSFER,
     **{f"transferlab/strategies/{s.removeprefix('transfer@')}.py": frozenset({s})
        for s in sorted(TRANSFER)},
@@ -95,6 +99,7 @@ EDITS = {
     "transfer.structure.*": {"transfer.structure.freeze_copied": False},
     "transfer.joint.*": {"transfer.joint.target_weight": 0.5},
     "study.*": {"study.layer_shots": 3},
+    "ranking.*": {"ranking.shots": 2},
 }
 PARAM_ROWS = [row for row in RERUNS if not row.endswith(".py") and row != COMMENT_ONLY]
 MODULE_ROWS = [row for row in RERUNS if row.endswith(".py")]

@@ -115,7 +115,7 @@ def test_extract_writes_features_and_diagnostics(extracted):
     assert features["train_features"].shape == (20, 8)
     metrics = json.loads((extracted / "metrics/extract.json").read_text())
     assert set(metrics) == {"nearest_centroid_val_accuracy", "fisher_ratio", "transferability"}
-    assert set(metrics["transferability"]) == {"logme", "leep", "nce", "hscore"}
+    assert set(metrics["transferability"]) == {"logme", "leep", "nce", "hscore", "hscore_shrunk"}
     assert all(math.isfinite(v) for v in metrics["transferability"].values())
 
 

@@ -8,8 +8,9 @@ import torch
 from scipy.stats import multivariate_normal
 
 from transferlab.source import feature_diagnostics
-from transferlab.transferability import (hscore, leep, logme, logme_evidence, logme_fit, nce,
-                                         score_source, softmax_head, transferability)
+from transferlab.transferability import (SCORES, hscore, hscore_shrunk, leep, logme,
+                                         logme_evidence, logme_fit, nce, score_source,
+                                         softmax_head, transferability)
 
 K = 10
 LABELS = np.repeat(np.arange(K), 15)  # 150 images, as 5 shots + 10 validation per class
@@ -59,7 +60,7 @@ def test_features_that_encode_the_label_score_higher_than_noise():
     rng = np.random.default_rng(1)
     noise = rng.normal(size=(LABELS.size, 32))
     good, better = informative_features(rng, noise=1.0), informative_features(rng, noise=0.2)
-    for score in (logme, hscore):
+    for score in (logme, hscore, hscore_shrunk):
         assert score(noise, LABELS) < score(good, LABELS) < score(better, LABELS), score.__name__
 
 
@@ -71,6 +72,21 @@ def test_hscore_bounds_and_invariance():
     mix = rng.normal(size=(32, 32))  # any invertible linear map of the features
     assert hscore(f @ mix + 3.0, LABELS) == pytest.approx(h, rel=1e-6)
     assert hscore(np.eye(K)[LABELS], LABELS) == pytest.approx(K - 1)  # the label itself
+
+
+def test_shrunk_hscore_by_hand_and_against_the_plain_one():
+    # one dimension: Ledoit-Wolf shrinks towards tr(cov)/D = cov itself, so α has no effect
+    # on the inverse and H_α = (1 - α) H; with 1/n covariances H = (16/4) / (20/4) = 0.8
+    from sklearn.covariance import ledoit_wolf
+
+    f, y = np.array([[0.0], [2], [4], [6]]), np.array([0, 0, 1, 1])
+    alpha = ledoit_wolf(f - f.mean(0), assume_centered=True)[1]
+    assert hscore_shrunk(f, y) == pytest.approx((1 - alpha) * 0.8)
+    # with as many images as dimensions the plain score saturates near K - 1; shrinking not
+    rng = np.random.default_rng(10)
+    noise = rng.normal(size=(LABELS.size, 128))
+    assert hscore(noise, LABELS) > 0.85 * (K - 1)
+    assert hscore_shrunk(noise, LABELS) < 0.5 * hscore(noise, LABELS)
 
 
 def test_leep_and_nce_reach_zero_when_the_source_predicts_the_label():
