@@ -572,7 +572,7 @@ def folder_fault(work: Path, tmp_path: Path, fault: str) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("fault, fragment", [
-    ("empty", "is empty"), ("not-an-image", "is not a readable image"), ("missing-root", "is not a folder"),
+    ("empty", "is empty"), ("not-an-image", "is not a readable image"), ("missing-root", "does not exist"),
 ])
 def test_a_bad_image_folder_stops_download_naming_the_path(fault, fragment, work, tmp_path, capsys):
     _, bad = folder_fault(work, tmp_path, fault)

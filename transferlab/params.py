@@ -73,6 +73,12 @@ class DatasetSpec(Strict):
         return value
 
 
+def same_place(a: str, b: str) -> bool:
+    """Whether two folder roots name one folder (`/x/base` and `/x/base/`, a link, `~`). A folder
+    inside the other is not the same place: `prepare` finds its shared images by content."""
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 class Data(Strict):
     source: DatasetSpec
     target: DatasetSpec
@@ -88,7 +94,8 @@ class Data(Strict):
                                           or len(spec.classes) < 2 or min(spec.classes) < 0):
                 raise ValueError(f"data.{role}.classes={spec.classes}: use 'all' or at least two "
                                  "distinct class ids >= 0")
-        same = (self.source.name, self.source.root) == (self.target.name, self.target.root)
+        same = self.source.name == self.target.name and (
+            self.source.name != "folder" or same_place(self.source.root, self.target.root))
         if same and (self.source.classes == "all" or self.target.classes == "all"
                      or set(self.source.classes) & set(self.target.classes)):
             raise ValueError("data.source and data.target are the same dataset: give both "
