@@ -17,7 +17,7 @@ import torch
 from transferlab.io import UserError, one_line, show_path
 from transferlab.models import Architecture, Classifier, Encoder, load_pretrained
 from transferlab.params import Pretrain
-from transferlab.train import FitResult, Stream, fit, predict_logits
+from transferlab.train import FitResult, Stream, TrainingDiverged, fit, predict_logits
 
 DIGITS = 4
 
@@ -93,11 +93,14 @@ def pretrain(source: dict[str, torch.Tensor], architecture: Architecture, cfg: P
               + (f"; skipped {len(skipped)}: {'; '.join(skipped)}" if skipped else ""))
     model.to(x.device)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}],
-                 [Stream(x, y, model)], (source["x_val"], source["y_val"], model),
-                 steps=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size,
-                 weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=cfg.seed,
-                 eval_every=steps_per_epoch, desc="pretrain")
+    try:
+        result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}],
+                     [Stream(x, y, model)], (source["x_val"], source["y_val"], model),
+                     steps=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size,
+                     weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=cfg.seed,
+                     eval_every=steps_per_epoch, desc="pretrain")
+    except TrainingDiverged as err:
+        raise UserError(f"pretrain: {err}: lower pretrain.lr or pretrain.weight_decay") from None
     return model, result
 
 
