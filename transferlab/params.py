@@ -311,6 +311,11 @@ def _explain(err: ValidationError, raw: dict) -> str:
     if first["type"] == "value_error" and re.search(r"\b[a-z_]+\.[a-z_]{2,}", msg):
         return f"params.yaml: {msg}"  # a section's own check: its message names the keys
     reason = _field_reason(loc) if first["type"].startswith(("less_than", "too_long")) else ""
+    if isinstance(first.get("input"), str) and re.fullmatch(r"\s*[-+]?[\d._]+(e[-+]?\d+)?\s*|"
+                                                           r"\s*0[oxb][\da-f_]+\s*",
+                                                           first["input"], re.IGNORECASE):
+        # `dvc exp run -S key=010` (Hydra's override grammar) writes '010' as quoted text
+        reason = " (the value is quoted text: write the number unquoted, without leading zeros)"
     return f"params.yaml: {key}={echo(first.get('input'))} is invalid: {msg}{reason}"
 
 
