@@ -145,6 +145,9 @@ def _corrupt(path: Path, why: str) -> UserError:
                      "`dvc repro` again")
 
 
+TRAIN_VAL = ("x_train", "y_train", "x_val", "y_val")  # the arrays of a prepared train/val file
+
+
 def load_arrays(path: str | os.PathLike, required: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Every array of a safetensors file the pipeline wrote; `required` names must be present."""
     from safetensors import SafetensorError
