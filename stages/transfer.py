@@ -5,16 +5,16 @@ target classifier, its validation metrics and its training curve.
 """
 
 import argparse
-import json
 from functools import partial
 from pathlib import Path
 
 from transferlab import strategies
-from transferlab.io import (load_arrays, read_metadata, run_stage,
+from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, run_stage,
                             save_state_dict, write_history, write_json)
 from transferlab.models import load_classifier, model_metadata
 from transferlab.params import load_params
 from transferlab.train import make_deterministic, pick_device, to_device
+
 
 
 def main(argv=None):
@@ -32,14 +32,14 @@ def main(argv=None):
 
     make_deterministic(params.seed)
     device = pick_device()
-    target = to_device(load_arrays(args.prepared / "target.safetensors"), device)
+    target = to_device(load_arrays(args.prepared / "target.safetensors", required=TRAIN_VAL), device)
     inputs = strategies.make_inputs(
         target, params, params.seed, lambda: load_classifier(args.source_model, device)[0],
-        lambda: to_device(load_arrays(args.prepared / "source.safetensors"), device),
+        lambda: to_device(load_arrays(args.prepared / "source.safetensors", required=TRAIN_VAL), device),
         partial(load_arrays, args.features))
     outcome = strategies.run(args.strategy, inputs, cfg)
 
-    classes = json.loads(read_metadata(args.prepared / "target.safetensors")["classes"])
+    classes = read_classes(args.prepared / "target.safetensors")
     save_state_dict(args.model, outcome.model.state_dict(),
                     model_metadata(inputs.architecture, classes))
     fit = outcome.fit
