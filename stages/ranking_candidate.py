@@ -14,11 +14,15 @@ from transferlab.io import UserError, load_arrays, run_stage, write_json
 from transferlab.params import load_params
 from transferlab.train import make_deterministic, pick_device, to_device
 
+POOL = ("x_pool", "y_pool", "x_val", "y_val")
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("name", help="a key of ranking.candidates in params.yaml")
     ap.add_argument("--raw-source", type=Path, required=True, help="the downloaded source")
+    ap.add_argument("--raw-target", type=Path, required=True,
+                    help="the downloaded target (no candidate source image may be a target one)")
     ap.add_argument("--pool", type=Path, required=True, help="prepared target pool + validation")
     ap.add_argument("--out", type=Path, required=True, help="output: scores and outcomes, JSON")
     ap.add_argument("--timing", type=Path, required=True, help="output: wall times, JSON")
@@ -31,10 +35,10 @@ def main(argv=None):
 
     make_deterministic(params.pretrain.seed)
     device = pick_device()
-    source = to_device(candidate_source(load_raw(args.raw_source), args.name, cand, params),
-                       device)
+    source = to_device(candidate_source(load_raw(args.raw_source), load_raw(args.raw_target),
+                                        args.name, cand, params), device)
     model = train_candidate(source, cand, params)
-    pool = to_device(load_arrays(args.pool), device)
+    pool = to_device(load_arrays(args.pool, required=POOL), device)
     results, timings = evaluate_candidate(model, pool, params)
     write_json(args.out, {"candidate": args.name, "source_train_images": len(source["y_train"]),
                           "source_classes": int(source["y_train"].max()) + 1, "seeds": results})

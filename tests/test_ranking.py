@@ -33,13 +33,17 @@ def tiny_ranking_params(**candidates_update) -> dict:
     return params
 
 
-def raw_digits(n_per_class=20, size=12, seed=0) -> RawDataset:
+def raw_digits(n_per_class=20, size=12, seed=0, offset=0) -> RawDataset:
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(10), n_per_class)
     images = np.zeros((labels.size, size, size), dtype=np.uint8)
     for i, c in enumerate(labels):  # a bar per class, off-centre so the bbox crop matters
         images[i, 2 + c % 8, 1:size // 2 + rng.integers(0, 3)] = 200 + rng.integers(0, 55)
+    images[:, -1, -1] = offset  # a pixel that tells datasets apart
     return RawDataset(images, labels, 255)
+
+
+TARGET = raw_digits(seed=2, offset=99)  # shares no image with any raw_digits(offset=0)
 
 
 # ---- rank statistics ------------------------------------------------------------------------
@@ -95,32 +99,37 @@ def cand(**kw):
 
 def test_the_full_candidate_is_the_default_pipelines_source(tiny_params):
     raw, params = raw_digits(), parse_params(tiny_ranking_params())
-    source = candidates.candidate_source(raw, "x", cand(), params)
-    scenario = build_scenario(raw, raw_digits(seed=1), params.prepare, params.seed)
+    source = candidates.candidate_source(raw, TARGET, "x", cand(), params)
+    target = raw_digits(seed=1)
+    overlap = candidates.candidate_source(raw, target, "x", cand(), params)
+    scenario = build_scenario(raw, target, params.prepare, params.seed)
+    for key in ("x_train", "y_train", "x_val", "y_val"):  # both drop the images they share
+        np.testing.assert_array_equal(overlap[key], scenario.source[key])
+    scenario = build_scenario(raw, TARGET, params.prepare, params.seed)
     for key in ("x_train", "y_train", "x_val", "y_val"):
         np.testing.assert_array_equal(source[key], scenario.source[key])
 
 
 def test_candidates_take_their_classes_share_and_alignment():
     raw, params = raw_digits(), parse_params(tiny_ranking_params())
-    full = candidates.candidate_source(raw, "x", cand(), params)
-    subset = candidates.candidate_source(raw, "x", cand(classes=[3, 7]), params)
+    full = candidates.candidate_source(raw, TARGET, "x", cand(), params)
+    subset = candidates.candidate_source(raw, TARGET, "x", cand(classes=[3, 7]), params)
     assert sorted(np.unique(subset["y_train"])) == [0, 1]  # renumbered
     assert len(subset["y_train"]) == 2 * len(full["y_train"]) // 10
-    few = candidates.candidate_source(raw, "x", cand(fraction=0.5), params)
+    few = candidates.candidate_source(raw, TARGET, "x", cand(fraction=0.5), params)
     assert np.bincount(few["y_train"]).tolist() == [9] * 10  # half of 18 train images a class
     np.testing.assert_array_equal(few["y_val"], full["y_val"])  # same source validation
-    unaligned = candidates.candidate_source(raw, "x", cand(align=False), params)
+    unaligned = candidates.candidate_source(raw, TARGET, "x", cand(align=False), params)
     assert unaligned["x_train"].shape == full["x_train"].shape
     assert not np.array_equal(unaligned["x_train"], full["x_train"])
     with pytest.raises(Exception, match="fraction=0.01 leaves class"):
-        candidates.candidate_source(raw, "x", cand(fraction=0.01), params)
+        candidates.candidate_source(raw, TARGET, "x", cand(fraction=0.01), params)
 
 
 def test_an_untrained_candidate_is_the_seeded_random_model():
     params = parse_params(tiny_ranking_params())
     source = {k: torch.from_numpy(v) for k, v in
-              candidates.candidate_source(raw_digits(), "x", cand(), params).items()}
+              candidates.candidate_source(raw_digits(), TARGET, "x", cand(), params).items()}
     one, two = (candidates.train_candidate(source, cand(epochs=0), params) for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(),
                                                  two.state_dict().values()))
@@ -140,6 +149,7 @@ def ranked(tmp_path_factory):
     run_main(work, "prepare", "data/raw", "data/prepared", "--summary", "metrics/scenario.json")
     for name in TINY_RANKING["candidates"]:
         run_main(work, "ranking_candidate", name, "--raw-source", "data/raw/source.safetensors",
+                 "--raw-target", "data/raw/target.safetensors",
                  "--pool", "data/prepared/target_pool.safetensors",
                  "--out", f"ranking/candidates/{name}.json",
                  "--timing", f"ranking/timings/{name}.json")
@@ -176,8 +186,29 @@ def test_a_candidate_not_in_params_is_refused(ranked):
     from transferlab.io import UserError
 
     with cwd(ranked), pytest.raises(UserError, match="ranking.candidates has no 'nope'"):
-        load_stage("ranking_candidate").main(["nope", "--raw-source", "x", "--pool", "y",
+        load_stage("ranking_candidate").main(["nope", "--raw-source", "x", "--raw-target", "x",
+                                              "--pool", "y",
                                               "--out", "z", "--timing", "t"])
+
+
+def test_more_shots_than_the_pool_has_names_ranking_shots(ranked):
+    from tests.test_stages import cwd, load_stage
+    from transferlab.io import UserError
+
+    import yaml
+
+    params = tiny_ranking_params()
+    params["ranking"]["shots"] = 10_000
+    (ranked / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        with cwd(ranked), pytest.raises(UserError, match="ranking.shots=10000 but"):
+            load_stage("ranking_candidate").main([
+                "random", "--raw-source", "data/raw/source.safetensors", "--raw-target",
+                "data/raw/target.safetensors", "--pool",
+                "data/prepared/target_pool.safetensors", "--out", "x.json", "--timing", "t.json"])
+        assert not (ranked / "x.json").exists()
+    finally:
+        (ranked / "params.yaml").write_text(yaml.safe_dump(tiny_ranking_params()))
 
 
 # ---- through the real dvc CLI ---------------------------------------------------------------

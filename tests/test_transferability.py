@@ -160,3 +160,11 @@ def test_fisher_ratio_is_undefined_at_one_shot_per_class():
     two_shots = feature_diagnostics(rng.normal(size=(2 * K, 8)), np.repeat(np.arange(K), 2),
                                     one_shot, np.arange(K))
     assert two_shots["fisher_ratio"] > 0 and "fisher_ratio_undefined" not in two_shots
+
+
+def test_params_offer_every_score_to_recommend_by():
+    from typing import get_args
+
+    from transferlab.params import Ranking
+
+    assert get_args(Ranking.model_fields["recommend_by"].annotation) == SCORES

@@ -21,7 +21,7 @@ from transferlab.datasets import RawDataset
 from transferlab.io import UserError
 from transferlab.models import Classifier, architecture_from
 from transferlab.params import Candidate, Params
-from transferlab.scenario import align, select_classes, split_stratified
+from transferlab.scenario import align, select_classes, separate_by_content, split_stratified
 from transferlab.source import pretrain, target_features
 from transferlab.study import cell_target
 from transferlab.train import make_deterministic
@@ -31,12 +31,15 @@ OUTCOMES = ("finetune", "features")
 UNALIGNED = {"crop": "none", "bottleneck_size": 0, "scale": "none"}
 
 
-def candidate_source(raw: RawDataset, name: str, cand: Candidate, params: Params
-                     ) -> dict[str, np.ndarray]:
-    """The candidate's source arrays: the same split as `prepare` (split_seed, source val
-    fraction), then its class subset, its share of the train split and its alignment."""
+def candidate_source(raw: RawDataset, target: RawDataset, name: str, cand: Candidate,
+                     params: Params) -> dict[str, np.ndarray]:
+    """The candidate's source arrays, built as `prepare` builds the source (its class subset,
+    no image that the target (data.target.classes) also holds, the split_seed split), then its
+    share of the train split and its alignment."""
     p = params.prepare if cand.align else params.prepare.model_copy(update=UNALIGNED)
     raw = select_classes(raw, cand.classes, f"ranking.candidates.{name}.classes")
+    target = select_classes(target, params.data.target.classes, "data.target.classes")
+    raw = separate_by_content(raw, target)[0]
     x = align(raw, p)
     split = split_stratified(raw.labels, p.split_seed, val=p.source_val_fraction)
     train = split["rest"]
@@ -72,6 +75,10 @@ def evaluate_candidate(model: Classifier, pool: dict[str, torch.Tensor], params:
     (features and head forward pass + the scores) and of each transfer strategy (CPU
     time as well because wall time on a shared machine measures the neighbours too)."""
     cfg = params.ranking
+    smallest = int(np.bincount(pool["y_pool"].cpu().numpy()).min())
+    if cfg.shots > smallest:
+        raise UserError(f"ranking.shots={cfg.shots} but a target class has only {smallest} "
+                        "images in the train pool: lower ranking.shots")
     head = [t.detach().cpu().numpy() for t in (model.head.weight, model.head.bias)]
     results, timings = [], []
     for seed in cfg.seeds:

@@ -210,25 +210,29 @@ class Candidate(Strict):
     """One candidate source of the ranking study, derived from data.source."""
     classes: Literal["all"] | list[int]  # source class ids kept (data.source's numbering)
     fraction: float = Field(gt=0, le=1)  # share of the source train split kept, per class
-    epochs: int = Field(ge=0)  # pretraining epochs; 0 = the untrained (random) source model
+    epochs: int = Field(ge=0, le=MAX_EPOCHS, description=WHY_STEPS)  # 0 = untrained (random)
     align: bool  # false: source plain-resized (no bbox crop, bottleneck or max scaling)
 
     _all_or_ids = field_validator("classes", mode="before")(DatasetSpec._all_or_ids.__func__)
 
 
 class Ranking(Strict):
-    shots: int = Field(ge=1)  # target shots per class of each seed's draw
-    seeds: list[int] = Field(min_length=1)  # each seed: a shot draw and an initialisation
-    bootstrap: int = Field(ge=100, le=100_000)  # resamples of the candidates for the intervals
-    recommend_by: Literal["logme", "leep", "nce", "hscore"]  # the score that picks the source
-    candidates: dict[str, Candidate] = Field(min_length=3)
+    shots: int = Field(ge=1, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)  # per class
+    seeds: list[int] = Field(min_length=1, max_length=MAX_LIST,
+                             description="each seed fine-tunes every candidate once more")
+    bootstrap: int = Field(ge=100, le=100_000, description="resamples of the candidates: more "
+                           "than 100,000 changes no interval's second decimal")
+    # the score that picks the source (transferability.SCORES; a test keeps the two equal)
+    recommend_by: Literal["logme", "leep", "nce", "hscore", "hscore_shrunk"]
+    candidates: dict[str, Candidate] = Field(  # >= 3: fewer leave no ranking to check
+        min_length=3, max_length=MAX_LIST, description="each candidate is a pipeline stage")
 
     @model_validator(mode="after")
     def _names_and_seeds(self):
         for name, cand in self.candidates.items():
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
                 raise ValueError(f"ranking.candidates.{name}: name it with a-z, 0-9, _ and - "
-                                 "(it becomes a stage and a file name)")
+                                 "(at most 64 characters: it becomes a stage and a file name)")
             if cand.classes != "all" and (len(set(cand.classes)) != len(cand.classes)
                                           or len(cand.classes) < 2 or min(cand.classes) < 0):
                 raise ValueError(f"ranking.candidates.{name}.classes={cand.classes}: use 'all' "
