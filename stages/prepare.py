@@ -23,9 +23,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     params = load_params()
 
+    official = {split: load_raw(path) for split in ("test", "val")
+                if (path := args.raw / f"target_{split}.safetensors").is_file()}
     scenario = build_scenario(load_raw(args.raw / "source.safetensors"),
                               load_raw(args.raw / "target.safetensors"), params.prepare,
-                              params.seed, params.data.source, params.data.target)
+                              params.seed, params.data.source, params.data.target,
+                              official.get("test"), official.get("val"))
     source_meta = {"classes": json.dumps(scenario.source_classes)}
     target_meta = {"classes": json.dumps(scenario.target_classes)}
     with atomic_path(args.out) as tmp:
