@@ -20,9 +20,8 @@ POOL = ("x_pool", "y_pool", "x_val", "y_val")
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("name", help="a key of ranking.candidates in params.yaml")
-    ap.add_argument("--raw-source", type=Path, required=True, help="the downloaded source")
-    ap.add_argument("--raw-target", type=Path, required=True,
-                    help="the downloaded target (no candidate source image may be a target one)")
+    ap.add_argument("--raw", type=Path, required=True,
+                    help="directory of downloaded datasets (source, target, official splits)")
     ap.add_argument("--pool", type=Path, required=True, help="prepared target pool + validation")
     ap.add_argument("--out", type=Path, required=True, help="output: scores and outcomes, JSON")
     ap.add_argument("--timing", type=Path, required=True, help="output: wall times, JSON")
@@ -35,8 +34,12 @@ def main(argv=None):
 
     make_deterministic(params.pretrain.seed)
     device = pick_device()
-    source = to_device(candidate_source(load_raw(args.raw_source), load_raw(args.raw_target),
-                                        args.name, cand, params), device)
+    official = {split: load_raw(path) for split in ("test", "val")
+                if (path := args.raw / f"target_{split}.safetensors").is_file()}
+    source = candidate_source(load_raw(args.raw / "source.safetensors"),
+                              load_raw(args.raw / "target.safetensors"), args.name, cand, params,
+                              official)  # the target's images never become source images
+    source = to_device(source, device)
     model = train_candidate(source, cand, params)
     pool = to_device(load_arrays(args.pool, required=POOL), device)
     results, timings = evaluate_candidate(model, pool, params)

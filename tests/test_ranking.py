@@ -110,6 +110,18 @@ def test_the_full_candidate_is_the_default_pipelines_source(tiny_params):
         np.testing.assert_array_equal(source[key], scenario.source[key])
 
 
+def test_a_source_image_in_the_targets_official_test_split_is_dropped():
+    raw, params = raw_digits(), parse_params(tiny_ranking_params())
+    full = candidates.candidate_source(raw, TARGET, "x", cand(), params)
+    test = RawDataset(raw.images[:15], raw.labels[:15], 255)  # 15 source images, class 0
+    held = candidates.candidate_source(raw, TARGET, "x", cand(), params, {"test": test})
+    in_test = {image.tobytes() for image in test.images}
+    copies = sum(image.tobytes() in in_test for image in raw.images)  # >= 15: repeats too
+    assert copies >= 15
+    assert len(held["y_train"]) + len(held["y_val"]) == len(raw.labels) - copies
+    assert len(full["y_train"]) + len(full["y_val"]) == len(raw.labels)
+
+
 def test_candidates_take_their_classes_share_and_alignment():
     raw, params = raw_digits(), parse_params(tiny_ranking_params())
     full = candidates.candidate_source(raw, TARGET, "x", cand(), params)
@@ -148,8 +160,7 @@ def ranked(tmp_path_factory):
     run_main(work, "download", "data/raw")
     run_main(work, "prepare", "data/raw", "data/prepared", "--summary", "metrics/scenario.json")
     for name in TINY_RANKING["candidates"]:
-        run_main(work, "ranking_candidate", name, "--raw-source", "data/raw/source.safetensors",
-                 "--raw-target", "data/raw/target.safetensors",
+        run_main(work, "ranking_candidate", name, "--raw", "data/raw",
                  "--pool", "data/prepared/target_pool.safetensors",
                  "--out", f"ranking/candidates/{name}.json",
                  "--timing", f"ranking/timings/{name}.json")
@@ -186,7 +197,7 @@ def test_a_candidate_not_in_params_is_refused(ranked):
     from transferlab.io import UserError
 
     with cwd(ranked), pytest.raises(UserError, match="ranking.candidates has no 'nope'"):
-        load_stage("ranking_candidate").main(["nope", "--raw-source", "x", "--raw-target", "x",
+        load_stage("ranking_candidate").main(["nope", "--raw", "x",
                                               "--pool", "y",
                                               "--out", "z", "--timing", "t"])
 
@@ -203,8 +214,7 @@ def test_more_shots_than_the_pool_has_names_ranking_shots(ranked):
     try:
         with cwd(ranked), pytest.raises(UserError, match="ranking.shots=10000 but"):
             load_stage("ranking_candidate").main([
-                "random", "--raw-source", "data/raw/source.safetensors", "--raw-target",
-                "data/raw/target.safetensors", "--pool",
+                "random", "--raw", "data/raw", "--pool",
                 "data/prepared/target_pool.safetensors", "--out", "x.json", "--timing", "t.json"])
         assert not (ranked / "x.json").exists()
     finally:

@@ -21,7 +21,8 @@ from transferlab.datasets import RawDataset
 from transferlab.io import UserError
 from transferlab.models import Classifier, architecture_from
 from transferlab.params import Candidate, Params
-from transferlab.scenario import align, select_classes, separate_by_content, split_stratified
+from transferlab.scenario import (align, relabel_by_name, select_classes, separate_by_content,
+                                  split_stratified)
 from transferlab.source import pretrain, target_features
 from transferlab.study import cell_target
 from transferlab.train import make_deterministic
@@ -32,14 +33,18 @@ UNALIGNED = {"crop": "none", "bottleneck_size": 0, "scale": "none"}
 
 
 def candidate_source(raw: RawDataset, target: RawDataset, name: str, cand: Candidate,
-                     params: Params) -> dict[str, np.ndarray]:
+                     params: Params, official: dict[str, RawDataset] | None = None
+                     ) -> dict[str, np.ndarray]:
     """The candidate's source arrays, built as `prepare` builds the source (its class subset,
-    no image that the target (data.target.classes) also holds, the split_seed split), then its
-    share of the train split and its alignment."""
+    no image that the target (data.target.classes; its official test/val splits if any) also
+    holds, the split_seed split), then its share of the train split and its alignment."""
     p = params.prepare if cand.align else params.prepare.model_copy(update=UNALIGNED)
     raw = select_classes(raw, cand.classes, f"ranking.candidates.{name}.classes")
-    target = select_classes(target, params.data.target.classes, "data.target.classes")
-    raw = separate_by_content(raw, target)[0]
+    classes = params.data.target.classes
+    held = [select_classes(relabel_by_name(target, part, split), classes, "data.target.classes")
+            for split, part in sorted((official or {}).items())]
+    target = select_classes(target, classes, "data.target.classes")
+    raw = separate_by_content(raw, *held, target)[0]
     x = align(raw, p)
     split = split_stratified(raw.labels, p.split_seed, val=p.source_val_fraction)
     train = split["rest"]
