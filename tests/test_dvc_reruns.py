@@ -53,7 +53,8 @@ RERUNS: dict[str, frozenset[str]] = {
     # resnet18 only: with the default small_cnn the models come out identical
     "model.small_input_stem": frozenset({"check_params", "pretrain", *TRANSFER}),
     "extract.batch_size": frozenset({"check_params", "extract"}),  # identical features
-    **{f"transfer.{s.removeprefix('transfer@')}.*": frozenset({"check_params", s, "evaluate"})
+    **{f"transfer.{s.removeprefix('transfer@')}.*": frozenset({"check_params", s, "evaluate",
+                                                               "report"})
        for s in sorted(TRANSFER)},
     "study.*": frozenset({"check_params"}),  # read by study/dvc.yaml only (`make study`)
     COMMENT_ONLY: frozenset({"check_params"}),
@@ -63,13 +64,14 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/evaluation.py": frozenset({"evaluate"}),
     "transferlab/io.py": EVERY,
     "transferlab/metrics.py": frozenset({"evaluate"}),
-    "transferlab/models.py": EVERY - {"check_params", "download", "prepare"},
-    "transferlab/params.py": EVERY - {"evaluate"},
+    "transferlab/models.py": EVERY - {"check_params", "download", "prepare", "report"},
+    "transferlab/params.py": EVERY - {"evaluate", "report"},
+    "transferlab/report.py": frozenset({"report"}),
     "transferlab/scenario.py": frozenset({"prepare"}),
-    "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate"},
+    "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate", "report"},
     "transferlab/stats.py": frozenset(),  # study only
     "transferlab/study.py": frozenset(),  # study only
-    "transferlab/train.py": EVERY - {"check_params", "download", "prepare"},
+    "transferlab/train.py": EVERY - {"check_params", "download", "prepare", "report"},
     "transferlab/strategies/__init__.py": TRANSFER,
     **{f"transferlab/strategies/{s.removeprefix('transfer@')}.py": frozenset({s})
        for s in sorted(TRANSFER)},
