@@ -2,13 +2,12 @@
 source-only baseline) on the held-out target test set: metrics, confusions, comparison."""
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from transferlab.evaluation import compare, predict, results_markdown
-from transferlab.io import (atomic_path, load_arrays, read_metadata, run_stage,
+from transferlab.io import (UserError, atomic_path, load_arrays, read_classes, run_stage,
                             write_csv, write_json)
 from transferlab.models import load_classifier
 from transferlab.train import make_deterministic, pick_device
@@ -16,7 +15,9 @@ from transferlab.train import make_deterministic, pick_device
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("models", type=Path, help="directory of target classifiers, one per strategy")
+    ap.add_argument("models", type=Path, nargs="+",
+                    help="the target classifiers to score, <strategy>.safetensors each: exactly the "
+                         "files dvc.yaml lists, never whatever else lies in their folder")
     ap.add_argument("--source-model", type=Path, required=True)
     ap.add_argument("--test", type=Path, required=True, help="prepared target test arrays")
     ap.add_argument("--metrics", type=Path, required=True, help="output: summary JSON")
@@ -27,11 +28,14 @@ def main(argv=None):
 
     make_deterministic(0)
     device = pick_device()
-    test = load_arrays(args.test)
+    test = load_arrays(args.test, required=("x_test", "y_test"))
     x_test, y_test = torch.from_numpy(test["x_test"]).to(device), test["y_test"]
-    target_classes = json.loads(read_metadata(args.test)["classes"])
+    target_classes = read_classes(args.test)
     num_classes = len(target_classes)
-    models = {p.stem: p for p in sorted(args.models.glob("*.safetensors"))}
+    models = {p.name.removesuffix(".safetensors"): p for p in args.models}
+    if len(models) < len(args.models) or "source_only" in models:
+        raise UserError(f"evaluate: model files must have distinct names other than source_only, "
+                        f"got {[str(p) for p in args.models]}: fix the evaluate command in dvc.yaml")
     models["source_only"] = args.source_model
     predictions = {}
     for name, path in models.items():

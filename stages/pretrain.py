@@ -1,10 +1,9 @@
 """Stage pretrain: train the source model on the source train split (selection: source val)."""
 
 import argparse
-import json
 from pathlib import Path
 
-from transferlab.io import (load_arrays, read_metadata, run_stage, save_state_dict,
+from transferlab.io import (load_arrays, read_classes, run_stage, save_state_dict,
                             write_history, write_json)
 from transferlab.models import architecture_from, model_metadata
 from transferlab.params import load_params
@@ -26,7 +25,7 @@ def main(argv=None):
     architecture = architecture_from(params.model, source["x_train"].shape[1])
     model, result = pretrain(source, architecture, params.pretrain, params.model.weights)
 
-    classes = json.loads(read_metadata(args.source)["classes"])
+    classes = read_classes(args.source)
     save_state_dict(args.model, model.state_dict(), model_metadata(architecture, classes))
     write_json(args.metrics, {"source_val_accuracy": round(result.best_val_accuracy, 4),
                               "best_step": result.best_step})

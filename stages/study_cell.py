@@ -5,12 +5,11 @@ test set is read after every model has been chosen.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from transferlab.io import load_arrays, read_metadata, run_stage, write_json
+from transferlab.io import load_arrays, read_classes, run_stage, write_json
 from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.strategies import make_inputs
@@ -39,7 +38,7 @@ def main(argv=None):
 
     test = load_arrays(args.prepared / "target_test.safetensors")  # models are chosen: score
     models = {name: o.model for name, o in outcomes.items()}
-    target_classes = json.loads(read_metadata(args.prepared / "target_test.safetensors")["classes"])
+    target_classes = read_classes(args.prepared / "target_test.safetensors")
     if source_classes == target_classes:
         models["source_only"] = source_model  # only where source and target share classes
     scores = score(models, torch.from_numpy(test["x_test"]).to(device), test["y_test"])

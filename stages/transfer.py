@@ -5,12 +5,11 @@ target classifier, its validation metrics and its training curve.
 """
 
 import argparse
-import json
 from functools import partial
 from pathlib import Path
 
 from transferlab import strategies
-from transferlab.io import (load_arrays, read_metadata, run_stage,
+from transferlab.io import (load_arrays, read_classes, run_stage,
                             save_state_dict, write_history, write_json)
 from transferlab.models import load_classifier, model_metadata
 from transferlab.params import load_params
@@ -39,7 +38,7 @@ def main(argv=None):
         partial(load_arrays, args.features))
     outcome = strategies.run(args.strategy, inputs, cfg)
 
-    classes = json.loads(read_metadata(args.prepared / "target.safetensors")["classes"])
+    classes = read_classes(args.prepared / "target.safetensors")
     save_state_dict(args.model, outcome.model.state_dict(),
                     model_metadata(inputs.architecture, classes))
     fit = outcome.fit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,15 @@ def tiny_source():
     x_train, y_train = make_images(20, seed=3)
     x_val, y_val = make_images(5, seed=4)
     return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+
+
+def stage_commands() -> list[tuple[str, list[str]]]:
+    """(stage script, argv) for every stage of dvc.yaml in order, the matrix expanded."""
+    commands = []
+    for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
+        items = stage.get("matrix", {}).get("strategy", [None])
+        for item in items:
+            cmd = stage["cmd"].replace("${item.strategy}", str(item))
+            words = shlex.split(cmd)
+            commands.append((words[1].removeprefix("stages/").removesuffix(".py"), words[2:]))
+    return commands

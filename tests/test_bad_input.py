@@ -200,8 +200,8 @@ CASES = [
                  id="type-list-for-str"),
     pytest.param({"data": {"cache_dir": None}}, "data.cache_dir", ["valid string"],
                  id="type-null-for-str"),
-    pytest.param({"pretrain": {"lr": "1e-3"}}, "pretrain.lr", ["valid number"],
-                 id="type-yaml11-1e-3-is-a-string"),
+    pytest.param(tiny_yaml_with_line("lr", "  lr: '1e-3'")[0], "pretrain.lr", ["valid number"],
+                 id="type-quoted-1e-3-is-a-string"),
     pytest.param({"model": {"widths": "32,64"}}, "model.widths", ["valid list"], id="type-str-for-list"),
     pytest.param({"model": {"widths": [4, "8", 8]}}, "model.widths.1", ["valid integer"],
                  id="type-str-list-entry"),
@@ -265,7 +265,7 @@ CASES = [
     pytest.param({"model": {"widths": []}}, "model.widths", ["at least 1 item"], id="range-widths-empty"),
     pytest.param({"model": {"widths": [4] * 7}}, "model.widths", ["at most 6 items"],
                  id="range-widths-too-many"),
-    pytest.param({"model": {"widths": [0, 8, 8]}}, "model.widths", ["must all be >= 1"],
+    pytest.param({"model": {"widths": [0, 8, 8]}}, "model.widths", ["must all be in 1..4096"],
                  id="range-widths-entry-zero"),
     pytest.param({"study": {"layer_shots": 0}}, "study.layer_shots", ["greater than or equal to 1"],
                  id="range-study-layer_shots"),
@@ -572,7 +572,7 @@ def folder_fault(work: Path, tmp_path: Path, fault: str) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("fault, fragment", [
-    ("empty", "is empty"), ("not-an-image", "is not a readable image"), ("missing-root", "is not a folder"),
+    ("empty", "is empty"), ("not-an-image", "is not a readable image"), ("missing-root", "does not exist"),
 ])
 def test_a_bad_image_folder_stops_download_naming_the_path(fault, fragment, work, tmp_path, capsys):
     _, bad = folder_fault(work, tmp_path, fault)

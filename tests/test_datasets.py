@@ -264,7 +264,11 @@ def test_an_all_grey_folder_under_train_stays_grayscale(tmp_path):
 
 def test_folder_failures_name_the_path(tmp_path):
     nope = tmp_path / "nope"
-    assert f"{nope} is not a folder" in one_line_error(fetch, "folder", root=nope)
+    assert f"{nope} does not exist" in one_line_error(fetch, "folder", root=nope)
+    (tmp_path / "file").write_text("a file")
+    assert f"{tmp_path / 'file'} is a file, not a folder" in one_line_error(
+        fetch, "folder", root=tmp_path / "file")
+    (tmp_path / "file").unlink()
     assert f"no class folders in {tmp_path}" in one_line_error(fetch, "folder", root=tmp_path)
     save(tmp_path / "a" / "x.png", np.zeros((8, 8), np.uint8))
     (tmp_path / "b").mkdir()
@@ -276,6 +280,7 @@ def test_folder_failures_name_the_path(tmp_path):
 @pytest.mark.parametrize("kind", ["text", "truncated"])
 def test_a_file_that_is_not_an_image_is_named(tmp_path, kind):
     save(tmp_path / "a" / "x.png", np.zeros((8, 8), np.uint8))
+    save(tmp_path / "b" / "x.png", np.ones((8, 8), np.uint8))
     bad = tmp_path / "a" / "y.png"
     if kind == "text":
         bad.write_text("not an image")

@@ -95,7 +95,7 @@ def test_weights_that_are_not_a_resnet18_are_refused(tmp_path):
     with pytest.raises(ValueError, match="no tensor of the weights file matches a resnet18"):
         load_pretrained(ResNet18(3, False), read_weights(str(path)))
     (tmp_path / "pickle.pth").write_bytes(b"not a torch file")
-    with pytest.raises(UserError, match="is not a loadable state dict"):
+    with pytest.raises(UserError, match="is not a torch weights file"):
         read_weights(str(tmp_path / "pickle.pth"))
     with pytest.raises(UserError, match="not found: give a resnet18 state dict"):
         read_weights(str(tmp_path / "missing.pth"))

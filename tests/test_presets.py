@@ -10,7 +10,7 @@ import shlex
 import pytest
 import yaml
 
-from tests.conftest import ROOT, merge, tiny_params_dict
+from tests.conftest import ROOT, merge, stage_commands, tiny_params_dict
 from tests.fixtures_formats import (random_images, trust_fixture_md5s, write_cifar10, write_mnist,
                                     write_svhn, write_usps)
 from tests.test_stages import run_main
@@ -52,18 +52,6 @@ def test_the_readme_lists_the_presets_of_the_issue():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_valid_params(name):
     parse_params(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), PRESETS[name]))
-
-
-def stage_commands() -> list[tuple[str, list[str]]]:
-    """(stage script, argv) for every stage of dvc.yaml in order, the matrix expanded."""
-    commands = []
-    for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
-        items = stage.get("matrix", {}).get("strategy", [None])
-        for item in items:
-            cmd = stage["cmd"].replace("${item.strategy}", str(item))
-            words = shlex.split(cmd)
-            commands.append((words[1].removeprefix("stages/").removesuffix(".py"), words[2:]))
-    return commands
 
 
 def write_fixtures(name: str, cache, monkeypatch) -> None:

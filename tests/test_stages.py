@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import pytest
 import yaml
 
-from tests.conftest import ROOT, tiny_params_dict
+from tests.conftest import ROOT, stage_commands, tiny_params_dict
 from transferlab.io import load_arrays, load_state_dict
 from transferlab.strategies import NAMES
 
@@ -123,10 +123,8 @@ def test_transfer_writes_one_model_per_strategy(transferred):
 
 
 def test_evaluate_scores_every_strategy_and_the_source_only_baseline(transferred):
-    run_main(transferred, "evaluate", "models/transfer", "--source-model", "models/source.safetensors",
-             "--test", "data/prepared/target_test.safetensors", "--metrics", "metrics/evaluate.json",
-             "--per-class", "metrics/per_class.json", "--comparison", "plots/comparison.csv",
-             "--confusion", "plots/confusion")
+    (transferred / "models/transfer/stale.safetensors").write_bytes(b"a strategy removed from dvc.yaml")
+    run_main(transferred, "evaluate", *dict(stage_commands())["evaluate"])  # stale is not read
     scores = json.loads((transferred / "metrics/evaluate.json").read_text())
     assert set(scores) == {*NAMES, "source_only"}
     assert scores["scratch"]["gain_over_scratch"] == 0.0

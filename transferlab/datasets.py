@@ -33,7 +33,7 @@ from urllib.error import URLError
 
 import numpy as np
 
-from transferlab.io import UserError, load_arrays, read_metadata, save_arrays
+from transferlab.io import UserError, load_arrays, read_classes, read_metadata, save_arrays, show_path
 
 DIGITS = tuple("0123456789")
 
@@ -258,34 +258,55 @@ GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"}  # Pillow 
 def find_class_folders(root: Path) -> list[Path]:
     """<root>/<class>/ or, when <root>/train/ exists, <root>/train/<class>/ (a test/ or val/ next
     to it is not read). Hidden folders (.git, ...) and loose files beside the classes are skipped."""
+    if not root.exists():
+        raise UserError(f"folder dataset: {show_path(root)} does not exist: point the root at a "
+                        "folder of class folders (<root>/<class>/<image>)")
     if not root.is_dir():
-        raise UserError(f"folder dataset: {root} is not a folder: point the root at a folder of "
-                        "class folders (<root>/<class>/<image>)")
+        raise UserError(f"folder dataset: {show_path(root)} is a file, not a folder: point the root "
+                        "at a folder of class folders (<root>/<class>/<image>)")
     base = root / "train" if (root / "train").is_dir() else root
-    classes = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.name)
+    try:
+        entries = sorted(base.iterdir(), key=lambda p: p.name)
+    except OSError as err:
+        raise UserError(f"folder dataset: {show_path(base)} cannot be listed ({err.strerror}): "
+                        "check its permissions") from None
+    classes = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
     if not classes:
-        raise UserError(f"folder dataset: no class folders in {base}: put each class's images in "
-                        f"{base}/<class name>/")
+        raise UserError(f"folder dataset: no class folders in {show_path(base)}: put each class's "
+                        f"images in {show_path(base)}/<class name>/")
+    if len(classes) == 1:
+        raise UserError(f"folder dataset: {show_path(base)} has one class folder "
+                        f"({show_path(classes[0].name)}): a classifier needs at least two classes")
     return classes
 
 
 def list_images(folder: Path) -> list[Path]:
-    """The visible files of one class folder, sorted by name: the same order on every machine."""
-    entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
-                     key=lambda p: p.name)
+    """The visible regular files of one class folder, sorted by name: the same order on every
+    machine. Only regular files (or links to them) are read: a FIFO would block `download`
+    forever, a socket or device is no image; such entries are skipped and counted."""
+    try:
+        entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
+                         key=lambda p: p.name)
+    except OSError as err:
+        raise UserError(f"folder dataset: {show_path(folder)} cannot be listed ({err.strerror}): "
+                        "check its permissions") from None
     if nested := [p for p in entries if p.is_dir()]:
-        raise UserError(f"folder dataset: {nested[0]} is a folder inside class folder {folder}: "
-                        "nested folders are not read: move its images up one level")
-    if not entries:
-        raise UserError(f"folder dataset: class folder {folder} is empty: add its images "
-                        "or delete it")
-    return entries
+        raise UserError(f"folder dataset: {show_path(nested[0])} is a folder inside class folder "
+                        f"{show_path(folder)}: nested folders are not read: move its images up "
+                        "one level")
+    files = [p for p in entries if p.is_file()]  # is_file follows links and is False for a FIFO
+    if skipped := len(entries) - len(files):
+        print(f"warning: skipped {skipped} entries of {show_path(folder)} that are not regular "
+              "files (FIFOs, sockets, devices, broken links)")
+    if not files:
+        raise UserError(f"folder dataset: class folder {show_path(folder)} is empty: add its "
+                        "images or delete it")
+    return files
 
 
 def _unreadable(path: Path, err: BaseException) -> UserError:
-    return UserError(f"folder dataset: {path} is not a readable image ({_one_line(err)}): delete it "
-                     "or replace it with a PNG, JPEG or BMP file")
+    return UserError(f"folder dataset: {show_path(path)} is not a readable image ({_one_line(err)}): "
+                     "delete it or replace it with a PNG, JPEG or BMP file")
 
 
 def is_colour(path: Path) -> bool:
@@ -295,7 +316,7 @@ def is_colour(path: Path) -> bool:
     try:
         with Image.open(path) as img:
             if img.mode == "F":
-                raise UserError(f"folder dataset: {path} has floating-point pixels: save it as an "
+                raise UserError(f"folder dataset: {show_path(path)} has floating-point pixels: save it as an "
                                 "8- or 16-bit image")
             if img.mode in ("P", "PA"):  # palette (GIF, PNG-8): grey when every palette entry is
                 palette = np.asarray(img.getpalette() or [], np.uint8).reshape(-1, 3)
@@ -359,6 +380,9 @@ def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
         return EMBEDDED[name]()
     if name in TORCHVISION:
         cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser().absolute()
+        if cache.exists() and not cache.is_dir():
+            raise UserError(f"data.cache_dir: {show_path(cache)} is a file, not a folder: point "
+                            "data.cache_dir (or $TRANSFERLAB_DATA) at a folder")
         return load_torchvision(name, cache, download)
     if name == "folder":
         if root is None:
@@ -377,10 +401,14 @@ def save_raw(path: Path, data: RawDataset) -> None:
 
 
 def load_raw(path: Path) -> RawDataset:
-    arrays = load_arrays(path)
+    arrays = load_arrays(path, required=("images", "labels"))
     metadata = read_metadata(path)
-    if "classes" not in metadata:
-        raise UserError(f"{path} has no class names (written by an older version): run "
+    if "classes" not in metadata or "max_value" not in metadata:
+        raise UserError(f"{show_path(path)} has no class names (written by an older version): run "
                         "`dvc repro download`")
-    return RawDataset(arrays["images"], arrays["labels"], int(metadata["max_value"]),
-                      tuple(json.loads(metadata["classes"])))
+    try:
+        return RawDataset(arrays["images"], arrays["labels"], int(metadata["max_value"]),
+                          tuple(read_classes(path)))
+    except ValueError as err:
+        raise UserError(f"{show_path(path)} is corrupt ({err}): run `dvc repro -f download`"
+                        ) from None

@@ -168,23 +168,67 @@ def model_metadata(architecture: Architecture, classes: Sequence[str]) -> dict[s
             "classes": json.dumps(list(classes))}
 
 
+METADATA_KEYS = ("arch", "in_channels", "widths", "small_input_stem", "classes")
+
+
+def architecture_from_metadata(metadata: dict[str, str]) -> tuple[Architecture, list[str]]:
+    """The architecture and class names a model file records; ValueError saying what is wrong."""
+    if missing := [k for k in METADATA_KEYS if k not in metadata]:
+        raise ValueError(f"its metadata lacks {', '.join(missing)}: not written by this pipeline")
+    try:
+        widths = json.loads(metadata["widths"])
+        stem = json.loads(metadata["small_input_stem"])
+        classes = json.loads(metadata["classes"])
+        in_channels = int(metadata["in_channels"])
+    except ValueError as err:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"its metadata does not parse ({err})") from None
+    if metadata["arch"] not in ("small_cnn", "resnet18") or in_channels not in (1, 3) \
+            or not isinstance(widths, list) or not all(type(w) is int and 1 <= w <= 4096
+                                                       for w in widths) \
+            or not isinstance(stem, bool) or not isinstance(classes, list) \
+            or len(classes) < 2 or not all(isinstance(c, str) for c in classes) \
+            or (metadata["arch"] == "small_cnn" and not 1 <= len(widths) <= 6):
+        raise ValueError("its metadata describes no model this pipeline builds "
+                         f"(arch={metadata['arch']!r:.20}, in_channels={metadata['in_channels']!r:.8})")
+    return Architecture(metadata["arch"], in_channels, tuple(widths), stem), classes
+
+
 def classifier_from_state(state: dict, metadata: dict[str, str]) -> tuple[Classifier, list[str]]:
-    """Rebuild a Classifier (and its class names) from a file the pipeline wrote; tensor names
-    and shapes must match exactly."""
-    architecture = Architecture(metadata["arch"], int(metadata["in_channels"]),
-                                tuple(json.loads(metadata["widths"])),
-                                json.loads(metadata["small_input_stem"]))
-    classes = json.loads(metadata["classes"])
+    """Rebuild a Classifier (and its class names) from a file the pipeline wrote. ValueError,
+    saying which, when the metadata is missing or foreign, or a tensor's name, shape or values
+    do not fit the architecture it describes."""
+    architecture, classes = architecture_from_metadata(metadata)
     model = Classifier(architecture.build(), len(classes))
+    expected = model.state_dict()
+    if missing := sorted(set(expected) - set(state)):
+        raise ValueError(f"tensor {missing[0]} is missing ({len(missing)} in all) for "
+                         f"{architecture.arch} with {len(classes)} classes")
+    if extra := sorted(set(state) - set(expected)):
+        raise ValueError(f"tensor {extra[0]} is not part of {architecture.arch} "
+                         f"({len(extra)} unexpected)")
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape or state[name].dtype != tensor.dtype:
+            raise ValueError(f"tensor {name} is {state[name].dtype} {tuple(state[name].shape)}, "
+                             f"the metadata implies {tensor.dtype} {tuple(tensor.shape)}")
+        if state[name].is_floating_point() and not torch.isfinite(state[name]).all():
+            raise ValueError(f"tensor {name} holds NaN or infinity")
     model.load_state_dict(state, strict=True)
     return model, classes
 
 
 def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Classifier, list[str]]:
-    """A model file the pipeline wrote -> (Classifier on `device`, its class names)."""
-    from transferlab.io import load_state_dict
+    """A model file the pipeline wrote -> (Classifier on `device`, its class names).
 
-    model, classes = classifier_from_state(*load_state_dict(path))
+    The one loader of model files: format, metadata and tensors are all checked, and any fault
+    is one line naming the file and what is wrong with it.
+    """
+    from transferlab.io import UserError, load_state_dict, show_path
+
+    try:
+        model, classes = classifier_from_state(*load_state_dict(path))
+    except ValueError as err:
+        raise UserError(f"{show_path(path)} is not a model file of this pipeline: {err}: delete "
+                        "it and run `dvc repro` again") from None
     return model.to(device), classes
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Literal
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
@@ -40,6 +39,22 @@ class Strict(BaseModel):
 
 SEED_LIMIT = 2 ** 63  # torch.manual_seed takes a signed 64-bit integer
 
+# Every count has a ceiling, each with its reason (shown when a value exceeds it): a typo such as
+# `steps: 1e30` must stop here, not run for a geological age or allocate the machine away.
+MAX_STEPS, MAX_EPOCHS = 1_000_000, 1_000
+WHY_STEPS = "a longer run would take days on this hardware; the defaults use a few hundred"
+MAX_BATCH = 65_536
+WHY_BATCH = "a bigger batch would not fit in memory, and no dataset here needs one"
+MAX_IMAGES_PER_CLASS = 100_000
+WHY_IMAGES = "no supported dataset has that many images per class"
+MAX_BLOCKS = 64
+WHY_BLOCKS = "no encoder here has more blocks"
+MAX_WEIGHT = 1_000.0
+WHY_WEIGHT = "a loss weight that large only rescales the learning rate until training diverges"
+WHY_DECAY = "AdamW shrinks each weight by lr x weight_decay per step: above 1 training diverges"
+MAX_LIST, WHY_LIST = 100, "each entry is a pipeline stage per seed or budget"
+MAX_WIDTH = 4096
+
 
 DATASETS = ("mnist_5k", "uci_digits", "mnist", "fashion_mnist", "usps", "svhn", "cifar10", "folder")
 
@@ -58,6 +73,12 @@ class DatasetSpec(Strict):
         return value
 
 
+def same_place(a: str, b: str) -> bool:
+    """Whether two folder roots name one folder (`/x/base` and `/x/base/`, a link, `~`). A folder
+    inside the other is not the same place: `prepare` finds its shared images by content."""
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 class Data(Strict):
     source: DatasetSpec
     target: DatasetSpec
@@ -73,7 +94,8 @@ class Data(Strict):
                                           or len(spec.classes) < 2 or min(spec.classes) < 0):
                 raise ValueError(f"data.{role}.classes={spec.classes}: use 'all' or at least two "
                                  "distinct class ids >= 0")
-        same = (self.source.name, self.source.root) == (self.target.name, self.target.root)
+        same = self.source.name == self.target.name and (
+            self.source.name != "folder" or same_place(self.source.root, self.target.root))
         if same and (self.source.classes == "all" or self.target.classes == "all"
                      or set(self.source.classes) & set(self.target.classes)):
             raise ValueError("data.source and data.target are the same dataset: give both "
@@ -90,9 +112,9 @@ class Prepare(Strict):
     channels: int  # 1 or 3: gray -> 3 repeats the channel; colour -> 1 takes the luminance
     source_val_fraction: float = Field(gt=0, lt=1)
     target_test_fraction: float = Field(gt=0, lt=1)
-    target_val_per_class: int = Field(ge=1)
+    target_val_per_class: int = Field(ge=1, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)
     split_seed: int = Field(ge=0, lt=SEED_LIMIT)  # fixes the target test set across seeds
-    shots: int = Field(ge=1)  # labelled target images per class
+    shots: int = Field(ge=1, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)  # per class
 
     @field_validator("channels")
     @classmethod
@@ -110,29 +132,30 @@ class Model(Strict):
 
     @model_validator(mode="after")
     def _positive(self):
-        if any(w < 1 for w in self.widths):
-            raise ValueError(f"model.widths must all be >= 1, got {list(self.widths)}")
+        if any(w < 1 or w > MAX_WIDTH for w in self.widths):
+            raise ValueError(f"model.widths must all be in 1..{MAX_WIDTH}, got {list(self.widths)}"
+                             f" (wider conv blocks would not fit in memory)")
         return self
 
 
 class Optim(Strict):
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1, le=MAX_BATCH, description=WHY_BATCH)
     lr: float = Field(gt=0, le=10)
-    weight_decay: float = Field(ge=0)
+    weight_decay: float = Field(ge=0, le=1, description=WHY_DECAY)
     shift_px: int = Field(ge=0, le=8)  # random translation, augmentation
 
 
 class Pretrain(Optim):
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=1, le=MAX_EPOCHS, description=WHY_STEPS)
     seed: int = Field(ge=0, lt=SEED_LIMIT)
 
 
 class Extract(Strict):
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1, le=MAX_BATCH, description=WHY_BATCH)
 
 
 class Steps(Optim):
-    steps: int = Field(ge=1)
+    steps: int = Field(ge=1, le=MAX_STEPS, description=WHY_STEPS)
 
 
 class Scratch(Steps):
@@ -140,22 +163,24 @@ class Scratch(Steps):
 
 
 class Finetune(Steps):
-    frozen_blocks: int = Field(ge=0)
-    backbone_lr_mult: float = Field(ge=0)
-    l2sp_weight: float = Field(ge=0)
+    frozen_blocks: int = Field(ge=0, le=MAX_BLOCKS, description=WHY_BLOCKS)
+    backbone_lr_mult: float = Field(ge=0, le=10, description="the encoder's rate is lr x this: "
+                                    "10x the head's rate is already far past useful")
+    l2sp_weight: float = Field(ge=0, le=MAX_WEIGHT, description=WHY_WEIGHT)
 
 
 class Features(Strict):
-    C: float = Field(gt=0)
+    C: float = Field(gt=0, le=1e6, description="above that the L2 penalty is nil and the solver "
+                     "does not converge")
 
 
 class Structure(Steps):
-    copied_blocks: int = Field(ge=0)
+    copied_blocks: int = Field(ge=0, le=MAX_BLOCKS, description=WHY_BLOCKS)
     freeze_copied: bool
 
 
 class Joint(Steps):
-    target_weight: float = Field(gt=0)  # the λ of L_source + λ·L_target
+    target_weight: float = Field(gt=0, le=MAX_WEIGHT, description=WHY_WEIGHT)  # λ of L_s + λ·L_t
 
 
 class Transfer(Strict):
@@ -167,9 +192,9 @@ class Transfer(Strict):
 
 
 class Study(Strict):
-    shots: list[int] = Field(min_length=1)  # label budgets k (per class)
-    seeds: list[int] = Field(min_length=1)  # each seed: another shot draw and initialisation
-    layer_shots: int = Field(ge=1)  # label budget of the layer-transfer grid
+    shots: list[int] = Field(min_length=1, max_length=MAX_LIST, description=WHY_LIST)  # budgets k
+    seeds: list[int] = Field(min_length=1, max_length=MAX_LIST, description=WHY_LIST)
+    layer_shots: int = Field(ge=1, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)
 
     @model_validator(mode="after")
     def _distinct_positive(self):
@@ -224,48 +249,106 @@ def _submodel(loc: tuple) -> type[BaseModel]:
     return model
 
 
+ECHO_CHARS = 60  # a value or key is echoed at most this long: a pasted blob must not flood the line
+
+
+def echo(value: object) -> str:
+    """A value as the message shows it: repr, one line, at most ECHO_CHARS characters."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS - 3] + "..."
+
+
+def _show(key: str) -> str:
+    """A dotted key for a message: control characters escaped, long names cut."""
+    text = key.encode("unicode_escape").decode("ascii", "backslashreplace")
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS - 3] + "..."
+
+
+def _real_loc(loc: tuple, raw: object) -> tuple[str, ...]:
+    """pydantic's error location with its own tags (union branches such as "literal['all']",
+    validator names) dropped: a part stays only if it is a key or index of the data itself."""
+    out, node = [], raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            continue
+        out.append(str(part))
+    return tuple(out)
+
+
+def _field_reason(loc: tuple[str, ...]) -> str:
+    """The documented reason of a field's limit (its Field description), if any."""
+    model = _submodel(loc[:-1])
+    field = model.model_fields.get(loc[-1]) if loc else None
+    return f" ({field.description})" if field is not None and field.description else ""
+
+
 def _explain(err: ValidationError, raw: dict) -> str:
     # an unknown key first: a misspelt key also makes its correct spelling "missing"
     first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
-    # drop pydantic's union-branch names (e.g. "literal['all']") from the location
-    loc = tuple(str(p) for p in first["loc"] if isinstance(p, int) or str(p).isidentifier())
-    key = ".".join(loc)
+    loc = _real_loc(first["loc"], raw)
+    if first["type"] == "missing":
+        loc = loc + (str(first["loc"][-1]),)  # the missing key itself (absent from the data)
+    key = _show(".".join(loc))
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(_submodel(loc[:-1]))
         given, lower = loc[-1], {a.lower(): a for a in allowed}
-        close = ([a for a in allowed if a.lower().startswith(given.lower())
+        close = ([a for a in allowed if a.lower().startswith(given.lower()[:40])
                   or given.lower().startswith(a.lower())]
-                 or [lower[m] for m in difflib.get_close_matches(given.lower(), lower, n=1,
+                 or [lower[m] for m in difflib.get_close_matches(given.lower()[:40], lower, n=1,
                                                                  cutoff=0.5)])
         hint = f"did you mean '{'.'.join(loc[:-1] + (close[0],))}'? " if close else ""
         return f"params.yaml: unknown key '{key}': {hint}allowed here: {', '.join(allowed)}"
     if first["type"] == "missing":
         return f"params.yaml: key '{key}' is missing: add it (see the README's params section)"
+    msg = _show(first["msg"].removeprefix("Value error, ")) if len(first["msg"]) > 200 \
+        else first["msg"].removeprefix("Value error, ")
     if not loc:  # a model-level check: the message names its keys
-        return f"params.yaml: {first['msg'].removeprefix('Value error, ')}"
-    msg = first["msg"].removeprefix("Value error, ")
+        return f"params.yaml: {msg}"
     if first["type"] == "value_error" and re.search(r"\b[a-z_]+\.[a-z_]{2,}", msg):
         return f"params.yaml: {msg}"  # a section's own check: its message names the keys
-    return f"params.yaml: {key}={first.get('input')!r} is invalid: {msg}"
+    reason = _field_reason(loc) if first["type"].startswith(("less_than", "too_long")) else ""
+    if isinstance(first.get("input"), str) and re.fullmatch(r"\s*[-+]?[\d._]+(e[-+]?\d+)?\s*|"
+                                                           r"\s*0[oxb][\da-f_]+\s*",
+                                                           first["input"], re.IGNORECASE):
+        # `dvc exp run -S key=010` (Hydra's override grammar) writes '010' as quoted text
+        reason = " (the value is quoted text: write the number unquoted, without leading zeros)"
+    return f"params.yaml: {key}={echo(first.get('input'))} is invalid: {msg}{reason}"
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    pass
+# params.yaml is 3 levels deep (transfer.finetune.steps) with short lists; anything far beyond
+# that is pasted junk or an alias bomb, refused before pydantic walks it.
+MAX_DEPTH = 8
+MAX_VALUES = 10_000
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a repeated key (plain PyYAML keeps the last one silently, while
-    DVC's own reader refuses the file): both must agree on what params.yaml says."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise DuplicateKeyError(f"key '{key}' appears twice "
-                                        f"(line {key_node.start_mark.line + 1})")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+def check_shape(raw: object) -> None:
+    """Every mapping key is text, nesting is at most MAX_DEPTH, and there are at most MAX_VALUES
+    values counting aliases expanded (`&a [*b, *b, ...]` nests into billions). Iterative, so
+    no RecursionError; the first offence in document order is reported."""
+    stack: list[tuple[tuple[str, ...], object]] = [((), raw)]
+    seen = 0
+    while stack:
+        path, node = stack.pop()
+        seen += 1
+        where = _show(".".join(path)) or "the top level"
+        if seen > MAX_VALUES:
+            raise UserError(f"params.yaml holds more than {MAX_VALUES} values (aliases expanded): "
+                            "it is not a params file of this project: restore the repository's")
+        if len(path) > MAX_DEPTH:
+            raise UserError(f"params.yaml: '{where}' nests deeper than {MAX_DEPTH} levels: "
+                            "restore the repository's params.yaml layout")
+        if isinstance(node, dict):
+            for key in node:
+                if not isinstance(key, str):
+                    raise UserError(f"params.yaml: key {echo(key)} in {where} is not a name: keys "
+                                    "are words such as 'shots' (quote it if it is meant as text)")
+            stack.extend(reversed([(path + (key,), value) for key, value in node.items()]))
+        elif isinstance(node, list):
+            stack.extend(reversed([(path + (str(i),), v) for i, v in enumerate(node)]))
 
 
 def parse_params(raw: object) -> Params:
@@ -273,25 +356,47 @@ def parse_params(raw: object) -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError("params.yaml must be a mapping of sections (seed, data, prepare, ...)")
+    check_shape(raw)
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
         raise UserError(_explain(err, raw)) from None
 
 
+def read_yaml(text: str) -> object:
+    """YAML as DVC reads params.yaml (ruamel.yaml, typ="safe", YAML 1.2): the value `dvc.lock`
+    and `dvc params diff` record is the value that runs (`010` is ten, `1e-3` a number, `no` a
+    string; PyYAML's YAML 1.1 read `010` as eight). Duplicate keys are refused, as DVC does."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(text)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{_show(str(path))} is a folder, not a params file: run from the "
+                        "repository root")
     if not path.is_file():
-        raise UserError(f"{path} not found: run from the repository root")
+        raise UserError(f"{_show(str(path))} not found: run from the repository root")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+        raw = read_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text: save it as UTF-8") from None
     except OSError as err:
         raise UserError(f"{path} cannot be read ({err.strerror})") from None
     except DuplicateKeyError as err:
-        raise UserError(f"{path}: {err}: keep one") from None
-    except yaml.YAMLError as err:
+        mark = err.problem_mark
+        key = err.problem.split('"')[1] if '"' in (err.problem or "") else "a key"
+        raise UserError(f"{path}: key '{_show(key)}' appears twice (line {mark.line + 1}): keep "
+                        "one") from None
+    except RecursionError:
+        raise UserError(f"{path} nests deeper than {MAX_DEPTH} levels: restore the repository's "
+                        "params.yaml layout") from None
+    except (YAMLError, MarkedYAMLError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path} is not valid YAML{where}: fix the syntax") from None

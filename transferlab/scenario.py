@@ -17,6 +17,7 @@ pool by `seed`, as a prefix of one per-class permutation, so the 5-shot draw con
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,11 @@ def select_classes(raw: RawDataset, classes: str | list[int], key: str) -> RawDa
                       tuple(raw.classes[c] for c in chosen))
 
 
+def _take(amount: float | int, n: int) -> int:
+    """How many of a class's n images a split takes: a fraction (rounded) or a count."""
+    return round(amount * n) if isinstance(amount, float) else amount
+
+
 def split_stratified(labels: np.ndarray, seed: int, **take: float | int) -> dict[str, np.ndarray]:
     """Per class, a seeded permutation cut into named parts; the part named `rest` gets the rest.
 
@@ -103,11 +109,84 @@ def split_stratified(labels: np.ndarray, seed: int, **take: float | int) -> dict
         idx = np.random.default_rng([seed, int(c)]).permutation(np.flatnonzero(labels == c))
         start = 0
         for name, amount in take.items():
-            n = round(amount * idx.size) if isinstance(amount, float) else amount
+            n = _take(amount, idx.size)
             parts[name].append(idx[start:start + n])
             start += n
         parts["rest"].append(idx[start:])
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+
+
+def check_sizes(source: RawDataset, target: RawDataset, p: Prepare) -> None:
+    """Every split the scenario cuts, sized per class before any image is aligned or any model
+    trained: an empty split or a class too small for it stops here naming the key, the class
+    and its count, not three stages later as a shape error."""
+    for role, raw in (("source", source), ("target", target)):
+        present = np.unique(raw.labels)
+        if present.size < 2:
+            names = ", ".join(repr(raw.classes[c]) for c in present) or "none"
+            raise UserError(f"data.{role}: {present.size} class with images ({names}): a "
+                            "classifier needs at least two: add class folders or widen "
+                            f"data.{role}.classes")
+        if absent := [raw.classes[c] for c in range(len(raw.classes)) if c not in present]:
+            raise UserError(f"data.{role}: class {absent[0]!r} has no images: add some or leave "
+                            f"it out with data.{role}.classes")
+    counts = np.bincount(source.labels)
+    for c, n in enumerate(counts):
+        if n - _take(p.source_val_fraction, n) < 1:
+            raise UserError(f"data.source: class {source.classes[c]!r} has only {n} image(s), none "
+                            f"left for training after prepare.source_val_fraction="
+                            f"{p.source_val_fraction}: lower the fraction or add images")
+    if sum(_take(p.source_val_fraction, n) for n in counts) == 0:
+        raise UserError(f"prepare.source_val_fraction={p.source_val_fraction} leaves the source "
+                        f"validation split empty (the largest class has {counts.max()} images): "
+                        f"raise it to at least {1 / counts.max():.3g}")
+    for c, n in enumerate(np.bincount(target.labels)):
+        name, test = repr(target.classes[c]), _take(p.target_test_fraction, n)
+        if test < 1:
+            raise UserError(f"prepare.target_test_fraction={p.target_test_fraction} leaves target "
+                            f"class {name} ({n} images) without test images: raise it to at least "
+                            f"{0.5 / n + 1e-9:.3g}, or add images")
+        if n - test < p.target_val_per_class:
+            raise UserError(f"prepare.target_val_per_class={p.target_val_per_class} but target "
+                            f"class {name} has only {n - test} images after its test share "
+                            f"({n} - {test}): lower it or prepare.target_test_fraction")
+        pool = n - test - p.target_val_per_class
+        if pool < p.shots:
+            raise UserError(f"prepare.shots={p.shots} but class {name} has only {pool} images in "
+                            f"the target train pool ({n} - {test} test - {p.target_val_per_class} "
+                            "validation): lower prepare.shots or prepare.target_test_fraction / "
+                            "prepare.target_val_per_class")
+
+
+def image_digests(raw: RawDataset) -> list[bytes]:
+    """One digest per decoded image (pixels and shape): equal digests are the same image."""
+    return [hashlib.blake2b(image.tobytes() + str(image.shape).encode(), digest_size=16).digest()
+            for image in raw.images]
+
+
+def subset(raw: RawDataset, keep: np.ndarray) -> RawDataset:
+    return RawDataset(raw.images[keep], raw.labels[keep], raw.max_value, raw.classes)
+
+
+def separate_by_content(source: RawDataset, target: RawDataset
+                        ) -> tuple[RawDataset, RawDataset, dict[str, int]]:
+    """No image may be in both domains, nor twice in the target, whatever the names say: a
+    folder and its subfolder, MNIST-5k inside MNIST, a file copied into two classes. The
+    target keeps the first copy of a repeated image (it could otherwise sit in both test and
+    train pool); the source loses every image the target has (a target test image must never
+    be a source training image). Returns both and how many images each lost."""
+    target_digests = image_digests(target)
+    first_of: dict[bytes, int] = {}
+    for i, digest in enumerate(target_digests):
+        first_of.setdefault(digest, i)
+    keep_target = np.zeros(len(target_digests), dtype=bool)
+    keep_target[list(first_of.values())] = True
+    keep_source = np.array([d not in first_of for d in image_digests(source)], dtype=bool)
+    dropped = {"source_images_also_in_target": int((~keep_source).sum()),
+               "target_duplicates_dropped": int((~keep_target).sum())}
+    if dropped["source_images_also_in_target"] == 0 and dropped["target_duplicates_dropped"] == 0:
+        return source, target, dropped
+    return subset(source, keep_source), subset(target, keep_target), dropped
 
 
 def draw_shots(labels: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -141,18 +220,20 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
         source = select_classes(source, source_spec.classes, "data.source.classes")
     if target_spec is not None:
         target = select_classes(target, target_spec.classes, "data.target.classes")
+    source, target, dropped = separate_by_content(source, target)
+    if dropped["source_images_also_in_target"]:
+        print(f"warning: {dropped['source_images_also_in_target']} source images are also target "
+              "images (same pixels): dropped from the source")
+    check_sizes(source, target, p)
     xs, xt = align(source, p), align(target, p)
     s = split_stratified(source.labels, p.split_seed, val=p.source_val_fraction)
     t = split_stratified(target.labels, p.split_seed, test=p.target_test_fraction,
                          val=p.target_val_per_class)
-    if min(np.bincount(target.labels[t["val"]])) < p.target_val_per_class:
-        raise UserError(f"prepare.target_val_per_class={p.target_val_per_class} exceeds what a "
-                        f"class has after the test split: lower it or prepare.target_test_fraction")
     shots = draw_shots(target.labels, t["rest"], p.shots, seed)
     summary = {"source_train": s["rest"].size, "source_val": s["val"].size,
                "target_pool": t["rest"].size, "target_train": shots.size,
                "target_val": t["val"].size, "target_test": t["test"].size,
-               "classes": int(np.unique(target.labels).size), "shots": p.shots}
+               "classes": int(np.unique(target.labels).size), "shots": p.shots, **dropped}
     return Scenario(
         source={"x_train": xs[s["rest"]], "y_train": source.labels[s["rest"]],
                 "x_val": xs[s["val"]], "y_val": source.labels[s["val"]]},

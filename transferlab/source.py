@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from transferlab.io import UserError
+from transferlab.io import UserError, one_line, show_path
 from transferlab.models import Architecture, Classifier, Encoder, load_pretrained
 from transferlab.params import Pretrain
-from transferlab.train import FitResult, Stream, fit, predict_logits
+from transferlab.train import FitResult, Stream, TrainingDiverged, fit, predict_logits
 
 DIGITS = 4
+
+
+def _not_weights(path: Path, err: BaseException | None) -> UserError:
+    first_line = (str(err).splitlines() or [""])[0] if err else ""
+    why = f" ({type(err).__name__}{': ' if first_line else ''}{one_line(first_line)[:100]})" \
+        if err else ""
+    return UserError(f"model.weights: {show_path(path)} is not a torch weights file{why}: give a "
+                     "state dict saved with torch.save")
 
 
 def read_weights(weights: str) -> dict[str, torch.Tensor]:
@@ -36,18 +45,35 @@ def read_weights(weights: str) -> dict[str, torch.Tensor]:
                             f" place the file from {spec.url} there (set TORCH_HOME to move it)"
                             ) from None
     path = Path(weights)
+    if path.is_dir():
+        raise UserError(f"model.weights: {show_path(path)} is a folder: give the weights file "
+                        "itself (a resnet18 state dict, .pth)")
     if not path.is_file():
-        raise UserError(f"model.weights: {path} not found: give a resnet18 state dict (.pth), "
-                        "imagenet or none")
+        raise UserError(f"model.weights: {show_path(path)} not found: give a resnet18 state dict "
+                        "(.pth), imagenet or none")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
-        # weights_only refuses anything but tensors and plain containers: no code can run
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"model.weights: {path} is not a loadable state dict ({first_line})"
-                        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"model.weights: {path} holds no state dict of tensors")
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err) or "Unsupported class" in str(err):
+            # weights_only=True refused a pickled object: loading it would run its code. Never
+            # advise turning that off (torch's own message does); say how to save tensors only.
+            raise UserError(f"model.weights: {show_path(path)} holds Python objects, not only "
+                            "tensors, and is not loaded (it could run code): save just the tensors"
+                            " with torch.save(model.state_dict(), path)") from None
+        raise _not_weights(path, None) from None  # torch's text advises weights_only=False
+    except Exception as err:  # noqa: BLE001 - foreign bytes make torch.load raise almost anything:
+        raise _not_weights(path, err) from None  # KeyError (a text file), EOFError (empty), ...
+    # A training checkpoint often nests the weights one level down
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"model.weights: {show_path(path)} holds no state dict of named tensors")
+    if bad := [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise UserError(f"model.weights: {show_path(path)}: tensor {bad[0]} holds NaN or infinity")
     return state
 
 
@@ -67,11 +93,14 @@ def pretrain(source: dict[str, torch.Tensor], architecture: Architecture, cfg: P
               + (f"; skipped {len(skipped)}: {'; '.join(skipped)}" if skipped else ""))
     model.to(x.device)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}],
-                 [Stream(x, y, model)], (source["x_val"], source["y_val"], model),
-                 steps=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size,
-                 weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=cfg.seed,
-                 eval_every=steps_per_epoch, desc="pretrain")
+    try:
+        result = fit(model, [{"params": list(model.parameters()), "lr": cfg.lr}],
+                     [Stream(x, y, model)], (source["x_val"], source["y_val"], model),
+                     steps=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size,
+                     weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=cfg.seed,
+                     eval_every=steps_per_epoch, desc="pretrain")
+    except TrainingDiverged as err:
+        raise UserError(f"pretrain: {err}: lower pretrain.lr or pretrain.weight_decay") from None
     return model, result
 
 

@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from transferlab.io import UserError
+
 EVALUATIONS_PER_RUN = 30  # checkpoints considered by model selection when no epochs are given
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: further steps cannot recover, and no weights are kept."""
 
 
 def pick_device() -> torch.device:
@@ -148,6 +154,9 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
             val_loss = F.cross_entropy(logits, val_y).item()
             val_acc = (logits.argmax(1) == val_y).float().mean().item()
             seen = (step % eval_every) + 1
+            if not (math.isfinite(val_loss) and math.isfinite(running.item())):
+                raise TrainingDiverged(f"training diverged by step {step + 1} of {steps} (loss "
+                                       f"{running.item() / seen:.3g}, validation loss {val_loss:.3g})")
             result.history.append({"step": step + 1, "train_loss": running.item() / seen,
                                    "val_loss": val_loss, "val_accuracy": val_acc})
             running.zero_()

@@ -16,7 +16,8 @@ import torch
 from transferlab.models import Architecture, Classifier, architecture_from, new_head
 from transferlab.params import Params
 from transferlab.source import target_features
-from transferlab.train import FitResult, Stream, fit
+from transferlab.io import UserError
+from transferlab.train import FitResult, Stream, TrainingDiverged, fit
 
 NAMES = ("scratch", "finetune", "features", "structure", "joint")
 
@@ -58,7 +59,11 @@ def make_inputs(target: dict[str, torch.Tensor], params: Params, seed: int,
 def run(name: str, inputs: Inputs, cfg) -> Outcome:
     if name not in NAMES:
         raise ValueError(f"unknown strategy '{name}': choose one of {', '.join(NAMES)}")
-    return importlib.import_module(f"transferlab.strategies.{name}").run(inputs, cfg)
+    try:
+        return importlib.import_module(f"transferlab.strategies.{name}").run(inputs, cfg)
+    except TrainingDiverged as err:
+        raise UserError(f"transfer.{name}: {err}: lower transfer.{name}.lr or "
+                        f"transfer.{name}.weight_decay") from None
 
 
 def new_classifier(inputs: Inputs) -> Classifier:

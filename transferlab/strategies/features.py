@@ -23,10 +23,14 @@ def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, C: float
 
     scaler = StandardScaler().fit(x_train)
     clf = LogisticRegression(C=C, max_iter=5000).fit(scaler.transform(x_train), y_train)
-    if not np.array_equal(clf.classes_, np.arange(clf.classes_.size)) or clf.classes_.size < 3:
-        raise ValueError(f"need labels 0..K-1 with K >= 3 in the shots, got {clf.classes_}")
-    weight = clf.coef_ / scaler.scale_  # (x - mean) / scale @ coef.T + b, expanded
-    return weight, clf.intercept_ - weight @ scaler.mean_
+    if not np.array_equal(clf.classes_, np.arange(clf.classes_.size)) or clf.classes_.size < 2:
+        raise ValueError(f"need labels 0..K-1 with K >= 2 in the shots, got {clf.classes_}")
+    coef, intercept = clf.coef_, clf.intercept_
+    if clf.classes_.size == 2:  # one row, the logit of class 1 against class 0: the same
+        coef = np.concatenate([np.zeros_like(coef), coef])  # softmax as logits (0, z)
+        intercept = np.concatenate([np.zeros_like(intercept), intercept])
+    weight = coef / scaler.scale_  # (x - mean) / scale @ coef.T + b, expanded
+    return weight, intercept - weight @ scaler.mean_
 
 
 def run(inputs: Inputs, cfg: Features) -> Outcome:
