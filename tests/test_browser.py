@@ -77,18 +77,19 @@ def render(browser: str, page: Path, tmp: Path) -> dict:
             "dom": dom, "png": png}
 
 
-def dvc_plots_show(out: Path, *args: str) -> Path:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(out), *args],
+def dvc_plots(out: Path, command: str = "show", *args: str) -> Path:
+    proc = subprocess.run([sys.executable, "-m", "dvc", "plots", command, "-o", str(out), *args],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out / "index.html"
 
 
-def test_dvc_plots_show_renders_offline(browser, tmp_path):
+@pytest.mark.parametrize("command", [["show"], ["diff", "HEAD"]], ids=" ".join)
+def test_dvc_plots_renders_offline(browser, tmp_path, command):
     """The repository's own config (plots.html_template) with its committed plot files."""
     assert OFFLINE_TEMPLATE.is_file(), ("the offline plots template is missing: `make install` "
                                         "or `python scripts/plots_template.py` writes it")
-    page = dvc_plots_show(tmp_path / "plots")
+    page = dvc_plots(tmp_path / "plots", *command)
     html = page.read_text()
     assert "cdn.jsdelivr" not in html
     seen = render(browser, page, tmp_path)
@@ -103,7 +104,7 @@ def test_the_checks_catch_dvcs_stock_cdn_page(browser, tmp_path):
     """The same plots through DVC's own page layout (CDN scripts): the checks above must fail."""
     template = tmp_path / "stock.html"
     template.write_text("<!DOCTYPE html><html><head>{scripts}</head><body>{plot_divs}</body></html>")
-    page = dvc_plots_show(tmp_path / "plots", "--html-template", str(template))
+    page = dvc_plots(tmp_path / "plots", "show", "--html-template", str(template))
     seen = render(browser, page, tmp_path)
     assert any("cdn.jsdelivr.net" in url for url in seen["requests"]), seen["requests"]
     assert seen["ink"] < MIN_INK
