@@ -107,6 +107,17 @@ def test_the_study_adds_its_intervals(tmp_path):
     assert "90.0 [85.0, 98.0]" in (tmp_path / "r.html").read_text()
 
 
+def test_a_one_seed_study_has_means_without_intervals(tmp_path):
+    """study/metrics.json holds null bounds when there is one seed (no t-interval)."""
+    paths = make_inputs(tmp_path)
+    one_seed = {"cells": {k: {**c, "ci_low": None, "ci_high": None}
+                          for k, c in STUDY["cells"].items()}, "layers": {}}
+    write_json(tmp_path / "study.json", one_seed)
+    proc = run_report(paths, tmp_path / "r.html", "--study", str(tmp_path / "study.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "<td>90.0</td>" in (tmp_path / "r.html").read_text()
+
+
 @pytest.mark.parametrize("fault, message", [
     ("confusion_rows", "has 29 rows for 30 test images"),
     ("no_evaluate", "evaluate.json is missing"),

@@ -137,9 +137,10 @@ def study_chart(cells: Mapping[str, Mapping], colors: Mapping[str, str]) -> str:
         color = colors.get(name, "black")
         ax.plot(ks, [100 * c["accuracy"] for c in cell], marker="o", markersize=4, label=name,
                 color=color)
-        ax.fill_between(ks, [100 * c["ci_low"] for c in cell],
-                        [min(100.0, 100 * c["ci_high"]) for c in cell], color=color, alpha=0.15,
-                        linewidth=0)
+        banded = [(k, c) for k, c in zip(ks, cell) if c["ci_low"] is not None]  # 1 seed: none
+        ax.fill_between([k for k, _ in banded], [100 * c["ci_low"] for _, c in banded],
+                        [min(100.0, 100 * c["ci_high"]) for _, c in banded], color=color,
+                        alpha=0.15, linewidth=0)
     ax.set_xscale("log")
     ax.set_xticks(sorted({k for v in by_name.values() for k in v}))
     ax.xaxis.set_major_formatter("{x:.0f}")
@@ -204,6 +205,13 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
+def _interval(cell: Mapping) -> str:
+    """" [low, high]", or nothing where one seed gives no interval (null in the JSON)."""
+    if cell.get("ci_low") is None:
+        return ""
+    return f" [{_pct(cell['ci_low'])}, {_pct(cell['ci_high'])}]"
+
+
 def results_table(scores: Mapping[str, Mapping], errors: Mapping[str, int]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{_pct(s['accuracy'])}</td><td>{_pct(s['macro_f1'])}"
@@ -219,7 +227,7 @@ def study_table(cells: Mapping[str, Mapping]) -> str:
     head = "".join(f"<th>k = {k}</th>" for k in ks)
     body = "".join(
         f"<tr><td>{html.escape(n)}</td>" + "".join(
-            f"<td>{_pct(c['accuracy'])} [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}]"
+            f"<td>{_pct(c['accuracy'])}{_interval(c)}"
             f"{' &#9888;' if c.get('negative_transfer') else ''}</td>" if (c := by_name[n].get(k))
             else "<td></td>" for k in ks) + "</tr>" for n in ordered(by_name))
     return f"<table><tr><th>strategy</th>{head}</tr>{body}</table>"
