@@ -55,7 +55,8 @@ RERUNS: dict[str, frozenset[str]] = {
     # resnet18 only: with the default small_cnn the models come out identical
     "model.small_input_stem": frozenset({"check_params", "pretrain", *TRANSFER}),
     "extract.batch_size": frozenset({"check_params", "extract"}),  # identical features
-    **{f"transfer.{s.removeprefix('transfer@')}.*": frozenset({"check_params", s, "evaluate"})
+    **{f"transfer.{s.removeprefix('transfer@')}.*": frozenset({"check_params", s, "evaluate",
+                                                                "export"})
        for s in sorted(TRANSFER)},
     "study.*": frozenset({"check_params"}),  # read by study/dvc.yaml only (`make study`)
     COMMENT_ONLY: frozenset({"check_params"}),
@@ -63,12 +64,14 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/__init__.py": frozenset(),  # a docstring only (checked below)
     "transferlab/datasets.py": frozenset({"download", "prepare"}),
     "transferlab/evaluation.py": frozenset({"evaluate"}),
+    "transferlab/export.py": frozenset({"export"}),
     "transferlab/io.py": EVERY,
     "transferlab/metrics.py": frozenset({"evaluate"}),
     "transferlab/models.py": EVERY - {"check_params", "download", "prepare"},
-    "transferlab/params.py": EVERY - {"evaluate"},
+    "transferlab/params.py": EVERY - {"evaluate", "export"},
+    "transferlab/predict.py": frozenset(),  # the transferlab-predict command: no stage
     "transferlab/scenario.py": frozenset({"prepare"}),
-    "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate"},
+    "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate", "export"},
     "transferlab/stats.py": frozenset(),  # study only
     "transferlab/study.py": frozenset(),  # study only
     "transferlab/train.py": EVERY - {"check_params", "download", "prepare"},

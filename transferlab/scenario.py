@@ -18,6 +18,7 @@ pool by `seed`, as a prefix of one per-class permutation, so the 5-shot draw con
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,15 @@ def align(raw: RawDataset, p: Prepare) -> np.ndarray:
     if p.scale == "max":
         x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
     return (x * 255).round_().to(torch.uint8).numpy()
+
+
+def preprocess_record(p: Prepare, decode_size: int) -> str:
+    """What turns one image file into a model input here, as JSON for the metadata of prepared
+    and model files: the alignment knobs, and the size a folder's files were first decoded to
+    (0: the dataset came as arrays). `transferlab-predict` and the ONNX export repeat it."""
+    fields = {k: getattr(p, k) for k in ("image_size", "crop", "bottleneck_size", "scale",
+                                         "channels")}
+    return json.dumps({**fields, "decode_size": decode_size}, sort_keys=True)
 
 
 def select_classes(raw: RawDataset, classes: str | list[int], key: str) -> RawDataset:
