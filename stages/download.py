@@ -1,14 +1,16 @@
 """Stage download: fetch the raw source and target datasets named in params.
 
-Reads only the dataset names, folder roots and the cache directory, so scenario edits (class
-subsets, shots, sizes) never re-download. The embedded default datasets ship inside installed
+Reads only the dataset names, folder roots, the cache directory and data.target_test, so scenario
+edits (class subsets, shots, sizes) never re-download. With an official target test split it
+also writes target_test (and a folder's val/ as target_val). The embedded default datasets ship inside installed
 wheels: no network. Others come through torchvision into data.cache_dir (checksums verified).
 """
 
 import argparse
 from pathlib import Path
 
-from transferlab.datasets import fetch, save_raw
+from transferlab.datasets import (decode_size, fetch, has_official_split, save_raw,
+                                  target_test_source)
 from transferlab.io import atomic_path, run_stage
 from transferlab.params import load_params
 
@@ -20,13 +22,23 @@ def main(argv=None):
     data = load_params().data
     cache_dir = Path(data.cache_dir) if data.cache_dir else None
 
+    target_root = Path(data.target.root) if data.target.root else None
+    test = target_test_source(data.target_test, data.target.name, target_root)
+    files = [("source", data.source, "train"), ("target", data.target, "train")]
+    if test == "official":  # the official test split, and a folder's own val/ where present
+        files += [(f"target_{split}", data.target, split) for split in ("test", "val")
+                  if split == "test" or has_official_split(data.target.name, target_root, split)]
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        for role, spec in (("source", data.source), ("target", data.target)):
-            raw = fetch(spec.name, cache_dir=cache_dir, root=Path(spec.root) if spec.root else None)
-            save_raw(tmp / f"{role}.safetensors", raw)
-            print(f"{role}: {spec.name}, {len(raw.labels)} images {raw.images.shape[1:]}, "
-                  f"{len(raw.classes)} classes")
+        for name, spec, split in files:
+            raw = fetch(spec.name, cache_dir=cache_dir, root=Path(spec.root) if spec.root else None,
+                        split=split)
+            save_raw(tmp / f"{name}.safetensors", raw, decode_size(spec.name))
+            print(f"{name}: {spec.name} ({split}), {len(raw.labels)} images "
+                  f"{raw.images.shape[1:]}, {len(raw.classes)} classes")
+    if test == "split":
+        print(f"target test set: carved from {data.target.name}'s training images "
+              f"(it has no official test split{'' if data.target_test == 'auto' else ' in use'})")
 
 
 if __name__ == "__main__":

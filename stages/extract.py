@@ -4,7 +4,7 @@ computed once for the feature-transfer strategy, plus feature-space diagnostics.
 import argparse
 from pathlib import Path
 
-from transferlab.io import load_arrays, run_stage, save_arrays, write_json
+from transferlab.io import TRAIN_VAL, load_arrays, run_stage, save_arrays, write_json
 from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.source import feature_diagnostics, target_features
@@ -23,7 +23,7 @@ def main(argv=None):
     make_deterministic(0)
     device = pick_device()
     encoder = load_classifier(args.model, device)[0].encoder
-    target = to_device(load_arrays(args.target), device)
+    target = to_device(load_arrays(args.target, required=TRAIN_VAL), device)
     features = target_features(encoder, target, batch_size)
     save_arrays(args.out, features)
     diagnostics = feature_diagnostics(features["train_features"], features["y_train"],

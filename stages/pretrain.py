@@ -3,7 +3,8 @@
 import argparse
 from pathlib import Path
 
-from transferlab.io import (load_arrays, read_classes, run_stage, save_state_dict,
+from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, run_stage,
+                            save_state_dict,
                             write_history, write_json)
 from transferlab.models import architecture_from, model_metadata
 from transferlab.params import load_params
@@ -21,12 +22,14 @@ def main(argv=None):
     params = load_params()
 
     make_deterministic(params.pretrain.seed)
-    source = to_device(load_arrays(args.source), pick_device())
+    source = to_device(load_arrays(args.source, required=TRAIN_VAL), pick_device())
     architecture = architecture_from(params.model, source["x_train"].shape[1])
     model, result = pretrain(source, architecture, params.pretrain, params.model.weights)
 
     classes = read_classes(args.source)
-    save_state_dict(args.model, model.state_dict(), model_metadata(architecture, classes))
+    preprocess = read_metadata(args.source).get("preprocess")
+    save_state_dict(args.model, model.state_dict(),
+                    model_metadata(architecture, classes, preprocess))
     write_json(args.metrics, {"source_val_accuracy": round(result.best_val_accuracy, 4),
                               "best_step": result.best_step})
     write_history(args.curve, result.history)

@@ -9,11 +9,12 @@ from functools import partial
 from pathlib import Path
 
 from transferlab import strategies
-from transferlab.io import (load_arrays, read_classes, run_stage,
+from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, run_stage,
                             save_state_dict, write_history, write_json)
 from transferlab.models import load_classifier, model_metadata
 from transferlab.params import load_params
 from transferlab.train import make_deterministic, pick_device, to_device
+
 
 
 def main(argv=None):
@@ -31,16 +32,17 @@ def main(argv=None):
 
     make_deterministic(params.seed)
     device = pick_device()
-    target = to_device(load_arrays(args.prepared / "target.safetensors"), device)
+    target = to_device(load_arrays(args.prepared / "target.safetensors", required=TRAIN_VAL), device)
     inputs = strategies.make_inputs(
         target, params, params.seed, lambda: load_classifier(args.source_model, device)[0],
-        lambda: to_device(load_arrays(args.prepared / "source.safetensors"), device),
+        lambda: to_device(load_arrays(args.prepared / "source.safetensors", required=TRAIN_VAL), device),
         partial(load_arrays, args.features))
     outcome = strategies.run(args.strategy, inputs, cfg)
 
     classes = read_classes(args.prepared / "target.safetensors")
+    preprocess = read_metadata(args.prepared / "target.safetensors").get("preprocess")
     save_state_dict(args.model, outcome.model.state_dict(),
-                    model_metadata(inputs.architecture, classes))
+                    model_metadata(inputs.architecture, classes, preprocess))
     fit = outcome.fit
     metrics = {"val_accuracy": round(fit.best_val_accuracy if fit else outcome.info["val_accuracy"], 4)}
     if fit:

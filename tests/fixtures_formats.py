@@ -60,32 +60,34 @@ def write_cifar10(cache: Path, per_batch: int = 6, seed: int = 0):
         batch = {"batch_label": f"training batch {b + 1} of 5", "labels": labels[part].tolist(),
                  "data": rows[part], "filenames": [f"img{i}.png" for i in range(per_batch)]}
         (folder / f"data_batch_{b + 1}").write_bytes(pickle.dumps(batch, protocol=2))
-    test = {"batch_label": "testing batch 1 of 1", "labels": [0, 1],
-            "data": rows[:2], "filenames": ["t0.png", "t1.png"]}
+    test_images, test_labels = random_images(20, (32, 32, 3), seed + 1)  # every class twice
+    test = {"batch_label": "testing batch 1 of 1", "labels": test_labels.tolist(),
+            "data": test_images.transpose(0, 3, 1, 2).reshape(20, 3072),
+            "filenames": [f"t{i}.png" for i in range(20)]}
     (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
     meta = {"label_names": CIFAR_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return images, labels
 
 
-def write_usps(cache: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """<cache>/usps.bz2 in libsvm text: "label 1:v1 ... 256:v256", label = digit + 1 (1..10),
+def write_usps(cache: Path, images: np.ndarray, labels: np.ndarray, file: str = "usps.bz2") -> None:
+    """<cache>/usps.bz2 (usps.t.bz2: the test split) in libsvm text: "label 1:v1 ... 256:v256", label = digit + 1 (1..10),
     values in [-1, 1]. `images` are given as floats in [-1, 1], shape (N, 16, 16)."""
     lines = []
     for image, label in zip(images, labels):
         values = " ".join(f"{i + 1}:{v:.6f}" for i, v in enumerate(image.ravel()))
         lines.append(f"{label + 1} {values}\n")
-    (cache / "usps.bz2").write_bytes(bz2.compress("".join(lines).encode()))
+    (cache / file).write_bytes(bz2.compress("".join(lines).encode()))
 
 
-def write_svhn(cache: Path, n: int = 20, seed: int = 0):
-    """<cache>/train_32x32.mat: X (32, 32, 3, N) uint8, y (N, 1) with 10 for the digit 0."""
+def write_svhn(cache: Path, n: int = 20, seed: int = 0, split: str = "train"):
+    """<cache>/train_32x32.mat (test_32x32.mat): X (32, 32, 3, N) uint8, y (N, 1) with 10 for the digit 0."""
     from scipy.io import savemat
 
     images, labels = random_images(n, (32, 32, 3), seed)
     y = np.where(labels == 0, 10, labels).astype(np.uint8).reshape(-1, 1)
     cache.mkdir(parents=True, exist_ok=True)
-    savemat(cache / "train_32x32.mat", {"X": images.transpose(1, 2, 3, 0), "y": y})
+    savemat(cache / f"{split}_32x32.mat", {"X": images.transpose(1, 2, 3, 0), "y": y})
     return images, labels
 
 
@@ -101,9 +103,11 @@ def trust_fixture_md5s(monkeypatch, name: str, cache: Path) -> None:
         monkeypatch.setattr(cls, "resources", [(f, calculate_md5(raw / f)) for f, _ in cls.resources])
     elif name in ("usps", "svhn"):
         cls = tv.USPS if name == "usps" else tv.SVHN
-        url, file, _ = cls.split_list["train"]
-        monkeypatch.setattr(cls, "split_list", {**cls.split_list,
-                                                "train": [url, file, calculate_md5(cache / file)]})
+        table = dict(cls.split_list)
+        for split, (url, file, _) in cls.split_list.items():
+            if (cache / file).is_file():  # the fixture's files: train, and test where written
+                table[split] = [url, file, calculate_md5(cache / file)]
+        monkeypatch.setattr(cls, "split_list", table)
     elif name == "cifar10":
         cls, folder = tv.CIFAR10, cache / tv.CIFAR10.base_folder
         for attr in ("train_list", "test_list"):

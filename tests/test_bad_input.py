@@ -83,8 +83,8 @@ def tiny_yaml_with_line(key: str, replacement: str) -> tuple[bytes, int]:
 @contextlib.contextmanager
 def stage_process_state():
     """What run_stage and the stages change in this (pytest's) process, restored afterwards:
-    the SIGTERM handler run_stage installs and torch's global determinism switches."""
-    handler = signal.getsignal(signal.SIGTERM)
+    the SIGTERM/SIGINT handlers run_stage installs and torch's global determinism switches."""
+    handler, interrupt = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     deterministic = torch.are_deterministic_algorithms_enabled()
     benchmark = torch.backends.cudnn.benchmark
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
@@ -92,6 +92,7 @@ def stage_process_state():
         yield
     finally:
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, interrupt)
         torch.use_deterministic_algorithms(deterministic)
         torch.backends.cudnn.benchmark = benchmark
         if cublas is None:

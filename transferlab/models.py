@@ -161,11 +161,15 @@ def architecture_from(model_cfg, in_channels: int) -> Architecture:
                         model_cfg.small_input_stem if model_cfg.arch == "resnet18" else False)
 
 
-def model_metadata(architecture: Architecture, classes: Sequence[str]) -> dict[str, str]:
+def model_metadata(architecture: Architecture, classes: Sequence[str],
+                   preprocess: str | None = None) -> dict[str, str]:
+    """A model file's metadata: how to rebuild it, its class names, and (from the prepared
+    file it was trained on) the preprocessing of its inputs, for prediction and export."""
     return {"arch": architecture.arch, "in_channels": str(architecture.in_channels),
             "widths": json.dumps(list(architecture.widths)),
             "small_input_stem": json.dumps(architecture.small_input_stem),
-            "classes": json.dumps(list(classes))}
+            "classes": json.dumps(list(classes)),
+            **({"preprocess": preprocess} if preprocess else {})}
 
 
 METADATA_KEYS = ("arch", "in_channels", "widths", "small_input_stem", "classes")

@@ -83,6 +83,9 @@ class Data(Strict):
     source: DatasetSpec
     target: DatasetSpec
     cache_dir: str  # downloaded datasets; "" = $TRANSFERLAB_DATA or ~/.cache/transferlab
+    # the target test set: the dataset's official test split, carved from its training images,
+    # or auto (official where the dataset has one: torchvision's, a folder with test/)
+    target_test: Literal["auto", "official", "split"]
 
     @model_validator(mode="after")
     def _scenario(self):

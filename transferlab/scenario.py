@@ -18,6 +18,7 @@ pool by `seed`, as a prefix of one per-class permutation, so the 5-shot draw con
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,15 @@ def align(raw: RawDataset, p: Prepare) -> np.ndarray:
     return (x * 255).round_().to(torch.uint8).numpy()
 
 
+def preprocess_record(p: Prepare, decode_size: int) -> str:
+    """What turns one image file into a model input here, as JSON for the metadata of prepared
+    and model files: the alignment knobs, and the size a folder's files were first decoded to
+    (0: the dataset came as arrays). `transferlab-predict` and the ONNX export repeat it."""
+    fields = {k: getattr(p, k) for k in ("image_size", "crop", "bottleneck_size", "scale",
+                                         "channels")}
+    return json.dumps({**fields, "decode_size": decode_size}, sort_keys=True)
+
+
 def select_classes(raw: RawDataset, classes: str | list[int], key: str) -> RawDataset:
     """The images of the chosen class ids, relabelled 0..K-1 in sorted id order."""
     if classes == "all":
@@ -116,10 +126,12 @@ def split_stratified(labels: np.ndarray, seed: int, **take: float | int) -> dict
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
-def check_sizes(source: RawDataset, target: RawDataset, p: Prepare) -> None:
+def check_sizes(source: RawDataset, target: RawDataset, p: Prepare,
+                test: RawDataset | None = None, val: RawDataset | None = None) -> None:
     """Every split the scenario cuts, sized per class before any image is aligned or any model
     trained: an empty split or a class too small for it stops here naming the key, the class
-    and its count, not three stages later as a shape error."""
+    and its count, not three stages later as a shape error. `test` / `val`: official splits,
+    which replace the ones carved from the target's training images."""
     for role, raw in (("source", source), ("target", target)):
         present = np.unique(raw.labels)
         if present.size < 2:
@@ -140,21 +152,37 @@ def check_sizes(source: RawDataset, target: RawDataset, p: Prepare) -> None:
         raise UserError(f"prepare.source_val_fraction={p.source_val_fraction} leaves the source "
                         f"validation split empty (the largest class has {counts.max()} images): "
                         f"raise it to at least {1 / counts.max():.3g}")
-    for c, n in enumerate(np.bincount(target.labels)):
-        name, test = repr(target.classes[c]), _take(p.target_test_fraction, n)
-        if test < 1:
-            raise UserError(f"prepare.target_test_fraction={p.target_test_fraction} leaves target "
-                            f"class {name} ({n} images) without test images: raise it to at least "
-                            f"{0.5 / n + 1e-9:.3g}, or add images")
-        if n - test < p.target_val_per_class:
-            raise UserError(f"prepare.target_val_per_class={p.target_val_per_class} but target "
-                            f"class {name} has only {n - test} images after its test share "
-                            f"({n} - {test}): lower it or prepare.target_test_fraction")
-        pool = n - test - p.target_val_per_class
+    test_counts = np.bincount(test.labels, minlength=len(target.classes)) if test else None
+    val_counts = np.bincount(val.labels, minlength=len(target.classes)) if val else None
+    for c, n in enumerate(np.bincount(target.labels, minlength=len(target.classes))):
+        name = repr(target.classes[c])
+        if test_counts is not None:
+            if test_counts[c] < 1:
+                raise UserError(f"data.target: the official test split has no image of class "
+                                f"{name}: add some, or set data.target_test: split")
+            held = 0
+        else:
+            held = _take(p.target_test_fraction, n)
+            if held < 1:
+                raise UserError(f"prepare.target_test_fraction={p.target_test_fraction} leaves "
+                                f"target class {name} ({n} images) without test images: raise it "
+                                f"to at least {0.5 / n + 1e-9:.3g}, or add images")
+        if val_counts is not None:
+            if val_counts[c] < 1:
+                raise UserError(f"data.target: the val/ split has no image of class {name}: add "
+                                "some, or remove val/ to draw prepare.target_val_per_class")
+            val_take = 0
+        else:
+            val_take = p.target_val_per_class
+            if n - held < val_take:
+                raise UserError(f"prepare.target_val_per_class={val_take} but target class {name} "
+                                f"has only {n - held} images after its test share ({n} - {held}):"
+                                " lower it or prepare.target_test_fraction")
+        pool = n - held - val_take
         if pool < p.shots:
             raise UserError(f"prepare.shots={p.shots} but class {name} has only {pool} images in "
-                            f"the target train pool ({n} - {test} test - {p.target_val_per_class} "
-                            "validation): lower prepare.shots or prepare.target_test_fraction / "
+                            f"the target train pool ({n} - {held} test - {val_take} validation): "
+                            "lower prepare.shots or prepare.target_test_fraction / "
                             "prepare.target_val_per_class")
 
 
@@ -168,25 +196,42 @@ def subset(raw: RawDataset, keep: np.ndarray) -> RawDataset:
     return RawDataset(raw.images[keep], raw.labels[keep], raw.max_value, raw.classes)
 
 
-def separate_by_content(source: RawDataset, target: RawDataset
-                        ) -> tuple[RawDataset, RawDataset, dict[str, int]]:
+def separate_by_content(source: RawDataset, *target_parts: RawDataset
+                        ) -> tuple[RawDataset, list[RawDataset], dict[str, int]]:
     """No image may be in both domains, nor twice in the target, whatever the names say: a
-    folder and its subfolder, MNIST-5k inside MNIST, a file copied into two classes. The
-    target keeps the first copy of a repeated image (it could otherwise sit in both test and
-    train pool); the source loses every image the target has (a target test image must never
-    be a source training image). Returns both and how many images each lost."""
-    target_digests = image_digests(target)
-    first_of: dict[bytes, int] = {}
-    for i, digest in enumerate(target_digests):
-        first_of.setdefault(digest, i)
-    keep_target = np.zeros(len(target_digests), dtype=bool)
-    keep_target[list(first_of.values())] = True
-    keep_source = np.array([d not in first_of for d in image_digests(source)], dtype=bool)
+    folder and its subfolder, MNIST-5k inside MNIST, a file copied into two classes or into
+    both train/ and test/. `target_parts` come in priority order (official test, official val,
+    train): a part keeps only images no earlier part has, and the first copy of its own
+    repeats (a repeat could otherwise sit in both test and train pool). The source loses every
+    image the target has: a target test image must never be a source training image. Returns
+    the source, the target parts and how many images each side lost."""
+    seen: set[bytes] = set()
+    kept_parts, repeats = [], 0
+    for part in target_parts:
+        keep = np.zeros(len(part.labels), dtype=bool)
+        for i, digest in enumerate(image_digests(part)):
+            keep[i] = digest not in seen
+            seen.add(digest)
+        repeats += int((~keep).sum())
+        kept_parts.append(part if keep.all() else subset(part, keep))
+    keep_source = np.array([d not in seen for d in image_digests(source)], dtype=bool)
     dropped = {"source_images_also_in_target": int((~keep_source).sum()),
-               "target_duplicates_dropped": int((~keep_target).sum())}
-    if dropped["source_images_also_in_target"] == 0 and dropped["target_duplicates_dropped"] == 0:
-        return source, target, dropped
-    return subset(source, keep_source), subset(target, keep_target), dropped
+               "target_duplicates_dropped": repeats}
+    return (source if keep_source.all() else subset(source, keep_source)), kept_parts, dropped
+
+
+def relabel_by_name(reference: RawDataset, other: RawDataset, where: str) -> RawDataset:
+    """An official test/val split with its labels renumbered to the training split's class
+    names (a folder's test/ may hold fewer classes, so its own numbering differs)."""
+    if tuple(other.classes) == tuple(reference.classes):
+        return other
+    index = {name: i for i, name in enumerate(reference.classes)}
+    if unknown := [c for c in other.classes if c not in index]:
+        raise UserError(f"data.target: class {unknown[0]!r} of the {where} split has no training "
+                        f"images (training classes: {', '.join(reference.classes)[:200]}): rename "
+                        "or remove it")
+    mapping = np.array([index[c] for c in other.classes], dtype=np.int64)
+    return RawDataset(other.images, mapping[other.labels], other.max_value, reference.classes)
 
 
 def draw_shots(labels: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -215,33 +260,48 @@ class Scenario:
 
 def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int,
                    source_spec: DatasetSpec | None = None,
-                   target_spec: DatasetSpec | None = None) -> Scenario:
+                   target_spec: DatasetSpec | None = None,
+                   target_test: RawDataset | None = None,
+                   target_val: RawDataset | None = None) -> Scenario:
+    """target_test / target_val: the dataset's official splits; without them both are carved
+    from the target's training images (prepare.target_test_fraction, target_val_per_class)."""
+    official = {"test": target_test, "val": target_val}
+    official = {k: relabel_by_name(target, v, k) for k, v in official.items() if v is not None}
     if source_spec is not None:
         source = select_classes(source, source_spec.classes, "data.source.classes")
     if target_spec is not None:
         target = select_classes(target, target_spec.classes, "data.target.classes")
-    source, target, dropped = separate_by_content(source, target)
+        official = {k: select_classes(v, target_spec.classes, "data.target.classes")
+                    for k, v in official.items()}
+    source, parts, dropped = separate_by_content(source, *official.values(), target)
+    *held, target = parts
+    official = dict(zip(official, held))
     if dropped["source_images_also_in_target"]:
         print(f"warning: {dropped['source_images_also_in_target']} source images are also target "
               "images (same pixels): dropped from the source")
-    check_sizes(source, target, p)
+    test, val = official.get("test"), official.get("val")
+    check_sizes(source, target, p, test, val)
     xs, xt = align(source, p), align(target, p)
     s = split_stratified(source.labels, p.split_seed, val=p.source_val_fraction)
-    t = split_stratified(target.labels, p.split_seed, test=p.target_test_fraction,
-                         val=p.target_val_per_class)
+    t = split_stratified(target.labels, p.split_seed, **({} if test else {"test": p.target_test_fraction}),
+                         **({} if val else {"val": p.target_val_per_class}))
+    x_test, y_test = (align(test, p), test.labels) if test else (xt[t["test"]], target.labels[t["test"]])
+    x_val, y_val = (align(val, p), val.labels) if val else (xt[t["val"]], target.labels[t["val"]])
     shots = draw_shots(target.labels, t["rest"], p.shots, seed)
     summary = {"source_train": s["rest"].size, "source_val": s["val"].size,
                "target_pool": t["rest"].size, "target_train": shots.size,
-               "target_val": t["val"].size, "target_test": t["test"].size,
+               "target_val": y_val.size, "target_test": y_test.size,
+               "official_test_split": int(test is not None),
+               "official_val_split": int(val is not None),
                "classes": int(np.unique(target.labels).size), "shots": p.shots, **dropped}
     return Scenario(
         source={"x_train": xs[s["rest"]], "y_train": source.labels[s["rest"]],
                 "x_val": xs[s["val"]], "y_val": source.labels[s["val"]]},
         target={"x_train": xt[shots], "y_train": target.labels[shots],
-                "x_val": xt[t["val"]], "y_val": target.labels[t["val"]]},
+                "x_val": x_val, "y_val": y_val},
         target_pool={"x_pool": xt[t["rest"]], "y_pool": target.labels[t["rest"]],
-                     "x_val": xt[t["val"]], "y_val": target.labels[t["val"]]},
-        target_test={"x_test": xt[t["test"]], "y_test": target.labels[t["test"]]},
+                     "x_val": x_val, "y_val": y_val},
+        target_test={"x_test": x_test, "y_test": y_test},
         summary={k: int(v) for k, v in summary.items()},
         source_classes=tuple(source.classes), target_classes=tuple(target.classes),
     )

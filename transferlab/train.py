@@ -167,6 +167,9 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
                 result.best_step, result.best_val_accuracy = step + 1, val_acc
     model.load_state_dict(best_state)
     model.eval()
+    if bad := [k for k, v in best_state.items() if v.is_floating_point() and not v.isfinite().all()]:
+        # finite logits can hide a NaN BatchNorm statistic of a unit the ReLU zeroes out
+        raise TrainingDiverged(f"training diverged: {bad[0]} holds NaN or infinity")
     return result
 
 
