@@ -22,11 +22,12 @@ def test_repro_runs_every_stage_then_nothing(repo):
         assert f'"{name}"' in metrics
 
 
-def test_a_strategy_knob_reruns_only_its_stage_evaluate_and_the_report(repo):
+def test_a_strategy_knob_reruns_only_its_stage_and_those_reading_its_model(repo):
     params = read_params(repo)
     params["transfer"]["finetune"]["l2sp_weight"] = 0.5
     write_params(repo, params)
-    assert ran(dvc(repo, "repro")) == ["check_params", "transfer@finetune", "evaluate", "report"]
+    assert ran(dvc(repo, "repro")) == ["check_params", "transfer@finetune", "evaluate", "export",
+                                       "report"]
 
 
 def test_study_adding_a_seed_runs_only_its_cells(repo):
