@@ -44,7 +44,8 @@ def main(argv=None):
         if len(rows) != len(test["y_test"]):
             raise UserError(f"{args.confusion / name}.csv has {len(rows)} rows for "
                             f"{len(test['y_test'])} test images: run `dvc repro`")
-        confusions[name] = tuple(np.array([int(r[c]) for r in rows]) for c in ("actual", "predicted"))
+        confusions[name] = tuple(np.array([int(r[c]) for r in rows])
+                                 for c in ("actual", "predicted"))
     page = render_report(read_existing(args.evaluate), read_existing(args.scenario),
                          read_csvs(args.curves), confusions, test["x_test"], classes,
                          read_existing(args.study) if args.study else None)

@@ -55,7 +55,8 @@ def page_requests(netlog: Path) -> list[str]:
     urls = []
     for event in log["events"]:
         params = event.get("params", {})
-        if event["type"] != start_job or not re.match(r"(https?|wss?|ftp)://", params.get("url", "")):
+        url = params.get("url", "")
+        if event["type"] != start_job or not re.match(r"(https?|wss?|ftp)://", url):
             continue
         if params.get("initiator") != "not an origin" or "file://" in params.get(
                 "network_isolation_key", ""):
@@ -103,7 +104,8 @@ def test_dvc_plots_renders_offline(browser, tmp_path, command):
 def test_the_checks_catch_dvcs_stock_cdn_page(browser, tmp_path):
     """The same plots through DVC's own page layout (CDN scripts): the checks above must fail."""
     template = tmp_path / "stock.html"
-    template.write_text("<!DOCTYPE html><html><head>{scripts}</head><body>{plot_divs}</body></html>")
+    template.write_text("<!DOCTYPE html><html><head>{scripts}</head>"
+                        "<body>{plot_divs}</body></html>")
     page = dvc_plots(tmp_path / "plots", "show", "--html-template", str(template))
     seen = render(browser, page, tmp_path)
     assert any("cdn.jsdelivr.net" in url for url in seen["requests"]), seen["requests"]
@@ -123,10 +125,11 @@ def test_the_report_renders_offline(browser, tmp_path):
     save_arrays(test, {"x_test": x, "y_test": actual},
                 {"classes": json.dumps([str(c) for c in range(10)])})
     out = tmp_path / "report.html"
-    proc = subprocess.run([sys.executable, "stages/report.py", "--evaluate", "metrics/evaluate.json",
+    proc = subprocess.run([sys.executable, "stages/report.py",
+                           "--evaluate", "metrics/evaluate.json",
                            "--scenario", "metrics/scenario.json", "--curves", "plots/curves",
-                           "--confusion", "plots/confusion", "--test", str(test), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True)
+                           "--confusion", "plots/confusion", "--test", str(test),
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     seen = render(browser, out, tmp_path)
     assert seen["requests"] == [], f"the report asked the network for {seen['requests']}"

@@ -42,7 +42,8 @@ def make_inputs(root: Path, n: int = 30) -> dict[str, Path]:
     write_json(paths["evaluate"], scores)
     write_json(paths["scenario"], {"target_test": n, "shots": 2})
     for name in ("pretrain", "scratch", "finetune"):
-        write_csv(paths["curves"] / f"{name}.csv", ["step", "train_loss", "val_loss", "val_accuracy"],
+        write_csv(paths["curves"] / f"{name}.csv",
+                  ["step", "train_loss", "val_loss", "val_accuracy"],
                   [[s, 1 / s, 1 / s, 1 - 1 / (s + 1)] for s in (5, 10, 15)])
     save_arrays(paths["test"], {"x_test": rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8),
                                 "y_test": actual}, {"classes": json.dumps(CLASSES)})
@@ -51,8 +52,9 @@ def make_inputs(root: Path, n: int = 30) -> dict[str, Path]:
 
 def run_report(paths: dict[str, Path], out: Path, *extra: str, probe_torch: bool = False):
     """The stage script in a fresh process (as `dvc repro` runs it)."""
-    argv = ["stages/report.py", *[a for key in ("evaluate", "scenario", "curves", "confusion", "test")
-                                  for a in (f"--{key}", str(paths[key]))], "--out", str(out), *extra]
+    inputs = ("evaluate", "scenario", "curves", "confusion", "test")
+    argv = ["stages/report.py", *[a for key in inputs for a in (f"--{key}", str(paths[key]))],
+            "--out", str(out), *extra]
     if probe_torch:  # the same run, then say whether anything imported torch
         code = ("import runpy, sys; sys.argv = " + repr(argv) + "; runpy.run_path(sys.argv[0], "
                 "run_name='__main__'); print('torch imported:', 'torch' in sys.modules)")
