@@ -68,7 +68,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/io.py": EVERY,
     "transferlab/metrics.py": frozenset({"evaluate"}),
     "transferlab/models.py": EVERY - {"check_params", "download", "prepare"},
-    "transferlab/params.py": EVERY - {"evaluate", "export"},
+    "transferlab/params.py": EVERY,
     "transferlab/predict.py": frozenset(),  # the transferlab-predict command: no stage
     "transferlab/scenario.py": frozenset({"prepare"}),
     "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate", "export"},
