@@ -68,7 +68,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/io.py": EVERY,
     "transferlab/metrics.py": frozenset({"evaluate"}),
     "transferlab/models.py": EVERY - {"check_params", "download", "prepare", "report"},
-    "transferlab/params.py": EVERY - {"evaluate", "export", "report"},
+    "transferlab/params.py": EVERY - {"report"},
     "transferlab/predict.py": frozenset(),  # the transferlab-predict command: no stage
     "transferlab/report.py": frozenset({"report"}),
     "transferlab/scenario.py": frozenset({"prepare"}),
