@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # offline `dvc plots show` (plots.html_template in .dvc/config), written at install time
 PLOTS_TEMPLATE := .dvc/offline/plots.html
 
-.PHONY: install run test test-fast clean readme study screenshot
+.PHONY: install run test test-fast clean readme study ranking screenshot
 
 install: $(STAMP) $(PLOTS_TEMPLATE)
 
@@ -37,6 +37,9 @@ clean:  ## remove the pipeline's cached outputs (the DVC cache keeps them: `dvc 
 
 study: install  ## the label-budget x seed study and the layer grid (about 6 minutes on 2 cores)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro study/dvc.yaml
+
+ranking: install  ## transferability scores vs real outcomes of candidate sources (ranking/dvc.yaml)
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro ranking/dvc.yaml
 
 readme:  ## copy the committed result tables into README.md (a test checks they agree)
 	$(BIN)/python scripts/sync_readme.py

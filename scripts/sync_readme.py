@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def blocks() -> dict[str, str]:
     return {"results": results_markdown(json.loads((ROOT / "metrics/evaluate.json").read_text())),
-            "study": (ROOT / "study/report.md").read_text()}
+            "study": (ROOT / "study/report.md").read_text(),
+            "ranking": (ROOT / "ranking/report.md").read_text()}
 
 
 def sync(readme: str) -> str:

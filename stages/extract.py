@@ -1,5 +1,6 @@
 """Stage extract: features of the target shots and validation set by the frozen source encoder,
-computed once for the feature-transfer strategy, plus feature-space diagnostics."""
+computed once for the feature-transfer strategy, plus feature-space diagnostics and the
+transferability scores (LogME, LEEP, NCE, H-score) of the source model on those images."""
 
 import argparse
 from pathlib import Path
@@ -9,6 +10,7 @@ from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.source import feature_diagnostics, target_features
 from transferlab.train import make_deterministic, pick_device, to_device
+from transferlab.transferability import score_source
 
 
 def main(argv=None):
@@ -22,12 +24,14 @@ def main(argv=None):
 
     make_deterministic(0)
     device = pick_device()
-    encoder = load_classifier(args.model, device)[0].encoder
+    model = load_classifier(args.model, device)[0]
     target = to_device(load_arrays(args.target, required=TRAIN_VAL), device)
-    features = target_features(encoder, target, batch_size)
+    features = target_features(model.encoder, target, batch_size)
     save_arrays(args.out, features)
     diagnostics = feature_diagnostics(features["train_features"], features["y_train"],
                                       features["val_features"], features["y_val"])
+    head = [t.detach().cpu().numpy() for t in (model.head.weight, model.head.bias)]
+    diagnostics["transferability"] = score_source(features, *head)  # shots + validation
     write_json(args.metrics, diagnostics)
     print(diagnostics)
 

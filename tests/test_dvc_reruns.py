@@ -59,9 +59,11 @@ RERUNS: dict[str, frozenset[str]] = {
                                                                 "export", "report"})
        for s in sorted(TRANSFER)},
     "study.*": frozenset({"check_params"}),  # read by study/dvc.yaml only (`make study`)
+    "ranking.*": frozenset({"check_params"}),  # read by ranking/dvc.yaml only (`make ranking`)
     COMMENT_ONLY: frozenset({"check_params"}),
     # library modules: a comment appended
     "transferlab/__init__.py": frozenset(),  # a docstring only (checked below)
+    "transferlab/candidates.py": frozenset(),  # ranking only
     "transferlab/datasets.py": frozenset({"download", "prepare"}),
     "transferlab/evaluation.py": frozenset({"evaluate"}),
     "transferlab/export.py": frozenset({"export"}),
@@ -70,6 +72,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/models.py": EVERY - {"check_params", "download", "prepare", "report"},
     "transferlab/params.py": EVERY - {"report"},
     "transferlab/predict.py": frozenset(),  # the transferlab-predict command: no stage
+    "transferlab/ranking.py": frozenset(),  # ranking only
     "transferlab/report.py": frozenset({"report"}),
     "transferlab/scenario.py": frozenset({"prepare"}),
     "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate", "export",
@@ -77,6 +80,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/stats.py": frozenset(),  # study only
     "transferlab/study.py": frozenset(),  # study only
     "transferlab/train.py": EVERY - {"check_params", "download", "prepare", "report"},
+    "transferlab/transferability.py": frozenset({"extract"}),
     "transferlab/strategies/__init__.py": TRANSFER,
     **{f"transferlab/strategies/{s.removeprefix('transfer@')}.py": frozenset({s})
        for s in sorted(TRANSFER)},
@@ -103,6 +107,7 @@ EDITS = {
     "transfer.structure.*": {"transfer.structure.freeze_copied": False},
     "transfer.joint.*": {"transfer.joint.target_weight": 0.5},
     "study.*": {"study.layer_shots": 3},
+    "ranking.*": {"ranking.shots": 2},
 }
 PARAM_ROWS = [row for row in RERUNS if not row.endswith(".py") and row != COMMENT_ONLY]
 MODULE_ROWS = [row for row in RERUNS if row.endswith(".py")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -112,8 +113,10 @@ def test_pretrain_writes_model_metrics_and_curve(pretrained):
 def test_extract_writes_features_and_diagnostics(extracted):
     features = load_arrays(extracted / "data/features/target.safetensors")
     assert features["train_features"].shape == (20, 8)
-    assert set(json.loads((extracted / "metrics/extract.json").read_text())) == {
-        "nearest_centroid_val_accuracy", "fisher_ratio"}
+    metrics = json.loads((extracted / "metrics/extract.json").read_text())
+    assert set(metrics) == {"nearest_centroid_val_accuracy", "fisher_ratio", "transferability"}
+    assert set(metrics["transferability"]) == {"logme", "leep", "nce", "hscore", "hscore_shrunk"}
+    assert all(math.isfinite(v) for v in metrics["transferability"].values())
 
 
 def test_transfer_writes_one_model_per_strategy(transferred):

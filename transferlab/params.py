@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Literal
@@ -228,6 +229,44 @@ class Study(Strict):
         return self
 
 
+class Candidate(Strict):
+    """One candidate source of the ranking study, derived from data.source."""
+    classes: Literal["all"] | list[int]  # source class ids kept (data.source's numbering)
+    fraction: float = Field(gt=0, le=1)  # share of the source train split kept, per class
+    epochs: int = Field(ge=0, le=MAX_EPOCHS, description=WHY_STEPS)  # 0 = untrained (random)
+    align: bool  # false: source plain-resized (no bbox crop, bottleneck or max scaling)
+
+    _all_or_ids = field_validator("classes", mode="before")(DatasetSpec._all_or_ids.__func__)
+
+
+class Ranking(Strict):
+    shots: int = Field(ge=1, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)  # per class
+    seeds: list[int] = Field(min_length=1, max_length=MAX_LIST,
+                             description="each seed fine-tunes every candidate once more")
+    bootstrap: int = Field(ge=100, le=100_000, description="resamples of the candidates: more "
+                           "than 100,000 changes no interval's second decimal")
+    # the score that picks the source (transferability.SCORES; a test keeps the two equal)
+    recommend_by: Literal["logme", "leep", "nce", "hscore", "hscore_shrunk"]
+    candidates: dict[str, Candidate] = Field(  # >= 3: fewer leave no ranking to check
+        min_length=3, max_length=MAX_LIST, description="each candidate is a pipeline stage")
+
+    @model_validator(mode="after")
+    def _names_and_seeds(self):
+        for name, cand in self.candidates.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+                raise ValueError(f"ranking.candidates.{name}: name it with a-z, 0-9, _ and - "
+                                 "(at most 64 characters: it becomes a stage and a file name)")
+            if cand.classes != "all" and (len(set(cand.classes)) != len(cand.classes)
+                                          or len(cand.classes) < 2 or min(cand.classes) < 0):
+                raise ValueError(f"ranking.candidates.{name}.classes={cand.classes}: use 'all' "
+                                 "or at least two distinct class ids >= 0")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0 \
+                or max(self.seeds) >= SEED_LIMIT:
+            raise ValueError(f"ranking.seeds={self.seeds}: use distinct integers in "
+                             f"[0, {SEED_LIMIT})")
+        return self
+
+
 class Params(Strict):
     seed: int = Field(ge=0, lt=SEED_LIMIT)  # shot draw + initialisation of transfer
     data: Data
@@ -237,6 +276,7 @@ class Params(Strict):
     extract: Extract
     transfer: Transfer
     study: Study
+    ranking: Ranking
 
     @model_validator(mode="after")
     def _fits_the_model(self):
@@ -270,8 +310,15 @@ def _allowed_keys(model: type[BaseModel]) -> list[str]:
 
 def _submodel(loc: tuple) -> type[BaseModel]:
     model: type[BaseModel] = Params
+    named: type[BaseModel] | None = None  # the value model of a mapping of named sections
     for part in loc:
+        if named is not None:  # `part` is a name the user chose (ranking.candidates.<name>)
+            model, named = named, None
+            continue
         annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if typing.get_origin(annotation) is dict:
+            named = typing.get_args(annotation)[1]
+            continue
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             break
         model = annotation

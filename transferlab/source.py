@@ -143,12 +143,14 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
 
 
 def feature_diagnostics(train_f: np.ndarray, y_train: np.ndarray, val_f: np.ndarray,
-                        y_val: np.ndarray) -> dict[str, float]:
+                        y_val: np.ndarray) -> dict[str, float | str | None]:
     """Cheap transferability signals of the frozen features, computed before any training.
 
     nearest_centroid_val_accuracy: classify target val by the closest class mean of the shots
         (cosine); high means the source features already separate the target classes.
     fisher_ratio: between-class over within-class variance of the shots' features (trace ratio).
+        Undefined (None, with fisher_ratio_undefined saying why) when no class has two distinct
+        shots: the within-class scatter is then 0 and the ratio was reported as ~4e14 at 1 shot.
     """
     classes = np.unique(y_train)
     centroids = np.stack([train_f[y_train == c].mean(0) for c in classes])
@@ -157,5 +159,11 @@ def feature_diagnostics(train_f: np.ndarray, y_train: np.ndarray, val_f: np.ndar
     between = sum((y_train == c).sum() * ((centroids[i] - mean) ** 2).sum()
                   for i, c in enumerate(classes))
     within = sum(((train_f[y_train == c] - centroids[i]) ** 2).sum() for i, c in enumerate(classes))
-    return {"nearest_centroid_val_accuracy": round(float((nearest == y_val).mean()), DIGITS),
-            "fisher_ratio": round(float(between / max(within, 1e-12)), DIGITS)}
+    out = {"nearest_centroid_val_accuracy": round(float((nearest == y_val).mean()), DIGITS)}
+    if within > 0:
+        out["fisher_ratio"] = round(float(between / within), DIGITS)
+    else:
+        out["fisher_ratio"] = None
+        out["fisher_ratio_undefined"] = ("no within-class scatter: every class has one shot (or "
+                                         "identical ones); the ratio needs >= 2 shots per class")
+    return out

@@ -1,0 +1,54 @@
+"""Stage ranking candidate@<name>: build and pretrain one candidate source, score it on each
+seed's target shots + validation set, and transfer it for real (finetune, features).
+
+Writes the scores and target-validation outcomes (deterministic) and, apart, the wall times
+of scoring and transfer (they differ from run to run). Never reads the target test set.
+"""
+
+import argparse
+from pathlib import Path
+
+from transferlab.candidates import candidate_source, evaluate_candidate, train_candidate
+from transferlab.datasets import load_raw
+from transferlab.io import UserError, load_arrays, run_stage, write_json
+from transferlab.params import load_params
+from transferlab.train import make_deterministic, pick_device, to_device
+
+POOL = ("x_pool", "y_pool", "x_val", "y_val")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("name", help="a key of ranking.candidates in params.yaml")
+    ap.add_argument("--raw", type=Path, required=True,
+                    help="directory of downloaded datasets (source, target, official splits)")
+    ap.add_argument("--pool", type=Path, required=True, help="prepared target pool + validation")
+    ap.add_argument("--out", type=Path, required=True, help="output: scores and outcomes, JSON")
+    ap.add_argument("--timing", type=Path, required=True, help="output: wall times, JSON")
+    args = ap.parse_args(argv)
+    params = load_params()
+    if args.name not in params.ranking.candidates:
+        raise UserError(f"ranking.candidates has no '{args.name}': use one of "
+                        f"{', '.join(params.ranking.candidates)}")
+    cand = params.ranking.candidates[args.name]
+
+    make_deterministic(params.pretrain.seed)
+    device = pick_device()
+    official = {split: load_raw(path) for split in ("test", "val")
+                if (path := args.raw / f"target_{split}.safetensors").is_file()}
+    source = candidate_source(load_raw(args.raw / "source.safetensors"),
+                              load_raw(args.raw / "target.safetensors"), args.name, cand, params,
+                              official)  # the target's images never become source images
+    source = to_device(source, device)
+    model = train_candidate(source, cand, params)
+    pool = to_device(load_arrays(args.pool, required=POOL), device)
+    results, timings = evaluate_candidate(model, pool, params)
+    write_json(args.out, {"candidate": args.name, "source_train_images": len(source["y_train"]),
+                          "source_classes": int(source["y_train"].max()) + 1, "seeds": results})
+    write_json(args.timing, {"candidate": args.name, "seeds": timings})
+    for r in results:
+        print(f"{args.name} seed {r['seed']}: {r['scores']} -> {r['val_accuracy']}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
