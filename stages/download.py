@@ -9,7 +9,8 @@ wheels: no network. Others come through torchvision into data.cache_dir (checksu
 import argparse
 from pathlib import Path
 
-from transferlab.datasets import fetch, has_official_split, save_raw, target_test_source
+from transferlab.datasets import (decode_size, fetch, has_official_split, save_raw,
+                                  target_test_source)
 from transferlab.io import atomic_path, run_stage
 from transferlab.params import load_params
 
@@ -32,7 +33,7 @@ def main(argv=None):
         for name, spec, split in files:
             raw = fetch(spec.name, cache_dir=cache_dir, root=Path(spec.root) if spec.root else None,
                         split=split)
-            save_raw(tmp / f"{name}.safetensors", raw)
+            save_raw(tmp / f"{name}.safetensors", raw, decode_size(spec.name))
             print(f"{name}: {spec.name} ({split}), {len(raw.labels)} images "
                   f"{raw.images.shape[1:]}, {len(raw.classes)} classes")
     if test == "split":

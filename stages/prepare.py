@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 from transferlab.datasets import load_raw
-from transferlab.io import atomic_path, run_stage, save_arrays, write_json
+from transferlab.io import atomic_path, read_metadata, run_stage, save_arrays, write_json
 from transferlab.params import load_params
-from transferlab.scenario import build_scenario
+from transferlab.scenario import build_scenario, preprocess_record
 
 
 def main(argv=None):
@@ -29,8 +29,12 @@ def main(argv=None):
                               load_raw(args.raw / "target.safetensors"), params.prepare,
                               params.seed, params.data.source, params.data.target,
                               official.get("test"), official.get("val"))
-    source_meta = {"classes": json.dumps(scenario.source_classes)}
-    target_meta = {"classes": json.dumps(scenario.target_classes)}
+    decoded = {role: int(read_metadata(args.raw / f"{role}.safetensors").get("decode_size", 0))
+               for role in ("source", "target")}
+    source_meta = {"classes": json.dumps(scenario.source_classes),
+                   "preprocess": preprocess_record(params.prepare, decoded["source"])}
+    target_meta = {"classes": json.dumps(scenario.target_classes),
+                   "preprocess": preprocess_record(params.prepare, decoded["target"])}
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         save_arrays(tmp / "source.safetensors", scenario.source, source_meta)

@@ -3,7 +3,8 @@
 import argparse
 from pathlib import Path
 
-from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, run_stage, save_state_dict,
+from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, run_stage,
+                            save_state_dict,
                             write_history, write_json)
 from transferlab.models import architecture_from, model_metadata
 from transferlab.params import load_params
@@ -26,7 +27,9 @@ def main(argv=None):
     model, result = pretrain(source, architecture, params.pretrain, params.model.weights)
 
     classes = read_classes(args.source)
-    save_state_dict(args.model, model.state_dict(), model_metadata(architecture, classes))
+    preprocess = read_metadata(args.source).get("preprocess")
+    save_state_dict(args.model, model.state_dict(),
+                    model_metadata(architecture, classes, preprocess))
     write_json(args.metrics, {"source_val_accuracy": round(result.best_val_accuracy, 4),
                               "best_step": result.best_step})
     write_history(args.curve, result.history)

@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from transferlab import strategies
-from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, run_stage,
+from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, run_stage,
                             save_state_dict, write_history, write_json)
 from transferlab.models import load_classifier, model_metadata
 from transferlab.params import load_params
@@ -40,8 +40,9 @@ def main(argv=None):
     outcome = strategies.run(args.strategy, inputs, cfg)
 
     classes = read_classes(args.prepared / "target.safetensors")
+    preprocess = read_metadata(args.prepared / "target.safetensors").get("preprocess")
     save_state_dict(args.model, outcome.model.state_dict(),
-                    model_metadata(inputs.architecture, classes))
+                    model_metadata(inputs.architecture, classes, preprocess))
     fit = outcome.fit
     metrics = {"val_accuracy": round(fit.best_val_accuracy if fit else outcome.info["val_accuracy"], 4)}
     if fit:

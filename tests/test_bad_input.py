@@ -83,8 +83,8 @@ def tiny_yaml_with_line(key: str, replacement: str) -> tuple[bytes, int]:
 @contextlib.contextmanager
 def stage_process_state():
     """What run_stage and the stages change in this (pytest's) process, restored afterwards:
-    the SIGTERM handler run_stage installs and torch's global determinism switches."""
-    handler = signal.getsignal(signal.SIGTERM)
+    the SIGTERM/SIGINT handlers run_stage installs and torch's global determinism switches."""
+    handler, interrupt = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     deterministic = torch.are_deterministic_algorithms_enabled()
     benchmark = torch.backends.cudnn.benchmark
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
@@ -92,6 +92,7 @@ def stage_process_state():
         yield
     finally:
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, interrupt)
         torch.use_deterministic_algorithms(deterministic)
         torch.backends.cudnn.benchmark = benchmark
         if cublas is None:
@@ -218,10 +219,10 @@ CASES = [
     pytest.param({"seed": -1}, "seed", ["greater than or equal to 0"], id="range-seed"),
     pytest.param({"prepare": {"image_size": 7}}, "prepare.image_size", ["greater than or equal to 8"],
                  id="range-image_size-low"),
-    pytest.param({"prepare": {"image_size": 65}}, "prepare.image_size", ["less than or equal to 64"],
+    pytest.param({"prepare": {"image_size": 513}}, "prepare.image_size", ["less than or equal to 512"],
                  id="range-image_size-high"),
-    pytest.param({"prepare": {"bottleneck_size": 65}}, "prepare.bottleneck_size",
-                 ["less than or equal to 64"], id="range-bottleneck_size"),
+    pytest.param({"prepare": {"bottleneck_size": 513}}, "prepare.bottleneck_size",
+                 ["less than or equal to 512"], id="range-bottleneck_size"),
     pytest.param({"prepare": {"source_val_fraction": 1.0}}, "prepare.source_val_fraction",
                  ["less than 1"], id="range-fraction-1"),
     pytest.param({"prepare": {"target_test_fraction": 0}}, "prepare.target_test_fraction",
@@ -293,7 +294,7 @@ CASES = [
                  id="enum-source-name"),
     pytest.param({"data": {"target": {"name": "MNIST"}}}, "data.target.name", ["'folder'"],
                  id="enum-target-name"),
-    pytest.param({"model": {"arch": "resnet50"}}, "model.arch", ["'small_cnn' or 'resnet18'"],
+    pytest.param({"model": {"arch": "vgg16"}}, "model.arch", ["'small_cnn'", "'vit_b_16'"],
                  id="enum-arch"),
     # -- missing keys and sections -----------------------------------------------------------------
     pytest.param(without("transfer.features.C"), "transfer.features.C", ["is missing"], id="missing-C"),
@@ -315,7 +316,7 @@ CASES = [
                  id="cross-image-too-small-for-small_cnn"),
     pytest.param({"model": {"arch": "resnet18"}, "prepare": {"image_size": 16}}, "prepare.image_size",
                  ["use >= 32"], id="cross-image-too-small-for-resnet18"),
-    pytest.param({"model": {"weights": "imagenet"}}, "model.weights", ["model.arch=resnet18"],
+    pytest.param({"model": {"weights": "imagenet"}}, "model.weights", ["needs a torchvision model.arch"],
                  id="cross-weights-with-small_cnn"),
     pytest.param({"model": {"weights": "/tmp/backbone.pth"}}, "model.weights", ["use none"],
                  id="cross-weights-path-with-small_cnn"),

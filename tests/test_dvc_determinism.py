@@ -83,7 +83,8 @@ def test_exp_run_then_commit_then_diff_against_the_previous_commit(repo):
     `dvc params diff` / `dvc metrics diff` against the commit before (and in the --md the CI
     posts), and no metric of another strategy moves."""
     output = dvc(repo, "exp", "run", "-S", "transfer.features.C=0.5")
-    assert set(ran(output)) == gate() | {"transfer@features", "evaluate"}, output
+    assert set(ran(output)) == gate() | {"transfer@features", "evaluate", "export",
+                                         "report"}, output
     [row] = [r for r in experiments(repo) if r["params"]["transfer"]["features"]["C"] == 0.5]
     assert features_accuracy(row) is not None, row
     assert set(row["metrics"]) >= {"metrics/evaluate.json", "metrics/transfer/features.json"}
@@ -146,7 +147,8 @@ def test_a_queued_sweep_runs_every_value(fresh):
         output = dvc(repo, "exp", "run", "--run-all", "--jobs", "2")
     finally:
         dvc(repo, "queue", "stop", check=False)  # no idle queue worker outlives the test
-    assert Counter(ran(output)) == Counter(2 * [*gate(), "transfer@features", "evaluate"]), output
+    assert Counter(ran(output)) == Counter(2 * [*gate(), "transfer@features", "evaluate",
+                                                "export", "report"]), output
     status = dvc(repo, "queue", "status")
     assert len(re.findall(r"\bSuccess\b", status)) == 2 and "Failed" not in status, status
     swept = {r["params"]["transfer"]["features"]["C"]: features_accuracy(r)

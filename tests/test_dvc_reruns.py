@@ -55,7 +55,8 @@ RERUNS: dict[str, frozenset[str]] = {
     # resnet18 only: with the default small_cnn the models come out identical
     "model.small_input_stem": frozenset({"check_params", "pretrain", *TRANSFER}),
     "extract.batch_size": frozenset({"check_params", "extract"}),  # identical features
-    **{f"transfer.{s.removeprefix('transfer@')}.*": frozenset({"check_params", s, "evaluate"})
+    **{f"transfer.{s.removeprefix('transfer@')}.*": frozenset({"check_params", s, "evaluate",
+                                                                "export", "report"})
        for s in sorted(TRANSFER)},
     "study.*": frozenset({"check_params"}),  # read by study/dvc.yaml only (`make study`)
     "ranking.*": frozenset({"check_params"}),  # read by ranking/dvc.yaml only (`make ranking`)
@@ -65,16 +66,20 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/candidates.py": frozenset(),  # ranking only
     "transferlab/datasets.py": frozenset({"download", "prepare"}),
     "transferlab/evaluation.py": frozenset({"evaluate"}),
+    "transferlab/export.py": frozenset({"export"}),
     "transferlab/io.py": EVERY,
     "transferlab/metrics.py": frozenset({"evaluate"}),
-    "transferlab/models.py": EVERY - {"check_params", "download", "prepare"},
-    "transferlab/params.py": EVERY - {"evaluate"},
+    "transferlab/models.py": EVERY - {"check_params", "download", "prepare", "report"},
+    "transferlab/params.py": EVERY - {"report"},
+    "transferlab/predict.py": frozenset(),  # the transferlab-predict command: no stage
     "transferlab/ranking.py": frozenset(),  # ranking only
+    "transferlab/report.py": frozenset({"report"}),
     "transferlab/scenario.py": frozenset({"prepare"}),
-    "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate"},
+    "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate", "export",
+                                      "report"},
     "transferlab/stats.py": frozenset(),  # study only
     "transferlab/study.py": frozenset(),  # study only
-    "transferlab/train.py": EVERY - {"check_params", "download", "prepare"},
+    "transferlab/train.py": EVERY - {"check_params", "download", "prepare", "report"},
     "transferlab/transferability.py": frozenset({"extract"}),
     "transferlab/strategies/__init__.py": TRANSFER,
     **{f"transferlab/strategies/{s.removeprefix('transfer@')}.py": frozenset({s})

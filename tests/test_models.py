@@ -69,7 +69,7 @@ def test_local_resnet18_weights_are_copied_by_name_and_checked_by_shape(tmp_path
 
     reference, path = _torchvision_resnet18_file(tmp_path)
     encoder = ResNet18(3, small_input_stem=False)
-    copied, skipped = load_pretrained(encoder, read_weights(str(path)))
+    copied, skipped = load_pretrained(encoder, read_weights("resnet18", str(path))[0])
     assert "conv1.weight" in copied and "layer4.1.bn2.running_var" in copied
     assert skipped == ["fc.weight (the ImageNet head: replaced)", "fc.bias (the ImageNet head: replaced)"]
     assert torch.equal(encoder.block("layer3")[0].conv1.weight, reference.layer3[0].conv1.weight)
@@ -80,7 +80,7 @@ def test_local_resnet18_weights_are_copied_by_name_and_checked_by_shape(tmp_path
     torch.testing.assert_close(encoder(x), expected)
 
     small = ResNet18(3, small_input_stem=True)  # a 3x3 stem cannot take the 7x7 weights
-    copied, skipped = load_pretrained(small, read_weights(str(path)))
+    copied, skipped = load_pretrained(small, read_weights("resnet18", str(path))[0])
     assert "conv1.weight (shape (64, 3, 7, 7), here (64, 3, 3, 3))" in skipped
     assert "layer1.0.conv1.weight" in copied
 
@@ -93,9 +93,9 @@ def test_weights_that_are_not_a_resnet18_are_refused(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"encoder.w": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="no tensor of the weights file matches a resnet18"):
-        load_pretrained(ResNet18(3, False), read_weights(str(path)))
+        load_pretrained(ResNet18(3, False), read_weights("resnet18", str(path))[0])
     (tmp_path / "pickle.pth").write_bytes(b"not a torch file")
     with pytest.raises(UserError, match="is not a torch weights file"):
-        read_weights(str(tmp_path / "pickle.pth"))
-    with pytest.raises(UserError, match="not found: give a resnet18 state dict"):
-        read_weights(str(tmp_path / "missing.pth"))
+        read_weights("resnet18", str(tmp_path / "pickle.pth"))
+    with pytest.raises(UserError, match="not found: give a state dict in torchvision's format"):
+        read_weights("resnet18", str(tmp_path / "missing.pth"))

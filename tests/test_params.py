@@ -86,7 +86,10 @@ def test_task_transfer_on_one_dataset_with_disjoint_classes_is_accepted():
 
 
 @pytest.mark.parametrize("model, prepare, expected", [
-    ({"weights": "imagenet"}, {}, "model.weights='imagenet' needs model.arch=resnet18"),
+    ({"weights": "imagenet"}, {}, "model.weights='imagenet' needs a torchvision model.arch"),
+    ({"arch": "vit_b_16"}, {"image_size": 64}, "model.arch=vit_b_16 takes 224 x 224 images"),
+    ({"arch": "mobilenet_v3_small", "weights": "IMAGENET1K_V1"}, {"image_size": 32},
+     "model.weights=IMAGENET1K_V1 expects colour input"),
     ({"arch": "resnet18", "weights": "imagenet"}, {"image_size": 32},
      "model.weights=imagenet expects colour input: set prepare.channels=3"),
     ({"arch": "resnet18"}, {"image_size": 16}, "prepare.image_size=16 is too small for model.arch=resnet18"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 
+import numpy as np
 import pytest
 import yaml
 
@@ -46,7 +47,7 @@ PRESETS = readme_presets()
 
 def test_the_readme_lists_the_presets_of_the_issue():
     assert set(PRESETS) == {"mnist-to-usps", "svhn-to-mnist", "cifar10-split",
-                            "cifar10-split-resnet18"}
+                            "cifar10-split-resnet18", "usps-official", "my-photos-resnet18"}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -94,3 +95,45 @@ def test_preset_runs_every_stage_on_real_format_fixtures(name, tmp_path, monkeyp
     x = load_arrays(tmp_path / "data/prepared/target.safetensors")["x_train"]
     assert x.shape[1:] == ((3, 32, 32) if name == "cifar10-split" else
                            (1, params["prepare"]["image_size"], params["prepare"]["image_size"]))
+
+
+@pytest.mark.slow
+def test_the_photo_preset_runs_with_official_splits_and_imagenet_weights(tmp_path, monkeypatch):
+    """`my-photos-resnet18` on a colour photo folder with train/ and test/, the CIFAR-10 source
+    in its real format, and resnet18 weights in torchvision's format placed where torchvision's
+    cache looks for DEFAULT (no network): every stage, export included."""
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    from transferlab.io import load_state_dict
+
+    cache, photos = tmp_path / "cache", tmp_path / "photos"
+    write_fixtures("cifar10", cache, monkeypatch)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for name, colour in (("red", (200, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 200))):
+            (photos / split / name).mkdir(parents=True)
+            for i in range(count):
+                size = (int(rng.integers(40, 90)), int(rng.integers(40, 90)))  # any size
+                pixels = np.clip(np.array(colour) + rng.integers(-40, 41, (size[1], size[0], 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(photos / split / name / f"{i}.jpg")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights_file = tmp_path / "torch/hub/checkpoints" / Path(ResNet18_Weights.DEFAULT.url).name
+    weights_file.parent.mkdir(parents=True)
+    torch.save(resnet18(weights=None).state_dict(), weights_file)
+
+    params = merge(merge(tiny_params_dict(), PRESETS["my-photos-resnet18"]), TINY_RUN)
+    params["data"]["cache_dir"], params["data"]["target"]["root"] = str(cache), str(photos)
+    params["model"]["widths"] = [32, 64, 128]  # unused by resnet18
+    params["prepare"]["target_val_per_class"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for script, argv in stage_commands():
+        run_main(tmp_path, script, *argv)
+    summary = json.loads((tmp_path / "metrics/scenario.json").read_text())
+    assert summary["official_test_split"] == 1 and summary["target_test"] == 12
+    state, _ = load_state_dict(tmp_path / "models/source.safetensors")
+    assert torch.allclose(state["encoder.input_mean"].flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert (tmp_path / "models/export/model.onnx").is_file()

@@ -434,9 +434,15 @@ def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
 
 # --- save and load: one safetensors file per raw dataset --------------------------------------
 
-def save_raw(path: Path, data: RawDataset) -> None:
+def decode_size(name: str) -> int:
+    """The size a dataset's files were decoded to (a folder's images are squashed to
+    FOLDER_SIZE), 0 for datasets that arrive as arrays: what prediction on new files repeats."""
+    return FOLDER_SIZE if name == "folder" else 0
+
+
+def save_raw(path: Path, data: RawDataset, decoded_to: int = 0) -> None:
     save_arrays(path, {"images": data.images, "labels": data.labels},
-                metadata={"max_value": str(data.max_value),
+                metadata={"max_value": str(data.max_value), "decode_size": str(decoded_to),
                           "classes": json.dumps(list(data.classes))})
 
 

@@ -274,12 +274,16 @@ def launcher_gone() -> bool:
     return False
 
 
+_finished = threading.Event()  # set once the stage is done, failed or interrupted
+
+
 def _stop_when_launcher_gone(period_s: float = 0.5) -> None:
-    while not launcher_gone():
-        time.sleep(period_s)
-    print("error: the dvc process that ran this stage is gone: stopping without writing outputs",
-          file=sys.stderr)
-    os.kill(os.getpid(), signal.SIGTERM)  # unwinds the main thread as an interruption
+    while not _finished.wait(period_s):
+        if launcher_gone():
+            print("error: the dvc process that ran this stage is gone: stopping without writing "
+                  "outputs", file=sys.stderr)
+            os.kill(os.getpid(), signal.SIGTERM)  # unwinds the main thread as an interruption
+            return
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -294,15 +298,24 @@ def run_stage(main: Callable[[list[str] | None], None]) -> None:
     # SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C so atomic_path cleans its temp files.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     watch_launcher()
+    _finished.clear()
     if _launchers:
         threading.Thread(target=_stop_when_launcher_gone, daemon=True).start()
     try:
         main(sys.argv[1:])
     except UserError as err:
+        _finished.set()
         if os.environ.get("TRANSFERLAB_DEBUG"):
             raise
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        _finished.set()
+        # a second signal (a process group's SIGTERM and the watchdog's, say) must not cut the
+        # exit short with a traceback: the cleanup has run, nothing is left to interrupt
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("interrupted: no output was written", file=sys.stderr)
         sys.exit(130)
+    finally:
+        _finished.set()

@@ -1,9 +1,10 @@
 """Encoders with named blocks, a linear head, and weight copying that says what it did.
 
-Two encoders share one interface (`blocks` with names, `out_features`, forward -> (N, F)):
+Encoders share one interface (`blocks` with names, `out_features`, forward -> (N, F)):
     small_cnn  conv blocks `block1`..`blockL`, one per entry of model.widths
-    resnet18   torchvision's ResNet-18 as blocks `stem`, `layer1`..`layer4`; optionally a
-               small-input stem (3x3 stride-1 conv, no max-pool) for 16-32 pixel images
+    the torchvision zoo (TorchvisionEncoder): resnet18, resnet50, mobilenet_v3_small,
+               efficientnet_b0, convnext_tiny, vit_b_16, each as named blocks; resnets
+               optionally with a small-input stem (3x3 stride-1 conv, no max-pool) for 16-32 px
 
 small_cnn shapes for the default 16x16 one-channel input and widths (32, 64, 128):
     block1  (N, 1, 16, 16) -> (N, 32, 8, 8)    conv3x3-BN-ReLU, max-pool 2
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from transferlab.params import ZOO_BLOCKS
 
 
 def conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
@@ -58,37 +61,97 @@ class SmallCNN(Encoder):
         self.out_features = channels[-1]
 
 
-class ResNet18(Encoder):
-    """torchvision's resnet18 without its fc layer, regrouped into five named blocks.
+ZOO = tuple(ZOO_BLOCKS)  # the torchvision architectures (params.py holds their block counts)
 
-    (N, C, 224, 224) -> stem (N, 64, 56, 56) -> layer1..layer4 -> (N, 512, 7, 7) -> (N, 512);
-    with small_input_stem, (N, C, 32, 32) -> stem (N, 64, 32, 32) -> ... -> (N, 512, 4, 4).
+
+class ViTEmbedding(nn.Module):
+    """vit_b_16's input side as one block: 16x16 patches -> tokens, class token, positions.
+    (N, C, 224, 224) -> (N, 197, 768)."""
+
+    def __init__(self, conv_proj: nn.Conv2d, class_token: nn.Parameter, pos_embedding: nn.Parameter):
+        super().__init__()
+        self.conv_proj, self.class_token, self.pos_embedding = conv_proj, class_token, pos_embedding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)  # (N, 196, 768)
+        return torch.cat([self.class_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embedding
+
+
+def _with_in_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    if conv.in_channels == in_channels:
+        return conv
+    return nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                     bias=conv.bias is not None)
+
+
+class TorchvisionEncoder(Encoder):
+    """A torchvision classification model without its classifier, as named blocks, so frozen
+    and copied block counts mean the same in every family:
+
+        resnet18/50         stem (conv1, bn1, relu, maxpool), layer1..layer4          5 blocks
+        mobilenet_v3_small  features0..features12 (torchvision's `features`)         13 blocks
+        efficientnet_b0     features0..features8                                       9 blocks
+        convnext_tiny       features0..features7 (+ the classifier's LayerNorm, kept)  8 blocks
+        vit_b_16            embed, layer0..layer11, norm (the class token's output)   14 blocks
+
+    The input is normalised inside the model, by buffers `input_mean` / `input_std` (set from the
+    pretrained weights' own transforms; 0 and 1 without weights): the normalisation travels in
+    the model file, to prediction and ONNX export. Tensor names keep torchvision's below the
+    block (`blocks.layer1.0.conv1.weight`), so a torchvision state dict maps by prefix.
     """
 
-    def __init__(self, in_channels: int, small_input_stem: bool):
+    def __init__(self, arch: str, in_channels: int, small_input_stem: bool = False):
         super().__init__()
-        from torchvision.models import resnet18
+        from torchvision.models import get_model
 
-        net = resnet18(weights=None)
-        if small_input_stem:
-            conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-            pool = nn.Identity()
-        else:
-            conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-            pool = net.maxpool
-        stem = nn.Sequential(OrderedDict(conv1=conv1, bn1=net.bn1, relu=net.relu, maxpool=pool))
-        self.blocks = nn.Sequential(OrderedDict(stem=stem, layer1=net.layer1, layer2=net.layer2,
-                                                layer3=net.layer3, layer4=net.layer4))
-        self.out_features = 512
+        net = get_model(arch, weights=None)
+        self.arch, self.pool_norm = arch, nn.Identity()
+        self.register_buffer("input_mean", torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer("input_std", torch.ones(1, in_channels, 1, 1))
+        if arch.startswith("resnet"):
+            if small_input_stem:  # 3x3 stride 1, no max-pool: for 16-32 px inputs
+                conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+                pool = nn.Identity()
+            else:
+                conv1, pool = _with_in_channels(net.conv1, in_channels), net.maxpool
+            stem = nn.Sequential(OrderedDict(conv1=conv1, bn1=net.bn1, relu=net.relu, maxpool=pool))
+            blocks = OrderedDict(stem=stem, layer1=net.layer1, layer2=net.layer2, layer3=net.layer3,
+                                 layer4=net.layer4)
+            self.out_features = net.fc.in_features
+        elif arch == "vit_b_16":
+            embed = ViTEmbedding(_with_in_channels(net.conv_proj, in_channels), net.class_token,
+                                 net.encoder.pos_embedding)
+            blocks = OrderedDict(embed=embed, **{f"layer{i}": layer for i, layer in
+                                                 enumerate(net.encoder.layers)}, norm=net.encoder.ln)
+            self.out_features = net.hidden_dim
+        else:  # mobilenet / efficientnet / convnext: `features` is a sequence of stages
+            net.features[0][0] = _with_in_channels(net.features[0][0], in_channels)
+            blocks = OrderedDict((f"features{i}", m) for i, m in enumerate(net.features))
+            if arch.startswith("convnext"):
+                self.pool_norm = net.classifier[0]  # LayerNorm2d on the pooled (N, C, 1, 1)
+            head = net.classifier[0] if arch.startswith("mobilenet") else net.classifier[-1]
+            self.out_features = head.in_features
+        self.blocks = nn.Sequential(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks((x - self.input_mean) / self.input_std)
+        if self.arch == "vit_b_16":
+            return x[:, 0]  # the class token, after the final LayerNorm
+        return self.pool_norm(x.mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+
+def ResNet18(in_channels: int, small_input_stem: bool) -> "TorchvisionEncoder":  # noqa: N802
+    """torchvision's resnet18 as blocks stem, layer1..layer4 (the name earlier code used)."""
+    return TorchvisionEncoder("resnet18", in_channels, small_input_stem)
 
 
 def build_encoder(arch: str, in_channels: int, widths: Sequence[int] = (),
                   small_input_stem: bool = False) -> Encoder:
     if arch == "small_cnn":
         return SmallCNN(in_channels, widths)
-    if arch == "resnet18":
-        return ResNet18(in_channels, small_input_stem)
-    raise ValueError(f"unknown architecture '{arch}': choose small_cnn or resnet18")
+    if arch in ZOO:
+        return TorchvisionEncoder(arch, in_channels, small_input_stem and arch.startswith("resnet"))
+    raise ValueError(f"unknown architecture '{arch}': choose small_cnn or one of {', '.join(ZOO)}")
 
 
 class Classifier(nn.Module):
@@ -158,14 +221,18 @@ def architecture_from(model_cfg, in_channels: int) -> Architecture:
     """From params.yaml's `model` section (arch, widths, small_input_stem)."""
     widths = tuple(model_cfg.widths) if model_cfg.arch == "small_cnn" else ()
     return Architecture(model_cfg.arch, in_channels, widths,
-                        model_cfg.small_input_stem if model_cfg.arch == "resnet18" else False)
+                        model_cfg.small_input_stem if model_cfg.arch.startswith("resnet") else False)
 
 
-def model_metadata(architecture: Architecture, classes: Sequence[str]) -> dict[str, str]:
+def model_metadata(architecture: Architecture, classes: Sequence[str],
+                   preprocess: str | None = None) -> dict[str, str]:
+    """A model file's metadata: how to rebuild it, its class names, and (from the prepared
+    file it was trained on) the preprocessing of its inputs, for prediction and export."""
     return {"arch": architecture.arch, "in_channels": str(architecture.in_channels),
             "widths": json.dumps(list(architecture.widths)),
             "small_input_stem": json.dumps(architecture.small_input_stem),
-            "classes": json.dumps(list(classes))}
+            "classes": json.dumps(list(classes)),
+            **({"preprocess": preprocess} if preprocess else {})}
 
 
 METADATA_KEYS = ("arch", "in_channels", "widths", "small_input_stem", "classes")
@@ -182,7 +249,7 @@ def architecture_from_metadata(metadata: dict[str, str]) -> tuple[Architecture, 
         in_channels = int(metadata["in_channels"])
     except ValueError as err:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"its metadata does not parse ({err})") from None
-    if metadata["arch"] not in ("small_cnn", "resnet18") or in_channels not in (1, 3) \
+    if metadata["arch"] not in ("small_cnn", *ZOO) or in_channels not in (1, 3) \
             or not isinstance(widths, list) or not all(type(w) is int and 1 <= w <= 4096
                                                        for w in widths) \
             or not isinstance(stem, bool) or not isinstance(classes, list) \
@@ -232,37 +299,74 @@ def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Classifie
     return model.to(device), classes
 
 
-def torchvision_to_block_name(name: str) -> str | None:
-    """A torchvision resnet18 tensor name -> ours ('conv1.weight' -> 'blocks.stem.conv1.weight');
-    None for the ImageNet classifier (fc.*), which transfer always replaces."""
-    if name.startswith(("conv1.", "bn1.")):
-        return f"blocks.stem.{name}"
-    if name.startswith("layer"):
-        return f"blocks.{name}"
+def torchvision_to_block_name(arch: str, name: str) -> str | None:
+    """A torchvision tensor name -> ours ('conv1.weight' -> 'blocks.stem.conv1.weight',
+    'features.3.0.block.0.0.weight' -> 'blocks.features3.0.block.0.0.weight'); None for the
+    ImageNet classifier, which transfer always replaces."""
+    if arch.startswith("resnet"):
+        if name.startswith(("conv1.", "bn1.")):
+            return f"blocks.stem.{name}"
+        return f"blocks.{name}" if name.startswith("layer") else None
+    if arch == "vit_b_16":
+        if name.startswith("conv_proj.") or name == "class_token":
+            return f"blocks.embed.{name}"
+        if name == "encoder.pos_embedding":
+            return "blocks.embed.pos_embedding"
+        if name.startswith("encoder.layers.encoder_layer_"):
+            index, rest = name.removeprefix("encoder.layers.encoder_layer_").split(".", 1)
+            return f"blocks.layer{index}.{rest}"
+        if name.startswith("encoder.ln."):
+            return f"blocks.norm.{name.removeprefix('encoder.ln.')}"
+        return None
+    if name.startswith("features."):
+        index, rest = name.removeprefix("features.").split(".", 1)
+        return f"blocks.features{index}.{rest}"
+    if arch.startswith("convnext") and name.startswith("classifier.0."):
+        return f"pool_norm.{name.removeprefix('classifier.0.')}"
     return None
 
 
-def load_pretrained(encoder: Encoder, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    """Copy a torchvision-format resnet18 state dict into a ResNet18 encoder.
+def load_pretrained(encoder: TorchvisionEncoder, state: dict[str, torch.Tensor]
+                    ) -> tuple[list[str], list[str]]:
+    """Copy a torchvision-format state dict of the encoder's architecture into it.
 
-    Copies every tensor whose name maps to ours and whose shape matches; returns (copied,
-    skipped with reasons). Refuses a file that matches nothing: it is not a resnet18.
+    Copies every tensor whose name maps to ours and whose shape matches; a 3-channel first
+    convolution feeding a 1-channel encoder is summed over its input channels (grey = R = G = B
+    gives the same response). Returns (copied, skipped with reasons). Refuses a file that
+    matches nothing: it is not that architecture.
     """
     own = encoder.state_dict()
     copied, skipped = [], []
     for name, tensor in state.items():
-        ours = torchvision_to_block_name(name)
+        ours = torchvision_to_block_name(encoder.arch, name)
         if ours is None:
             skipped.append(f"{name} (the ImageNet head: replaced)")
         elif ours not in own:
             skipped.append(f"{name} (no such tensor here)")
-        elif own[ours].shape != tensor.shape:
-            skipped.append(f"{name} (shape {tuple(tensor.shape)}, here {tuple(own[ours].shape)})")
-        else:
+        elif own[ours].shape == tensor.shape:
             own[ours] = tensor.detach().clone()
             copied.append(name)
+        elif (tensor.ndim == 4 and own[ours].shape[1] == 1 and tensor.shape[1] == 3
+              and own[ours].shape[0] == tensor.shape[0] and own[ours].shape[2:] == tensor.shape[2:]):
+            own[ours] = tensor.detach().sum(dim=1, keepdim=True)
+            copied.append(f"{name} (summed over RGB for grey input)")
+        else:
+            skipped.append(f"{name} (shape {tuple(tensor.shape)}, here {tuple(own[ours].shape)})")
     if not copied:
-        raise ValueError("no tensor of the weights file matches a resnet18: "
+        raise ValueError(f"no tensor of the weights file matches a {encoder.arch}: "
                          f"first names {list(state)[:3]}")
     encoder.load_state_dict(own)
     return copied, skipped
+
+
+def set_input_normalisation(encoder: TorchvisionEncoder, mean: Sequence[float],
+                            std: Sequence[float]) -> None:
+    """The pretrained weights' own normalisation (their transforms' mean/std), per channel; a
+    grey (1-channel) input takes the mean over R, G, B."""
+    c = encoder.input_mean.shape[1]
+    mean_t = torch.tensor(list(mean), dtype=torch.float32)
+    std_t = torch.tensor(list(std), dtype=torch.float32)
+    if c == 1:
+        mean_t, std_t = mean_t.mean(0, keepdim=True), std_t.mean(0, keepdim=True)
+    encoder.input_mean.copy_(mean_t.view(1, c, 1, 1))
+    encoder.input_std.copy_(std_t.view(1, c, 1, 1))

@@ -21,16 +21,33 @@ from transferlab.io import UserError
 STRATEGIES = ("scratch", "finetune", "features", "structure", "joint")
 
 
+# The torchvision classification zoo (transferlab/models.py TorchvisionEncoder): named blocks
+# per architecture, what frozen/copied block counts range over.
+ZOO_BLOCKS = {"resnet18": 5, "resnet50": 5, "mobilenet_v3_small": 13, "efficientnet_b0": 9,
+              "convnext_tiny": 8, "vit_b_16": 14}
+VIT_SIZE = 224  # vit_b_16's position embedding is learnt for 14 x 14 patches of 16 px
+
+
 def encoder_blocks(arch: str, widths: Sequence[int]) -> int:
     """How many named blocks an architecture has (what frozen/copied block counts range over)."""
-    return len(widths) if arch == "small_cnn" else 5
+    return len(widths) if arch == "small_cnn" else ZOO_BLOCKS[arch]
 
 
 def min_image_size(arch: str, widths: Sequence[int], small_input_stem: bool) -> int:
     """The smallest input that every downsampling of the encoder still leaves >= 1 pixel."""
     if arch == "small_cnn":
         return 2 ** (len(widths) - 1)  # every block but the last halves the image
-    return 8 if small_input_stem else 32  # resnet18: x8 (layer2..4) or x32 (plus the stem's x4)
+    if arch == "vit_b_16":
+        return VIT_SIZE
+    if arch.startswith("resnet") and small_input_stem:
+        return 8  # x8 (layer2..4)
+    return 32  # x32: the stem's x4 and three more halvings
+
+
+def is_weights_name(weights: str) -> bool:
+    """A torchvision weights name (DEFAULT, IMAGENET1K_V1, ...; imagenet = DEFAULT), as opposed
+    to none or a file path: upper-case letters, digits and underscores."""
+    return weights == "imagenet" or re.fullmatch(r"[A-Z][A-Z0-9_]*", weights) is not None
 
 
 class Strict(BaseModel):
@@ -109,9 +126,10 @@ class Data(Strict):
 
 
 class Prepare(Strict):
-    image_size: int = Field(ge=8, le=64)
+    image_size: int = Field(ge=8, le=512, description="the prepared arrays hold every image "
+                            "at this size: 512 x 512 x 3 bytes each")
     crop: Literal["bbox", "none"]  # centre each digit on its square bounding box
-    bottleneck_size: int = Field(ge=0, le=64)  # pass both domains through this size; 0 = off
+    bottleneck_size: int = Field(ge=0, le=512)  # pass both domains through this size; 0 = off
     scale: Literal["max", "none"]  # each image divided by its own maximum
     channels: int  # 1 or 3: gray -> 3 repeats the channel; colour -> 1 takes the luminance
     source_val_fraction: float = Field(gt=0, lt=1)
@@ -129,10 +147,12 @@ class Prepare(Strict):
 
 
 class Model(Strict):
-    arch: Literal["small_cnn", "resnet18"]
+    arch: Literal["small_cnn", "resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0",
+                  "convnext_tiny", "vit_b_16"]
     widths: list[int] = Field(min_length=1, max_length=6)  # small_cnn: channels per block
-    small_input_stem: bool  # resnet18: 3x3 stride-1 stem, no max-pool, for small images
-    weights: str  # source-model initialisation: none | imagenet | path to a resnet18 .pth
+    small_input_stem: bool  # resnets: 3x3 stride-1 stem, no max-pool, for small images
+    weights: str  # source init: none | a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...;
+    #               imagenet = DEFAULT) | a path to a state dict of the arch in torchvision's format
 
     @model_validator(mode="after")
     def _positive(self):
@@ -261,11 +281,17 @@ class Params(Strict):
     @model_validator(mode="after")
     def _fits_the_model(self):
         m = self.model
-        if m.weights != "none" and m.arch != "resnet18":
-            raise ValueError(f"model.weights={m.weights!r} needs model.arch=resnet18 "
-                             "(small_cnn has no published weights): use none")
-        if m.weights == "imagenet" and self.prepare.channels != 3:
-            raise ValueError("model.weights=imagenet expects colour input: set prepare.channels=3")
+        if m.weights != "none" and m.arch == "small_cnn":
+            raise ValueError(f"model.weights={m.weights!r} needs a torchvision model.arch "
+                             f"({', '.join(ZOO_BLOCKS)}; small_cnn has no published weights): use "
+                             "none")
+        if is_weights_name(m.weights) and self.prepare.channels != 3:
+            raise ValueError(f"model.weights={m.weights} expects colour input: set "
+                             "prepare.channels=3")
+        if m.arch == "vit_b_16" and self.prepare.image_size != VIT_SIZE:
+            raise ValueError(f"prepare.image_size={self.prepare.image_size}: model.arch=vit_b_16 "
+                             f"takes {VIT_SIZE} x {VIT_SIZE} images: set prepare.image_size="
+                             f"{VIT_SIZE}")
         smallest = min_image_size(m.arch, m.widths, m.small_input_stem)
         if self.prepare.image_size < smallest:
             raise ValueError(f"prepare.image_size={self.prepare.image_size} is too small for "
@@ -354,8 +380,8 @@ def _explain(err: ValidationError, raw: dict) -> str:
         return f"params.yaml: unknown key '{key}': {hint}allowed here: {', '.join(allowed)}"
     if first["type"] == "missing":
         return f"params.yaml: key '{key}' is missing: add it (see the README's params section)"
-    msg = _show(first["msg"].removeprefix("Value error, ")) if len(first["msg"]) > 200 \
-        else first["msg"].removeprefix("Value error, ")
+    msg = first["msg"].removeprefix("Value error, ")
+    msg = msg if len(msg) <= 400 else msg[:397] + "..."  # our checks echo values: keep it a line
     if not loc:  # a model-level check: the message names its keys
         return f"params.yaml: {msg}"
     if first["type"] == "value_error" and re.search(r"\b[a-z_]+\.[a-z_]{2,}", msg):

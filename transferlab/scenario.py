@@ -18,6 +18,7 @@ pool by `seed`, as a prefix of one per-class permutation, so the 5-shot draw con
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,11 +62,23 @@ def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     return (x * torch.tensor(LUMINANCE).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
+ALIGN_CHUNK = 1024  # images aligned at once: float32 work memory stays ~1 GB even at 512 px
+
+
 def align(raw: RawDataset, p: Prepare) -> np.ndarray:
     """Raw images -> (N, channels, image_size, image_size) uint8, the same framing in both
-    domains."""
+    domains. Works through the images in chunks (each image is aligned on its own, so the
+    result does not depend on the chunking)."""
+    out = np.empty((len(raw.images), p.channels, p.image_size, p.image_size), np.uint8)
+    for start in range(0, len(raw.images), ALIGN_CHUNK):
+        out[start:start + ALIGN_CHUNK] = _align_chunk(raw.images[start:start + ALIGN_CHUNK],
+                                                      raw.max_value, p)
+    return out
+
+
+def _align_chunk(images: np.ndarray, max_value: int, p: Prepare) -> np.ndarray:
     first_size = p.bottleneck_size or p.image_size
-    x = torch.from_numpy(raw.images.astype(np.float32) / raw.max_value)
+    x = torch.from_numpy(images.astype(np.float32) / max_value)
     x = to_channels(x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2), p.channels)
     if p.crop == "bbox":
         x = torch.cat([_resize(torch.from_numpy(crop_to_bbox(img.numpy()))[None], first_size)
@@ -76,6 +89,15 @@ def align(raw: RawDataset, p: Prepare) -> np.ndarray:
     if p.scale == "max":
         x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
     return (x * 255).round_().to(torch.uint8).numpy()
+
+
+def preprocess_record(p: Prepare, decode_size: int) -> str:
+    """What turns one image file into a model input here, as JSON for the metadata of prepared
+    and model files: the alignment knobs, and the size a folder's files were first decoded to
+    (0: the dataset came as arrays). `transferlab-predict` and the ONNX export repeat it."""
+    fields = {k: getattr(p, k) for k in ("image_size", "crop", "bottleneck_size", "scale",
+                                         "channels")}
+    return json.dumps({**fields, "decode_size": decode_size}, sort_keys=True)
 
 
 def select_classes(raw: RawDataset, classes: str | list[int], key: str) -> RawDataset:

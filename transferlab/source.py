@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from transferlab.io import UserError, one_line, show_path
-from transferlab.models import Architecture, Classifier, Encoder, load_pretrained
-from transferlab.params import Pretrain
+from transferlab.models import (Architecture, Classifier, Encoder, load_pretrained,
+                                set_input_normalisation)
+from transferlab.params import Pretrain, is_weights_name
 from transferlab.train import FitResult, Stream, TrainingDiverged, fit, predict_logits
 
 DIGITS = 4
@@ -30,27 +31,45 @@ def _not_weights(path: Path, err: BaseException | None) -> UserError:
                      "state dict saved with torch.save")
 
 
-def read_weights(weights: str) -> dict[str, torch.Tensor]:
-    """A torchvision-format resnet18 state dict: `imagenet` (torchvision's own weights enum and
-    cache under $TORCH_HOME) or a local file, loaded with weights_only=True (no code runs)."""
-    if weights == "imagenet":
-        from torchvision.models import ResNet18_Weights
+def read_weights(arch: str, weights: str) -> tuple[dict[str, torch.Tensor], tuple | None]:
+    """A torchvision-format state dict of `arch` and the input normalisation (mean, std) it
+    expects: a torchvision weights name (torchvision's enum and cache under $TORCH_HOME;
+    imagenet = DEFAULT), or a local file loaded with weights_only=True (no code runs), which is
+    taken to expect the normalisation of the arch's DEFAULT weights."""
+    from torchvision.models import get_model_weights
 
-        spec = ResNet18_Weights.IMAGENET1K_V1
+    enum = get_model_weights(arch)
+    names = ["DEFAULT", *enum.__members__]
+    if is_weights_name(weights):
+        name = "DEFAULT" if weights == "imagenet" else weights
+        if name not in names:
+            raise UserError(f"model.weights={weights}: {arch} has no such weights: use one of "
+                            f"{', '.join(names)}, a file path or none")
+        spec = enum.DEFAULT if name == "DEFAULT" else enum[name]
         try:
-            return spec.get_state_dict(progress=False)
+            state = spec.get_state_dict(progress=False)
         except OSError as err:  # URLError is an OSError: no network, no cached file
             cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.url).name
-            raise UserError(f"ImageNet weights not found at {cache} and not downloadable ({err}):"
-                            f" place the file from {spec.url} there (set TORCH_HOME to move it)"
-                            ) from None
-    path = Path(weights)
+            raise UserError(f"model.weights={weights}: {show_path(cache)} not found and not "
+                            f"downloadable ({one_line(str(err))[:80]}): place the file from "
+                            f"{spec.url} there (set TORCH_HOME to move it)") from None
+        return state, _normalisation(spec)
+    return _read_weights_file(Path(weights)), _normalisation(enum.DEFAULT)
+
+
+def _normalisation(spec) -> tuple | None:
+    """The mean and std of a torchvision weights enum's own transforms."""
+    transforms = spec.transforms()
+    return (tuple(transforms.mean), tuple(transforms.std)) if hasattr(transforms, "mean") else None
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         raise UserError(f"model.weights: {show_path(path)} is a folder: give the weights file "
-                        "itself (a resnet18 state dict, .pth)")
+                        "itself (a state dict in torchvision's format, .pth)")
     if not path.is_file():
-        raise UserError(f"model.weights: {show_path(path)} not found: give a resnet18 state dict "
-                        "(.pth), imagenet or none")
+        raise UserError(f"model.weights: {show_path(path)} not found: give a state dict in "
+                        "torchvision's format (.pth), a weights name such as DEFAULT, or none")
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
             warnings.simplefilter("ignore")
@@ -85,10 +104,13 @@ def pretrain(source: dict[str, torch.Tensor], architecture: Architecture, cfg: P
     torch.manual_seed(cfg.seed)
     model = Classifier(architecture.build(), int(y.max()) + 1)
     if weights != "none":
+        state, normalisation = read_weights(architecture.arch, weights)
         try:
-            copied, skipped = load_pretrained(model.encoder, read_weights(weights))
+            copied, skipped = load_pretrained(model.encoder, state)
         except ValueError as err:
             raise UserError(f"model.weights={weights}: {err}") from None
+        if normalisation:
+            set_input_normalisation(model.encoder, *normalisation)
         print(f"initialised from {weights}: copied {len(copied)} tensors"
               + (f"; skipped {len(skipped)}: {'; '.join(skipped)}" if skipped else ""))
     model.to(x.device)

@@ -1,0 +1,64 @@
+"""Stage export: the strategy with the best target-validation accuracy, as ONNX.
+
+Reads the strategies' validation metrics (never the test set), exports the chosen model with
+its class names and preprocessing in the ONNX metadata, and checks onnxruntime against torch on
+the target validation images before writing anything.
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.export import choose, export_metadata, onnx_bytes
+from transferlab.io import (UserError, atomic_path, load_arrays, load_state_dict, read_json,
+                            run_stage, write_json)
+from transferlab.models import load_classifier
+from transferlab.train import make_deterministic, predict_logits
+
+TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and torch
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("models", type=Path, nargs="+", help="<strategy>.safetensors, dvc.yaml's list")
+    ap.add_argument("--val-metrics", type=Path, nargs="+", required=True,
+                    help="<strategy>.json with val_accuracy, in the order of the models")
+    ap.add_argument("--val", type=Path, required=True, help="prepared target train/val arrays")
+    ap.add_argument("--out", type=Path, required=True, help="output: the ONNX file")
+    ap.add_argument("--summary", type=Path, required=True, help="output: what was exported, JSON")
+    args = ap.parse_args(argv)
+    names = [p.name.removesuffix(".safetensors") for p in args.models]
+    if names != [p.stem for p in args.val_metrics]:
+        raise UserError(f"export: models {names} and --val-metrics {[p.stem for p in args.val_metrics]}"
+                        " differ: fix the export command in dvc.yaml")
+
+    make_deterministic(0)
+    val_accuracy = {n: float(read_json(p)["val_accuracy"]) for n, p in zip(names, args.val_metrics)}
+    chosen = choose(val_accuracy)
+    path = args.models[names.index(chosen)]
+    model, classes = load_classifier(path)
+    preprocess = load_state_dict(path)[1].get("preprocess", "{}")
+    x_val = torch.from_numpy(load_arrays(args.val, required=("x_val",))["x_val"])
+    blob = onnx_bytes(model, tuple(x_val.shape[1:]),
+                      export_metadata(chosen, val_accuracy[chosen], classes, preprocess))
+
+    import onnxruntime
+    session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    ours = predict_logits(model, x_val).numpy()
+    theirs = session.run(None, {"image": x_val.float().div(255).numpy()})[0]
+    gap = float(np.abs(ours - theirs).max())
+    if gap > TOLERANCE:
+        raise UserError(f"export: onnxruntime differs from torch by {gap:.2e} > {TOLERANCE} on "
+                        f"the target validation images: {chosen} was not exported")
+    with atomic_path(args.out) as tmp:
+        tmp.write_bytes(blob)
+    write_json(args.summary, {"strategy": chosen, "target_val_accuracy": val_accuracy[chosen],
+                              "onnx_max_abs_logit_diff": float(f"{gap:.2e}")})
+    print(f"exported {chosen} (target val accuracy {val_accuracy[chosen]:.4f}) -> {args.out}; "
+          f"onnxruntime vs torch: max |logit diff| {gap:.1e}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,145 @@
+"""Applying the model: `transferlab-predict` on image files, and the ONNX `export` stage.
+
+One tiny pipeline on a folder target with an official test/ split (UCI digits written as PNG
+files), every stage run as dvc.yaml calls it; then predictions on the test files themselves,
+which must see exactly the tensors the test set holds, and on the same images in other sizes,
+modes and formats.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import merge, stage_commands, tiny_params_dict
+from tests.test_bad_input import run_entry
+from transferlab.io import load_arrays, load_state_dict
+from transferlab.models import load_classifier
+from transferlab.predict import predict_files, preprocess_file, preprocessing
+from transferlab.train import predict_logits
+
+
+def write_digits(root: Path) -> None:
+    """UCI digits as 8-bit PNGs: <root>/{train,test}/<digit>/<i>.png (every 4th image is test)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
+        if i % 3:  # a third of the digits keeps the fixture small
+            continue
+        split = "test" if i % 4 == 0 else "train"
+        path = root / split / str(label) / f"{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 255 / 16).round().astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """The whole pipeline, export included, in-process on tiny params: the work folder."""
+
+    work = tmp_path_factory.mktemp("predict")
+    write_digits(work / "digits")
+    (work / "params.yaml").write_text(yaml.safe_dump(merge(tiny_params_dict(), {
+        "data": {"target": {"name": "folder", "root": str(work / "digits")}}})))
+
+    class Capture:  # run_entry's capsys, for a module-scoped fixture
+        def readouterr(self):
+            return "", ""
+
+    for script, argv in stage_commands():
+        code, _, _ = run_entry(work, script, *argv, capsys=Capture())
+        assert code == 0, f"{script} failed"
+    return work
+
+
+def test_predict_sees_exactly_the_tensors_the_test_set_holds(pipeline):
+    model_path = pipeline / "models/transfer/finetune.safetensors"
+    prep, decode_size = preprocessing(load_state_dict(model_path)[1], model_path)
+    files = sorted((pipeline / "digits/test").rglob("*.png"))
+    test = load_arrays(pipeline / "data/prepared/target_test.safetensors")
+    held = {x.tobytes() for x in test["x_test"]}
+    assert len(files) == len(test["x_test"])
+    assert all(preprocess_file(f, prep, decode_size).tobytes() in held for f in files)
+
+
+def test_predictions_are_the_models_own_with_class_names(pipeline, tmp_path):
+    model_path = pipeline / "models/transfer/finetune.safetensors"
+    files = sorted((pipeline / "digits/test").rglob("*.png"))[:40]
+    rows, problems = predict_files(model_path, files, top_k=3)
+    assert problems == [] and [r[0] for r in rows] == [str(f) for f in files]
+    model, classes = load_classifier(model_path)
+    prep, decode_size = preprocessing(load_state_dict(model_path)[1], model_path)
+    x = torch.from_numpy(np.stack([preprocess_file(f, prep, decode_size) for f in files]))
+    expected = predict_logits(model.eval(), x).argmax(1).tolist()
+    assert [r[1] for r in rows] == [classes[i] for i in expected]
+    for row in rows:
+        probabilities = row[2::2]
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
+
+
+def test_any_size_and_mode_is_predicted_and_a_bad_file_is_skipped(pipeline, tmp_path, capsys):
+    from PIL import Image
+
+    from transferlab.io import run_stage
+    from transferlab.predict import main
+
+    source = sorted((pipeline / "digits/test/3").glob("*.png"))[0]
+    grey = Image.open(source)
+    files = {
+        "big.jpg": grey.resize((100, 100)).convert("RGB"),
+        "alpha.png": grey.convert("RGBA"),
+        "wide.bmp": grey.resize((30, 12)),
+        "palette.gif": grey.convert("P"),
+        "deep.png": Image.fromarray(np.asarray(grey, np.uint16) * 257),
+    }
+    for name, image in files.items():
+        image.save(tmp_path / name)
+    (tmp_path / "broken.png").write_text("not an image")
+    out = tmp_path / "predictions.csv"
+    with pytest.raises(SystemExit) as exit_:
+        import sys
+        from unittest import mock
+        with mock.patch.object(sys, "argv", ["transferlab-predict",
+                                             str(pipeline / "models/transfer/finetune.safetensors"),
+                                             str(tmp_path), "--out", str(out), "--top-k", "2"]):
+            run_stage(main)
+    assert exit_.value.code == 2  # some file was skipped
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("skipped: ")] == [
+        line for line in err.splitlines() if "broken.png" in line]
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["path", "class_1", "probability_1", "class_2", "probability_2"]
+    assert sorted(Path(r[0]).name for r in rows[1:]) == sorted(files)
+
+
+def test_export_writes_the_validation_choice_and_onnx_matches_torch(pipeline):
+    import onnx
+    import onnxruntime
+
+    summary = json.loads((pipeline / "metrics/export.json").read_text())
+    val = {p.stem: json.loads(p.read_text())["val_accuracy"]
+           for p in sorted((pipeline / "metrics/transfer").glob("*.json"))}
+    assert val[summary["strategy"]] == max(val.values())
+    assert summary["onnx_max_abs_logit_diff"] <= 1e-4
+    proto = onnx.load(str(pipeline / "models/export/model.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == [str(d) for d in range(10)]
+    assert json.loads(meta["preprocess"])["image_size"] == 8
+    model, _ = load_classifier(pipeline / f"models/transfer/{summary['strategy']}.safetensors")
+    x = torch.rand(5, 1, 8, 8)
+    session = onnxruntime.InferenceSession(str(pipeline / "models/export/model.onnx"))
+    theirs = session.run(None, {"image": x.numpy()})[0]
+    ours = model.eval()(x).detach().numpy()
+    assert np.abs(ours - theirs).max() <= 1e-4
+
+
+def test_export_never_reads_the_test_set():
+    argv = dict(stage_commands())["export"]
+    assert not any("target_test" in a for a in argv)

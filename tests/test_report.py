@@ -1,0 +1,145 @@
+"""The report stage: one self-contained page from the pipeline's files, the same bytes every run,
+no torch, bad input stopped with one line. (Opened in a browser: tests/test_browser.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from transferlab.io import save_arrays, write_csv, write_json
+from transferlab.report import confusion_matrix, render_report
+
+CLASSES = ["zero", "one", "two"]
+STUDY = {"cells": {f"{name}@k{k}": {"accuracy": acc, "ci_low": acc - 0.05, "ci_high": acc + 0.08,
+                                    "negative_transfer": name == "source_only" and k == 2}
+                   for name, acc in (("scratch", 0.7), ("finetune", 0.9), ("source_only", 0.8))
+                   for k in (1, 2)},
+         "layers": {}}
+
+
+def make_inputs(root: Path, n: int = 30) -> dict[str, Path]:
+    """A run's files on tiny made-up data: 3 classes, n test images, 2 strategies + source."""
+    rng = np.random.default_rng(0)
+    actual = np.arange(n) % len(CLASSES)
+    paths = {"evaluate": root / "metrics/evaluate.json", "scenario": root / "metrics/scenario.json",
+             "curves": root / "plots/curves", "confusion": root / "plots/confusion",
+             "test": root / "data/target_test.safetensors"}
+    scores = {}
+    for name, wrong in (("source_only", 9), ("scratch", 6), ("finetune", 2)):
+        predicted = actual.copy()
+        predicted[:wrong] = (actual[:wrong] + 1) % len(CLASSES)
+        write_csv(paths["confusion"] / f"{name}.csv", ["actual", "predicted"],
+                  list(zip(actual.tolist(), predicted.tolist())))
+        scores[name] = {"accuracy": round(1 - wrong / n, 4), "macro_f1": round(1 - wrong / n, 4),
+                        "gain_over_scratch": round((6 - wrong) / n, 4)}
+    write_json(paths["evaluate"], scores)
+    write_json(paths["scenario"], {"target_test": n, "shots": 2})
+    for name in ("pretrain", "scratch", "finetune"):
+        write_csv(paths["curves"] / f"{name}.csv",
+                  ["step", "train_loss", "val_loss", "val_accuracy"],
+                  [[s, 1 / s, 1 / s, 1 - 1 / (s + 1)] for s in (5, 10, 15)])
+    save_arrays(paths["test"], {"x_test": rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8),
+                                "y_test": actual}, {"classes": json.dumps(CLASSES)})
+    return paths
+
+
+def run_report(paths: dict[str, Path], out: Path, *extra: str, probe_torch: bool = False):
+    """The stage script in a fresh process (as `dvc repro` runs it)."""
+    inputs = ("evaluate", "scenario", "curves", "confusion", "test")
+    argv = ["stages/report.py", *[a for key in inputs for a in (f"--{key}", str(paths[key]))],
+            "--out", str(out), *extra]
+    if probe_torch:  # the same run, then say whether anything imported torch
+        code = ("import runpy, sys; sys.argv = " + repr(argv) + "; runpy.run_path(sys.argv[0], "
+                "run_name='__main__'); print('torch imported:', 'torch' in sys.modules)")
+        cmd = [sys.executable, "-c", code]
+    else:
+        cmd = [sys.executable, *argv]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+
+def test_confusion_matrix_counts_true_rows_against_predicted_columns():
+    counts = confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 0]), 3)
+    assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
+
+
+def test_the_page_holds_every_part_and_fetches_nothing():
+    n = 12
+    actual = np.arange(n) % 3
+    predicted = actual.copy()
+    predicted[[1, 4, 7]] = 0
+    images = np.zeros((n, 1, 8, 8), dtype=np.uint8)
+    page = render_report({"scratch": {"accuracy": 0.75, "macro_f1": 0.7}}, {"target_test": n},
+                         {"scratch": [{"step": "5", "val_accuracy": "0.5"}]},
+                         {"scratch": (actual, predicted)}, images, CLASSES, STUDY)
+    assert page.count("<svg") == 4  # results, study, curves (one figure), confusion
+    assert page.count("<figure>") == 3  # one tile per misclassified image
+    assert "one &rarr; <b>zero</b>" in page
+    assert "k = 1" in page and "&#9888;" in page  # the study's table, negative transfer marked
+    # only data: URIs and in-page #ids may be loaded; no script, stylesheet link or @import
+    refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
+    assert refs and all(r.startswith(("data:", "#")) for r in refs), \
+        [r for r in refs if not r.startswith(("data:", "#"))]
+    assert not re.search(r"<script|<link|@import|url\(\s*['\"]?http", page)
+
+
+def test_the_stage_writes_the_same_bytes_in_every_process_without_torch(tmp_path):
+    paths = make_inputs(tmp_path)
+    first, second = tmp_path / "a.html", tmp_path / "b.html"
+    proc = run_report(paths, first, probe_torch=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch imported: False" in proc.stdout
+    assert run_report(paths, second).returncode == 0
+    assert first.read_bytes() == second.read_bytes()
+    page = first.read_text()
+    assert page.count("<figure>") == 9 + 6 + 2 and "finetune" in page and "Study" not in page
+
+
+def test_the_study_adds_its_intervals(tmp_path):
+    paths = make_inputs(tmp_path)
+    write_json(tmp_path / "study.json", STUDY)
+    proc = run_report(paths, tmp_path / "r.html", "--study", str(tmp_path / "study.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "90.0 [85.0, 98.0]" in (tmp_path / "r.html").read_text()
+
+
+def test_a_one_seed_study_has_means_without_intervals(tmp_path):
+    """study/metrics.json holds null bounds when there is one seed (no t-interval)."""
+    paths = make_inputs(tmp_path)
+    one_seed = {"cells": {k: {**c, "ci_low": None, "ci_high": None}
+                          for k, c in STUDY["cells"].items()}, "layers": {}}
+    write_json(tmp_path / "study.json", one_seed)
+    proc = run_report(paths, tmp_path / "r.html", "--study", str(tmp_path / "study.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "<td>90.0</td>" in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("confusion_rows", "has 29 rows for 30 test images"),
+    ("no_evaluate", "evaluate.json is missing"),
+    ("no_curves", "has no CSV files"),
+    ("no_test", "target_test.safetensors is missing"),
+])
+def test_bad_input_stops_with_one_line_and_writes_nothing(tmp_path, fault, message):
+    paths = make_inputs(tmp_path)
+    if fault == "confusion_rows":
+        lines = (paths["confusion"] / "scratch.csv").read_text().splitlines()
+        (paths["confusion"] / "scratch.csv").write_text("\n".join(lines[:-1]) + "\n")
+    elif fault == "no_evaluate":
+        paths["evaluate"].unlink()
+    elif fault == "no_curves":
+        for p in paths["curves"].glob("*.csv"):
+            p.unlink()
+    else:
+        paths["test"].unlink()
+    out = tmp_path / "report.html"
+    proc = run_report(paths, out)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out.exists()

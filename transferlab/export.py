@@ -1,0 +1,59 @@
+"""Export: the strategy chosen on target validation, as an ONNX file that carries its class
+names and preprocessing.
+
+The choice reads each strategy's target-validation accuracy (metrics/transfer/*.json), never a
+test score: the exported model is picked the way a user without the test set would pick it.
+Ties go to the strategy listed first (dvc.yaml's order).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Mapping
+
+import torch
+
+from transferlab.models import Classifier
+
+OPSET = 17  # onnxruntime 1.16+ runs it; every op the encoders use exists there
+
+
+def choose(val_accuracy: Mapping[str, float]) -> str:
+    """The strategy with the best target-validation accuracy (the first one on a tie)."""
+    if not val_accuracy:
+        raise ValueError("no strategy to choose from")
+    best = max(val_accuracy.values())
+    return next(name for name, acc in val_accuracy.items() if acc == best)
+
+
+def onnx_bytes(model: Classifier, input_shape: tuple[int, int, int],
+               metadata: Mapping[str, str]) -> bytes:
+    """The model as ONNX: input "image" (N, C, H, W) float32 in [0, 1], output "logits" (N, K),
+    any batch size; `metadata` in the file's metadata_props (sorted: the same bytes every run).
+
+    TorchScript-based exporter (dynamo=False): torch's newer exporter needs onnxscript and
+    gives the same graph for these plain conv/linear models.
+    """
+    import onnx
+
+    model = model.eval().to("cpu", memory_format=torch.contiguous_format)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
+        torch.onnx.export(model, (torch.zeros(1, *input_shape),), buffer, dynamo=False,
+                          input_names=["image"], output_names=["logits"], opset_version=OPSET,
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key in sorted(metadata):
+        proto.metadata_props.add(key=key, value=metadata[key])
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def export_metadata(strategy: str, val_accuracy: float, classes, preprocess: str) -> dict[str, str]:
+    return {"strategy": strategy, "target_val_accuracy": f"{val_accuracy:.4f}",
+            "classes": json.dumps(list(classes)), "preprocess": preprocess,
+            "input": "image: float32 (N, C, H, W) in [0, 1], after `preprocess` (transferlab's "
+                     "prepare alignment); output: logits (N, classes)"}
