@@ -71,7 +71,9 @@ def logme_fit(f: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float = 1e
         gamma = float((beta * sigma2 / (alpha + beta * sigma2)).sum())
         m = v @ (projected * beta / (alpha + beta * sigma2))
         m2, residual = float(m @ m), float(((f @ m - y) ** 2).sum())
-        new_alpha, new_beta = gamma / max(m2, tiny), (n - gamma) / max(residual, tiny)
+        # n - gamma > 0 in exact arithmetic (gamma <= rank <= n); round-off with n << D can
+        # push it below zero, and a negative beta has no logarithm
+        new_alpha, new_beta = gamma / max(m2, tiny), max(n - gamma, 1e-12) / max(residual, tiny)
         new_alpha = max(new_alpha, 1e-12)  # γ = 0 when the features carry nothing
         converged = abs(new_alpha / new_beta - alpha / beta) <= tol * alpha / beta
         alpha, beta = new_alpha, new_beta
