@@ -343,8 +343,9 @@ def is_colour(path: Path) -> bool:
         raise _unreadable(path, err) from None
 
 
-def read_image(path: Path, mode: str) -> np.ndarray:
-    """One file as (FOLDER_SIZE, FOLDER_SIZE) uint8 in mode "L", (.., 3) in "RGB"; alpha dropped."""
+def read_image(path: Path, mode: str, size: int | None = FOLDER_SIZE) -> np.ndarray:
+    """One file as (size, size) uint8 in mode "L", (.., 3) in "RGB"; alpha dropped. size=None
+    keeps the image's own size (what `transferlab-predict` needs for array datasets)."""
     from PIL import Image, ImageOps
 
     try:
@@ -357,7 +358,9 @@ def read_image(path: Path, mode: str) -> np.ndarray:
         grey = np.clip(np.round(np.asarray(img, np.float64) / 257), 0, 255)  # 65535 -> 255
         img = Image.fromarray(grey.astype(np.uint8))
     # Pillow's bilinear filter widens with the shrink factor: antialiased, unlike a plain lerp.
-    img = img.convert(mode).resize((FOLDER_SIZE, FOLDER_SIZE), Image.Resampling.BILINEAR)
+    img = img.convert(mode)
+    if size is not None:
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
 

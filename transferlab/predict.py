@@ -65,28 +65,8 @@ def preprocess_file(path: Path, prep, decode_size: int) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{show_path(path)}: {'not found' if not path.exists() else 'not a regular file'}")
     mode = "L" if prep.channels == 1 else "RGB"
-    if decode_size:
-        image = read_image(path, mode)  # raises UserError for an unreadable file
-    else:
-        image = decode_native(path, mode)
+    image = read_image(path, mode, decode_size or None)  # UserError for an unreadable file
     return align(RawDataset(image[None], np.zeros(1, np.int64), 255, ("?",)), prep)[0]
-
-
-def decode_native(path: Path, mode: str) -> np.ndarray:
-    """One image at its own size, (H, W) or (H, W, 3) uint8; UserError if unreadable."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode.startswith("I"):  # 16-bit grey: convert("L") would clip at 255
-                img = Image.fromarray(np.clip(np.round(np.asarray(img, np.float64) / 257), 0,
-                                              255).astype(np.uint8))
-            return np.asarray(img.convert(mode), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise UserError(f"{show_path(path)} is not a readable image ({one_line(str(err))[:120]})"
-                        ) from None
 
 
 def predict_files(model_path: Path, files: Sequence[Path], top_k: int, batch_size: int = 256
