@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.io import UserError, one_line, run_stage, show_path, write_csv
+from transferlab.io import UserError, run_stage, show_path, write_csv
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
