@@ -1,16 +1,29 @@
 """Stage evaluate: every strategy's target classifier (and the source model as is, the
-source-only baseline) on the held-out target test set: metrics, confusions, comparison."""
+source-only baseline) on the held-out target test set: metrics, confusions, comparison.
+
+metrics/evaluate.json keeps a few numbers per strategy (accuracy, macro-F1, gains over scratch
+and over source-only, negative transfer, which selection chose the model) so that
+`dvc exp show --only-changed` stays readable; per-class accuracy goes to plots/per_class.csv,
+which DVC lists as plot data, not as metrics. A model file that transfer wrote as skipped
+(needs target labels at prepare.shots: 0) is listed as skipped. plots/embedding/ holds a 2-D
+PCA of source-val and unlabelled-target features, before adaptation (the source model) and
+after it (every label-free method evaluated): `dvc plots show` draws the domains aligning.
+"""
 
 import argparse
 from pathlib import Path
 
 import torch
 
-from transferlab.evaluation import compare, predict, results_markdown
-from transferlab.io import (UserError, atomic_path, load_arrays, read_classes, run_stage,
-                            write_csv, write_json)
+from transferlab.evaluation import compare, embed_2d, predict, results_markdown
+from transferlab.io import (UserError, atomic_path, load_arrays, read_classes, read_metadata,
+                            run_stage, write_csv, write_json)
 from transferlab.models import load_classifier
+from transferlab.strategies import METHODS
 from transferlab.train import make_deterministic, pick_device
+
+
+ADAPTATION = {n for n, m in METHODS.items() if "unlabelled" in m.reads}
 
 
 def main(argv=None):
@@ -21,9 +34,12 @@ def main(argv=None):
     ap.add_argument("--source-model", type=Path, required=True)
     ap.add_argument("--test", type=Path, required=True, help="prepared target test arrays")
     ap.add_argument("--metrics", type=Path, required=True, help="output: summary JSON")
-    ap.add_argument("--per-class", type=Path, required=True, help="output: per-class JSON")
+    ap.add_argument("--per-class", type=Path, required=True, help="output: per-class CSV")
     ap.add_argument("--comparison", type=Path, required=True, help="output: comparison CSV")
     ap.add_argument("--confusion", type=Path, required=True, help="output: directory of CSVs")
+    ap.add_argument("--source", type=Path, required=True, help="prepared source arrays (val)")
+    ap.add_argument("--unlabelled", type=Path, required=True, help="unlabelled target images")
+    ap.add_argument("--embedding", type=Path, required=True, help="output: directory of CSVs")
     args = ap.parse_args(argv)
 
     make_deterministic(0)
@@ -37,23 +53,48 @@ def main(argv=None):
         raise UserError(f"evaluate: model files must have distinct names other than source_only, "
                         f"got {[str(p) for p in args.models]}: fix the evaluate command in dvc.yaml")
     models["source_only"] = args.source_model
-    predictions = {}
+    predictions, facts, skipped, encoders = {}, {}, {}, {}
     for name, path in models.items():
+        meta = read_metadata(path)
+        if "skipped" in meta:
+            skipped[name] = {"skipped": True, "reason": meta["skipped"].removeprefix("skipped: ")}
+            continue
         model, classes = load_classifier(path, device)
         if classes == target_classes:  # source-only needs the very same classes, in order
             predictions[name] = predict(model, x_test)
-    scores = compare(predictions, y_test, num_classes)
+            facts[name] = {"target_labels": int(meta.get("target_labels", 0)),
+                           "selection": meta.get("selection", "source-val")}
+            if name == "source_only" or name in ADAPTATION:
+                encoders["before" if name == "source_only" else name] = model.encoder
+    if not set(predictions) - {"source_only"}:
+        raise UserError("every strategy of the transfer stage needs target labels and "
+                        "prepare.shots=0: add a label-free method (e.g. mcc, dann) to dvc.yaml's "
+                        "transfer stage or set prepare.shots >= 1")
+    scores = compare(predictions, y_test, num_classes,
+                     {n: f["target_labels"] for n, f in facts.items()})
+    for name, s in scores.items():
+        s["selection"] = facts[name]["selection"]
 
-    write_json(args.metrics, {name: {k: v for k, v in s.items() if k != "per_class_accuracy"}
-                              for name, s in scores.items()})
-    write_json(args.per_class, {name: s["per_class_accuracy"] for name, s in scores.items()})
-    write_csv(args.comparison, ["strategy", "accuracy", "macro_f1", "gain_over_scratch"],
-              [[n, s["accuracy"], s["macro_f1"], s.get("gain_over_scratch", "")]
-               for n, s in scores.items()])
+    write_json(args.metrics, {**{name: {k: v for k, v in s.items() if k != "per_class_accuracy"}
+                                 for name, s in scores.items()}, **skipped})
+    write_csv(args.per_class, ["strategy", "class", "accuracy"],
+              [[n, c, a] for n, s in scores.items() for c, a in s["per_class_accuracy"].items()])
+    scores.update(skipped)
+    write_csv(args.comparison, ["strategy", "accuracy", "macro_f1", "gain_over_scratch",
+                                "gain_over_source_only"],
+              [[n, s["accuracy"], s["macro_f1"], s.get("gain_over_scratch", ""),
+                s.get("gain_over_source_only", "")] for n, s in scores.items() if "accuracy" in s])
     with atomic_path(args.confusion) as tmp:
         tmp.mkdir()
         for name, pred in predictions.items():
             write_csv(tmp / f"{name}.csv", ["actual", "predicted"], zip(y_test.tolist(), pred.tolist()))
+    source_x = torch.from_numpy(load_arrays(args.source)["x_val"]).to(device)
+    target_x = torch.from_numpy(load_arrays(args.unlabelled)["x_unlabelled"]).to(device)
+    with atomic_path(args.embedding) as tmp:
+        tmp.mkdir()
+        for name, encoder in encoders.items():
+            for domain, xy in zip(("source", "target"), embed_2d(encoder, source_x, target_x)):
+                write_csv(tmp / f"{name}_{domain}.csv", ["pc1", "pc2"], xy.tolist())
     print(results_markdown(scores), end="")  # the README's table: scripts/sync_readme.py
 
 

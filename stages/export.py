@@ -35,7 +35,11 @@ def main(argv=None):
                         " differ: fix the export command in dvc.yaml")
 
     make_deterministic(0)
-    val_accuracy = {n: float(read_json(p)["val_accuracy"]) for n, p in zip(names, args.val_metrics)}
+    val_metrics = {n: read_json(p) for n, p in zip(names, args.val_metrics)}
+    # skipped strategies (prepare.shots: 0) have no model; a label-free run is compared on the
+    # target-val accuracy its own selection reached (a choice among methods made with labels)
+    val_accuracy = {n: float(m["val_accuracy"]) for n, m in val_metrics.items()
+                    if not m.get("skipped")}
     chosen = choose(val_accuracy)
     path = args.models[names.index(chosen)]
     model, classes = load_classifier(path)

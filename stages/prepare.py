@@ -1,7 +1,8 @@
 """Stage prepare: align both domains, split them, draw the target shots.
 
 Writes source (train/val), target (shots/val), target pool (the train pool and val, from
-which the study draws its own shots) and target test as separate files: only the evaluation
+which the study draws its own shots), the unlabelled target images (the pool minus the shots,
+images only: no label is written) and target test as separate files: only the evaluation
 stages depend on the test file, and the pool does not change with `seed` or `prepare.shots`.
 """
 
@@ -40,6 +41,7 @@ def main(argv=None):
         save_arrays(tmp / "source.safetensors", scenario.source, source_meta)
         save_arrays(tmp / "target.safetensors", scenario.target, target_meta)
         save_arrays(tmp / "target_pool.safetensors", scenario.target_pool, target_meta)
+        save_arrays(tmp / "target_unlabelled.safetensors", scenario.target_unlabelled)
         save_arrays(tmp / "target_test.safetensors", scenario.target_test, target_meta)
     write_json(args.summary, scenario.summary)
     print(", ".join(f"{k}={v}" for k, v in scenario.summary.items()))

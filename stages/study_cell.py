@@ -12,9 +12,9 @@ import torch
 from transferlab.io import load_arrays, read_classes, run_stage, write_json
 from transferlab.models import load_classifier
 from transferlab.params import load_params
-from transferlab.strategies import make_inputs
-from transferlab.study import cell_target, score, train_cell
+from transferlab.study import cell_target, score, selected_models, train_cell
 from transferlab.train import make_deterministic, pick_device, to_device
+from transferlab.transfer import selection_metrics
 
 
 def main(argv=None):
@@ -31,20 +31,18 @@ def main(argv=None):
     device = pick_device()
     pool = to_device(load_arrays(args.prepared / "target_pool.safetensors"), device)
     source_model, source_classes = load_classifier(args.source_model, device)
-    inputs = make_inputs(
-        cell_target(pool, args.shots, args.seed), params, args.seed, lambda: source_model,
-        lambda: to_device(load_arrays(args.prepared / "source.safetensors"), device))
-    outcomes = train_cell(inputs, params)
+    target, unlabelled = cell_target(pool, args.shots, args.seed)
+    outcomes = train_cell(target, unlabelled, params, args.seed, source_model,
+                          to_device(load_arrays(args.prepared / "source.safetensors"), device))
 
     test = load_arrays(args.prepared / "target_test.safetensors")  # models are chosen: score
-    models = {name: o.model for name, o in outcomes.items()}
+    models = selected_models(outcomes)
     target_classes = read_classes(args.prepared / "target_test.safetensors")
     if source_classes == target_classes:
         models["source_only"] = source_model  # only where source and target share classes
     scores = score(models, torch.from_numpy(test["x_test"]).to(device), test["y_test"])
-    val = {name: round(o.fit.best_val_accuracy if o.fit else o.info["val_accuracy"], 4)
-           for name, o in outcomes.items()}
-    write_json(args.out, {"shots": args.shots, "seed": args.seed, "val_accuracy": val,
+    selection = {name: selection_metrics(o) for name, o in outcomes.items()}
+    write_json(args.out, {"shots": args.shots, "seed": args.seed, "selection": selection,
                           "test": scores})
     print(f"k={args.shots} seed={args.seed}: " + ", ".join(
         f"{n} {100 * s['accuracy']:.1f}" for n, s in scores.items()))

@@ -10,9 +10,10 @@ import torch
 from transferlab.io import load_arrays, run_stage, write_json
 from transferlab.models import load_classifier
 from transferlab.params import load_params
-from transferlab.strategies import make_inputs
+from transferlab.strategies import METHODS
 from transferlab.study import cell_target, score, train_layer_grid
 from transferlab.train import make_deterministic, pick_device, to_device
+from transferlab.transfer import make_inputs
 
 
 def main(argv=None):
@@ -29,8 +30,8 @@ def main(argv=None):
     device = pick_device()
     pool = to_device(load_arrays(args.prepared / "target_pool.safetensors"), device)
     source = load_classifier(args.source_model, device)[0]
-    inputs = make_inputs(cell_target(pool, shots, args.seed), params, args.seed,
-                         lambda: source, lambda: None)
+    inputs = make_inputs(METHODS["structure"], cell_target(pool, shots, args.seed)[0], params,
+                         args.seed, source_model=source)
     outcomes = train_layer_grid(inputs, params)
 
     test = load_arrays(args.prepared / "target_test.safetensors")  # models are chosen: score

@@ -1,16 +1,26 @@
 """Stage study report: statistics over seeds of every cell and of the layer grid.
 
-Per (strategy, k): mean, std and a 95 % Student-t interval of target-test accuracy; the gain
-over scratch paired by seed, with its own interval; cells whose gain interval lies entirely
-below zero are flagged as negative transfer. Writes the metrics JSON, the markdown report and
+Per (strategy, k): mean, std and a 95 % Student-t interval of target-test accuracy; the gains
+over scratch and over source-only paired by seed, with their own intervals; a cell whose gain
+over the best baseline using no more target labels lies entirely below zero is flagged as
+negative transfer. At k = 0 the adaptation methods are selected label-free; their
+'(oracle)' rows show what target-validation selection would have picked. Writes the metrics JSON, the markdown report and
 the plot data (accuracy and gain against k, accuracy against copied blocks n).
 """
 
 import argparse
 from pathlib import Path
 
-from transferlab.io import atomic_path, read_json, run_stage, write_csv, write_json
+from transferlab.io import UserError, atomic_path, read_json, run_stage, write_csv, write_json
+from transferlab.params import load_params
 from transferlab.stats import cell_records, layer_markdown, layer_table, study_markdown, study_table
+
+
+def _cell(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run `dvc repro study/dvc.yaml` (it writes every "
+                        "cell of params.yaml's study.shots x study.seeds)")
+    return path
 
 
 def main(argv=None):
@@ -22,23 +32,35 @@ def main(argv=None):
     ap.add_argument("--plots", type=Path, required=True, help="output: directory of plot CSVs")
     args = ap.parse_args(argv)
 
-    cells = [read_json(p) for p in sorted(args.cells.glob("*.json"))]
-    grids = [read_json(p) for p in sorted(args.layers.glob("*.json"))]
+    # exactly the cells params.yaml's study asks for: a file left by an earlier, larger study
+    # (DVC leaves outputs of a removed matrix entry in place) is not counted
+    study = load_params().study
+    cells = [read_json(_cell(args.cells / f"k{k}-s{s}.json")) for k in study.shots
+             for s in study.seeds]
+    grids = [read_json(_cell(args.layers / f"s{s}.json")) for s in study.seeds]
     rows, layers = study_table(cell_records(cells)), layer_table(grids)
     seeds = sorted({c["seed"] for c in cells})
     write_json(args.metrics, {
         "cells": {f"{r['strategy']}@k{r['shots']}": {
             "accuracy": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
             **({"gain": r["gain"]["mean"], "gain_ci_low": r["gain"]["ci_low"],
-                "gain_ci_high": r["gain"]["ci_high"], "negative_transfer": r["negative_transfer"]}
-               if "gain" in r else {})} for r in rows},
+                "gain_ci_high": r["gain"]["ci_high"]} if "gain" in r else {}),
+            **({"gain_source_only": r["gain_source_only"]["mean"],
+                "gain_source_only_ci_low": r["gain_source_only"]["ci_low"],
+                "gain_source_only_ci_high": r["gain_source_only"]["ci_high"]}
+               if "gain_source_only" in r else {}),
+            "negative_transfer": r["negative_transfer"]} for r in rows},
         "layers": {f"{r['variant']}@n{r['blocks']}": {"accuracy": r["mean"], "ci_low": r["ci_low"],
                                                      "ci_high": r["ci_high"]} for r in layers}})
-    negative = [f"{r['strategy']} at k={r['shots']}" for r in rows if r["negative_transfer"]]
+    negative = [f"{r['strategy']} at k={r['shots']} (vs {r['baseline']})"
+                for r in rows if r["negative_transfer"]]
     report = "\n".join([
         f"Target-test accuracy over seeds {seeds} (each seed: another shot draw and "
-        "initialisation), 95 % Student-t intervals; gains over scratch paired by seed.",
-        "Negative transfer (gain interval entirely below zero): "
+        "initialisation), 95 % Student-t intervals; gains over scratch and over source-only "
+        "paired by seed. At k = 0 no target label selects anything (source validation + SND); "
+        "'(oracle)' rows: what target-validation selection would have picked, for comparison only.",
+        "Negative transfer (gain over the best baseline using no more target labels entirely "
+        "below zero): "
         + (", ".join(negative) if negative else "none found") + ".",
         "",
         study_markdown(rows),

@@ -1,11 +1,16 @@
 """Stage transfer@<strategy>: move the source knowledge to the target with one strategy.
 
-Reads the target shots and validation set, never the target test set. Writes the resulting
-target classifier, its validation metrics and its training curve.
+Reads the target shots and validation set, never the target test set, and only the inputs the
+strategy's registry entry says it reads (source model, source data, frozen features, the
+unlabelled target pool). Writes the target classifier, its validation metrics (and how its
+checkpoint was selected) and its training curve. With `prepare.shots: 0` a strategy that needs
+target labels (or, across different classes, one that adapts a shared classifier) writes a
+model file without tensors that says why (evaluate lists it as skipped):
+DVC's outputs exist either way, so the pipeline's shape does not depend on a param.
 """
 
 import argparse
-from functools import partial
+import json
 from pathlib import Path
 
 from transferlab import strategies
@@ -14,6 +19,7 @@ from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata,
 from transferlab.models import load_classifier, model_metadata
 from transferlab.params import load_params
 from transferlab.train import make_deterministic, pick_device, to_device
+from transferlab.transfer import make_inputs, selection_metrics, why_skipped
 
 
 
@@ -28,29 +34,44 @@ def main(argv=None):
     ap.add_argument("--curve", type=Path, required=True, help="output: training curve CSV")
     args = ap.parse_args(argv)
     params = load_params()
-    cfg = getattr(params.transfer, args.strategy)
+    method, cfg = strategies.METHODS[args.strategy], getattr(params.transfer, args.strategy)
+    classes = read_classes(args.prepared / "target.safetensors")
+    # only a method that reads the source model may open it: dvc.yaml runs the others before
+    # (or without) pretrain
+    source_classes = read_classes(args.source_model) if "source_model" in method.reads else None
+    why = why_skipped(method, params.prepare.shots, source_classes, classes)
+    if why:
+        note = f"skipped: {why}"
+        save_state_dict(args.model, {}, {"skipped": note, "classes": json.dumps(classes)})
+        write_json(args.metrics, {"skipped": True})
+        write_history(args.curve, [{"step": 0, "val_accuracy": ""}])
+        print(note)
+        return
 
     make_deterministic(params.seed)
     device = pick_device()
-    target = to_device(load_arrays(args.prepared / "target.safetensors", required=TRAIN_VAL), device)
-    inputs = strategies.make_inputs(
-        target, params, params.seed, lambda: load_classifier(args.source_model, device)[0],
-        lambda: to_device(load_arrays(args.prepared / "source.safetensors", required=TRAIN_VAL), device),
-        partial(load_arrays, args.features))
+    arrays = lambda name, need=TRAIN_VAL: to_device(  # noqa: E731
+        load_arrays(args.prepared / f"{name}.safetensors", required=need), device)
+    reads = method.reads
+    inputs = make_inputs(
+        method, arrays("target"), params, params.seed,
+        source_model=load_classifier(args.source_model, device)[0] if "source_model" in reads else None,
+        source=arrays("source") if "source_data" in reads else None,
+        features=load_arrays(args.features) if "features" in reads else None,
+        unlabelled=arrays("target_unlabelled", ("x_unlabelled",))["x_unlabelled"] if "unlabelled" in reads else None)
     outcome = strategies.run(args.strategy, inputs, cfg)
 
-    classes = read_classes(args.prepared / "target.safetensors")
+    metrics = {**outcome.info, **selection_metrics(outcome)}
     preprocess = read_metadata(args.prepared / "target.safetensors").get("preprocess")
     save_state_dict(args.model, outcome.model.state_dict(),
-                    model_metadata(inputs.architecture, classes, preprocess))
-    fit = outcome.fit
-    metrics = {"val_accuracy": round(fit.best_val_accuracy if fit else outcome.info["val_accuracy"], 4)}
-    if fit:
-        metrics["best_step"] = fit.best_step
-    write_json(args.metrics, {**outcome.info, **metrics})
-    history = fit.history if fit else [{"step": 0, "val_accuracy": metrics["val_accuracy"]}]
+                    {**model_metadata(inputs.architecture, classes, preprocess),
+                     "selection": metrics["selection"],
+                     "target_labels": str(len(inputs.target["y_train"]))})
+    write_json(args.metrics, metrics)
+    history = outcome.fit.history if outcome.fit else [{"step": 0, "val_accuracy": metrics["val_accuracy"]}]
     write_history(args.curve, history)
-    print(f"{args.strategy}: target val accuracy {metrics['val_accuracy']:.4f}")
+    print(f"{args.strategy}: target val accuracy {metrics['val_accuracy']:.4f} "
+          f"(selection: {metrics['selection']})")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from transferlab.params import Params, parse_params
+from transferlab.strategies import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,8 +22,8 @@ TINY = {
     "model": {"widths": [4, 8, 8]},
     "pretrain": {"epochs": 1, "batch_size": 256},
     "transfer": {name: {"steps": 4, "batch_size": 16}
-                 for name in ("scratch", "finetune", "structure", "joint")},
-    "study": {"shots": [1, 2], "seeds": [0], "layer_shots": 1},
+                 for name, m in METHODS.items() if "steps" in m.options.model_fields},
+    "study": {"shots": [0, 2], "seeds": [0], "layer_shots": 1},
 }
 
 
@@ -74,9 +75,9 @@ def stage_commands() -> list[tuple[str, list[str]]]:
     """(stage script, argv) for every stage of dvc.yaml in order, the matrix expanded."""
     commands = []
     for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
-        items = stage.get("matrix", {}).get("strategy", [None])
-        for item in items:
-            cmd = stage["cmd"].replace("${item.strategy}", str(item))
+        keys = list(stage["foreach"]) if "foreach" in stage else [None]
+        for key in keys:
+            cmd = stage["do"]["cmd"].replace("${key}", key) if key else stage["cmd"]
             words = shlex.split(cmd)
             commands.append((words[1].removeprefix("stages/").removesuffix(".py"), words[2:]))
     return commands

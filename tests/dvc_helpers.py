@@ -13,7 +13,8 @@ import yaml
 from tests.conftest import ROOT
 
 STAGES = ["check_params", "download", "prepare", "pretrain", "extract", "transfer@scratch", "transfer@finetune",
-          "transfer@features", "transfer@structure", "transfer@joint", "evaluate", "export", "report"]
+          "transfer@features", "transfer@structure", "transfer@joint", "transfer@mcc", "evaluate",
+          "export", "report"]
 PROJECT_FILES = ["dvc.yaml", "study/dvc.yaml", "ranking/dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore",
                  ".dvc/plots", "data/.gitignore", "stages", "transferlab"]
 

@@ -403,10 +403,10 @@ def test_a_bad_weights_file_stops_pretrain_with_our_own_message(fault, fragment,
 
 # ---- 6. evaluate reads exactly what dvc.yaml lists ------------------------------------------
 
-def test_evaluate_lists_exactly_the_models_the_transfer_matrix_writes():
+def test_evaluate_lists_exactly_the_models_the_transfer_stage_writes():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    written = [stages["transfer"]["outs"][0].replace("${item.strategy}", s)
-               for s in stages["transfer"]["matrix"]["strategy"]]
+    written = [stages["transfer"]["do"]["outs"][0].replace("${key}", s)
+               for s in stages["transfer"]["foreach"]]
     argv = dict(stage_commands())["evaluate"]
     assert [a for a in argv if a.startswith("models/transfer/")] == written
     assert [d for d in stages["evaluate"]["deps"] if d.startswith("models/transfer")] == written

@@ -32,11 +32,13 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, repo_params_dict
+from transferlab.strategies import METHODS
 from tests.dvc_helpers import (STAGES, dvc, fully_run_project, param_leaves, ran,
                                read_params, resolved_stages, restored, set_params)
 
 EVERY = frozenset(STAGES)
 TRANSFER = frozenset(s for s in STAGES if s.startswith("transfer@"))
+OUTSIDE = [m for m in METHODS if f"transfer@{m}" not in TRANSFER]  # the study runs them
 COMMENT_ONLY = "params.yaml: a comment or whitespace only"
 
 RERUNS: dict[str, frozenset[str]] = {
@@ -58,6 +60,8 @@ RERUNS: dict[str, frozenset[str]] = {
     **{f"transfer.{s.removeprefix('transfer@')}.*": frozenset({"check_params", s, "evaluate",
                                                                 "export", "report"})
        for s in sorted(TRANSFER)},
+    # methods outside the default pipeline run in the study only
+    ", ".join(f"transfer.{m}.*" for m in OUTSIDE): frozenset({"check_params"}),
     "study.*": frozenset({"check_params"}),  # read by study/dvc.yaml only (`make study`)
     "ranking.*": frozenset({"check_params"}),  # read by ranking/dvc.yaml only (`make ranking`)
     COMMENT_ONLY: frozenset({"check_params"}),
@@ -70,6 +74,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/io.py": EVERY,
     "transferlab/metrics.py": frozenset({"evaluate"}),
     "transferlab/models.py": EVERY - {"check_params", "download", "prepare", "report"},
+    "transferlab/options.py": EVERY - {"report"},
     "transferlab/params.py": EVERY - {"report"},
     "transferlab/predict.py": frozenset(),  # the transferlab-predict command: no stage
     "transferlab/ranking.py": frozenset(),  # ranking only
@@ -80,10 +85,14 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/stats.py": frozenset(),  # study only
     "transferlab/study.py": frozenset(),  # study only
     "transferlab/train.py": EVERY - {"check_params", "download", "prepare", "report"},
+    "transferlab/transfer.py": TRANSFER,
     "transferlab/transferability.py": frozenset({"extract"}),
-    "transferlab/strategies/__init__.py": TRANSFER,
-    **{f"transferlab/strategies/{s.removeprefix('transfer@')}.py": frozenset({s})
+    # the registry: the params schema and evaluate's table are built from it, so every stage
+    # but report lists it; check_params lists the whole folder (every method's options are the schema)
+    "transferlab/strategies/__init__.py": EVERY - {"report"},
+    **{f"transferlab/strategies/{s.removeprefix('transfer@')}.py": frozenset({"check_params", s})
        for s in sorted(TRANSFER)},
+    **{f"transferlab/strategies/{m}.py": frozenset({"check_params"}) for m in OUTSIDE},
 }
 
 # The one edit that stands for each params row (tiny params: every value differs from them).
@@ -106,6 +115,8 @@ EDITS = {
     "transfer.features.*": {"transfer.features.C": 0.5},
     "transfer.structure.*": {"transfer.structure.freeze_copied": False},
     "transfer.joint.*": {"transfer.joint.target_weight": 0.5},
+    "transfer.mcc.*": {"transfer.mcc.temperature": 2.0},
+    ", ".join(f"transfer.{m}.*" for m in OUTSIDE): {f"transfer.{OUTSIDE[0]}.loss_weight": 0.5},
     "study.*": {"study.layer_shots": 3},
     "ranking.*": {"ranking.shots": 2},
 }
@@ -216,7 +227,8 @@ def stale_per_module(tmp_path_factory) -> dict[str, set[str]]:
     status = json.loads(dvc(repo, "status", "--json"))
     return {row: {stage for stage, reasons in status.items() if stage in EVERY
                   for reason in reasons if isinstance(reason, dict)
-                  and row in reason.get("changed deps", {})} for row in MODULE_ROWS}
+                  and any(row == dep or row.startswith(f"{dep}/")  # a listed file or folder
+                          for dep in reason.get("changed deps", {}))} for row in MODULE_ROWS}
 
 
 @pytest.mark.slow

@@ -7,14 +7,14 @@ from transferlab.params import load_params, parse_params
 
 def test_repository_params_are_valid():
     params = load_params(ROOT / "params.yaml")
-    assert params.prepare.shots >= 1 and params.model.widths
+    assert params.prepare.shots >= 0 and params.model.widths
 
 
 @pytest.mark.parametrize("override, expected", [
     ({"prepare": {"shot": 5}}, "unknown key 'prepare.shot': did you mean 'prepare.shots'?"),
     ({"trasfer": {}}, "unknown key 'trasfer': did you mean 'transfer'?"),
     ({"transfer": {"finetune": {"l2sp": 0.1}}}, "did you mean 'transfer.finetune.l2sp_weight'?"),
-    ({"prepare": {"shots": 0}}, "prepare.shots=0 is invalid"),
+    ({"prepare": {"shots": -1}}, "prepare.shots=-1 is invalid"),
     ({"prepare": {"shots": 2.5}}, "prepare.shots=2.5 is invalid"),
     ({"prepare": {"crop": "box"}}, "prepare.crop='box' is invalid: Input should be 'bbox' or 'none'"),
     ({"data": {"target": "usps"}}, "data.target='usps' is invalid"),

@@ -15,6 +15,7 @@ import yaml
 
 from tests.conftest import ROOT, stage_commands, tiny_params_dict
 from transferlab.io import load_arrays, load_state_dict
+from transferlab import strategies
 from transferlab.strategies import NAMES
 
 
@@ -129,12 +130,27 @@ def test_evaluate_scores_every_strategy_and_the_source_only_baseline(transferred
     (transferred / "models/transfer/stale.safetensors").write_bytes(b"a strategy removed from dvc.yaml")
     run_main(transferred, "evaluate", *dict(stage_commands())["evaluate"])  # stale is not read
     scores = json.loads((transferred / "metrics/evaluate.json").read_text())
-    assert set(scores) == {*NAMES, "source_only"}
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["transfer"]["foreach"]
+    assert set(scores) == {*pipeline, "source_only"}
     assert scores["scratch"]["gain_over_scratch"] == 0.0
-    for s in scores.values():
+    assert scores["source_only"]["gain_over_source_only"] == 0.0
+    for name, s in scores.items():
         assert 0 <= s["accuracy"] <= 1 and 0 <= s["macro_f1"] <= 1
-    per_class = json.loads((transferred / "metrics/per_class.json").read_text())
-    assert set(per_class["finetune"]) == {str(c) for c in range(10)}
+        assert "per_class_accuracy" not in s  # kept out of the metrics DVC lists
+        if name not in ("scratch", "source_only"):  # judged against the best fair baseline
+            best = max(scores[b]["accuracy"] for b in ("scratch", "source_only"))
+            assert s["negative_transfer"] == (s["accuracy"] < best)
+    assert scores["finetune"]["selection"] == "target-val"
+    assert scores["source_only"]["selection"] == "source-val"
+    embedded = sorted(p.name for p in (transferred / "plots/embedding").iterdir())
+    adapted = [n for n in pipeline if "unlabelled" in strategies.METHODS[n].reads]
+    assert embedded == sorted(f"{n}_{d}.csv" for n in ["before", *adapted]
+                              for d in ("source", "target"))
+    points = (transferred / "plots/embedding/before_target.csv").read_text().splitlines()
+    assert points[0] == "pc1,pc2" and len(points) > 10
+    per_class = (transferred / "plots/per_class.csv").read_text().splitlines()
+    assert per_class[0] == "strategy,class,accuracy"
+    assert len(per_class) == 1 + 10 * len(scores)
     confusion = (transferred / "plots/confusion/finetune.csv").read_text().splitlines()
     n_test = len(load_arrays(transferred / "data/prepared/target_test.safetensors")["y_test"])
     assert confusion[0] == "actual,predicted" and len(confusion) == n_test + 1
@@ -149,5 +165,40 @@ def test_bad_params_stop_a_stage_with_one_line_and_exit_2(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: params.yaml: prepare.shots=-1 is invalid: Input should be greater than or equal to 1"]
+        "error: params.yaml: prepare.shots=-1 is invalid: Input should be greater than or equal to 0"]
     assert (tmp_path / "data/prepared/keep.txt").read_text() == "earlier output"
+
+
+def test_zero_shots_skip_label_needing_strategies_and_run_adaptation(extracted, tmp_path):
+    """prepare.shots: 0 in a copy of the worked project: no labelled target image, the whole
+    pool unlabelled (no label written), scratch skipped with a note, mcc label-free."""
+    import shutil
+
+    work = tmp_path / "zero"
+    shutil.copytree(extracted, work)
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(prepare={"shots": 0})))
+    run_main(work, "prepare", "data/raw", "data/prepared", "--summary", "metrics/scenario.json")
+    unlabelled = load_arrays(work / "data/prepared/target_unlabelled.safetensors")
+    assert set(unlabelled) == {"x_unlabelled"}  # images only: no pool label leaves prepare
+    summary = json.loads((work / "metrics/scenario.json").read_text())
+    assert summary["target_train"] == 0 and summary["target_unlabelled"] == summary["target_pool"]
+    commands = dict(stage_commands())
+    transfers = {args[0]: args for stage, args in stage_commands() if stage == "transfer"}
+    for name in ("scratch", "mcc"):
+        run_main(work, "transfer", *transfers[name])
+    assert json.loads((work / "metrics/transfer/scratch.json").read_text()) == {"skipped": True}
+    mcc = json.loads((work / "metrics/transfer/mcc.json").read_text())
+    assert mcc["selection"] == "source-val+SND" and "oracle_val_accuracy" in mcc
+    models = ["models/transfer/scratch.safetensors", "models/transfer/mcc.safetensors"]
+    tail = commands["evaluate"][commands["evaluate"].index("--source-model"):]
+    run_main(work, "evaluate", *models, *tail)
+    scores = json.loads((work / "metrics/evaluate.json").read_text())
+    assert scores["scratch"] == {"skipped": True, "reason": "scratch needs target labels and "
+                                 "prepare.shots=0"} and scores["mcc"]["selection"] == "source-val+SND"
+    assert "gain_over_scratch" not in scores["mcc"]
+    assert scores["mcc"]["best_baseline"] == "source_only"
+    # only label-needing strategies at 0 shots: one line, exit 2
+    proc = subprocess.run([sys.executable, ROOT / "stages/evaluate.py", models[0], *tail],
+                          cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "prepare.shots=0" in proc.stderr

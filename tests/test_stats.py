@@ -109,7 +109,7 @@ def test_study_table_one_seed_gives_rows_without_intervals():
     rows = study_table(_records("scratch", 5, [0.90]) + _records("finetune", 5, [0.93]))
     assert rows[1]["gain"]["mean"] == 0.03 and rows[1]["gain"]["ci_low"] is None
     assert "NaN" not in json.dumps(rows)
-    assert study_markdown(rows).splitlines()[3] == "| finetune | 5 | 1 | 93.0 | +3.0 |  |"
+    assert study_markdown(rows).splitlines()[3] == "| finetune | 5 | 1 | 93.0 | +3.0 | — |  |"
 
 
 def test_study_table_raises_on_mismatched_seeds_and_duplicates():
@@ -130,11 +130,16 @@ def test_study_markdown_shape():
     rows = study_table(_study())
     lines = study_markdown(rows).splitlines()
     assert lines[0] == ("| strategy | k | seeds | accuracy % (mean ± 95 % CI) "
-                        "| gain over scratch (points, 95 % CI) | negative transfer |")
-    assert len(lines) == 2 + len(rows) and all(line.count("|") == 7 for line in lines)
-    assert lines[3] == "| scratch | 1 | 3 | 92.0 ± 5.0 | — |  |"  # 100·0.049683
-    # features at k=1: raw std 0.025 -> ± 100·4.3027·0.025/√3 = ±6.2;
-    # gain −3.0 points, interval [−3.0 − 1.2, −3.0 + 1.2] (100·0.012421)
-    assert lines[4] == "| features | 1 | 3 | 89.0 ± 6.2 | \u22123.0 [\u22124.2, \u22121.8] | yes |"
-    # finetune at k=5: +2.0 [+0.8, +3.2]; raw 93.0 ± 100·0.086946
-    assert lines[6] == "| finetune | 5 | 3 | 93.0 ± 8.7 | +2.0 [+0.8, +3.2] |  |"
+                        "| gain over scratch (points, 95 % CI) "
+                        "| gain over source-only (points, 95 % CI) | negative transfer |")
+    assert len(lines) == 2 + len(rows) and all(line.count("|") == 8 for line in lines)
+    # scratch at k=1: 92.0 ± 100·0.049683; over source-only (87.4): gains 2.6, 4.6, 6.6 points,
+    # std 2.0 -> half-width 4.3027·2.0/√3 = 5.0
+    assert lines[3] == "| scratch | 1 | 3 | 92.0 ± 5.0 | — | +4.6 [\u22120.4, +9.6] |  |"
+    # features at k=1: raw std 0.025 -> ± 100·4.3027·0.025/√3 = ±6.2; gain over scratch −3.0
+    # [−4.2, −1.8] (100·0.012421); over source-only −0.9, +1.6, +4.1 -> +1.6 ± 6.2. The better
+    # baseline (scratch, 92.0 > 87.4) judges it: negative transfer
+    assert lines[4] == ("| features | 1 | 3 | 89.0 ± 6.2 | \u22123.0 [\u22124.2, \u22121.8] "
+                        "| +1.6 [\u22124.6, +7.8] | yes (vs scratch) |")
+    # finetune at k=5: +2.0 [+0.8, +3.2]; raw 93.0 ± 100·0.086946; no source-only at k=5
+    assert lines[6] == "| finetune | 5 | 3 | 93.0 ± 8.7 | +2.0 [+0.8, +3.2] | — |  |"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_params_dict
-from transferlab import strategies
+from tests.conftest import make_images, tiny_params_dict
+from transferlab import strategies, train, transfer
 from transferlab.models import Architecture, Classifier, SmallCNN
 from transferlab.params import parse_params
 from transferlab.source import extract_features
@@ -28,17 +28,15 @@ def source_model():
 
 @pytest.fixture
 def inputs(tiny_target, tiny_source, source_model):
-    def load_features():
-        f = {split: extract_features(source_model.encoder, tiny_target[f"x_{split}"], 64)
-             for split in ("train", "val")}
-        return {"train_features": f["train"], "val_features": f["val"],
+    f = {split: extract_features(source_model.encoder, tiny_target[f"x_{split}"], 64)
+         for split in ("train", "val")}
+    features = {"train_features": f["train"], "val_features": f["val"],
                 "y_train": tiny_target["y_train"].numpy(), "y_val": tiny_target["y_val"].numpy()}
-
+    unlabelled = make_images(6, seed=5)[0]  # target-like images; their labels are dropped here
     return strategies.Inputs(
         target=tiny_target, architecture=Architecture("small_cnn", 1, tuple(WIDTHS)),
-        num_classes=4, seed=0,
-        load_source_model=lambda: source_model, load_source_data=lambda: tiny_source,
-        load_features=load_features)
+        num_classes=4, seed=0, source_model=source_model, source=tiny_source,
+        features=features, unlabelled=unlabelled)
 
 
 def cfg(name, **override):
@@ -110,13 +108,13 @@ def test_finetune_l2sp_pulls_towards_the_source(inputs, source_model):
 @pytest.mark.parametrize("freeze", [True, False])
 def test_structure_copies_the_first_blocks_bit_for_bit(inputs, source_model, freeze, monkeypatch):
     copied_at_start = {}
-    original_fit = strategies.fit_on_target
+    original_fit = transfer.fit_on_target
 
     def spy(model, *args, **kwargs):  # the model as handed to training
         copied_at_start.update(tensors(model.encoder))
         return original_fit(model, *args, **kwargs)
 
-    monkeypatch.setattr("transferlab.strategies.structure.fit_on_target", spy)
+    monkeypatch.setattr("transferlab.transfer.fit_on_target", spy)
     outcome = strategies.run("structure", inputs, cfg("structure", copied_blocks=2,
                                                       freeze_copied=freeze))
     src = source_model.encoder.state_dict()
@@ -133,7 +131,7 @@ def test_structure_copies_the_first_blocks_bit_for_bit(inputs, source_model, fre
 
 
 def test_structure_with_no_copied_blocks_uses_no_source(inputs):
-    inputs.load_source_model = lambda: pytest.fail("source model read")
+    inputs.source_model = None  # it must not be read
     strategies.run("structure", inputs, cfg("structure", copied_blocks=0))
 
 
@@ -146,7 +144,7 @@ def test_features_keeps_the_source_encoder_and_matches_scikit_learn(inputs, sour
     outcome = strategies.run("features", inputs, cfg("features"))
     src = source_model.encoder.state_dict()
     assert all(torch.equal(v, src[k]) for k, v in outcome.model.encoder.state_dict().items())
-    f = inputs.load_features()
+    f = inputs.features
     sk = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
     sk.fit(f["train_features"], f["y_train"])
     ours = outcome.model(to_float(tiny_target["x_val"])).argmax(1).numpy()
@@ -167,15 +165,15 @@ def test_linear_probe_logits_equal_scikit_learn_decision_function():
 
 def test_joint_trains_on_both_domains(inputs, monkeypatch):
     seen = []
-    original = strategies.joint.fit
+    original = train.fit
 
     def spy(model, groups, streams, *args, **kwargs):
         seen.extend((len(s.x), s.weight) for s in streams)
         return original(model, groups, streams, *args, **kwargs)
 
-    monkeypatch.setattr("transferlab.strategies.joint.fit", spy)
+    monkeypatch.setattr("transferlab.train.fit", spy)
     strategies.run("joint", inputs, cfg("joint", target_weight=2.5))
-    assert seen == [(len(inputs.load_source_data()["x_train"]), 1.0),
+    assert seen == [(len(inputs.source["x_train"]), 1.0),
                     (len(inputs.target["x_train"]), 2.5)]
 
 

@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tests.conftest import make_images, tiny_params_dict
 from tests.test_stages import run_main
 from transferlab import strategies, study
-from transferlab.strategies import make_inputs
+from transferlab.io import UserError
+from transferlab.transfer import make_inputs
 from transferlab.models import Classifier, SmallCNN
 from transferlab.params import parse_params
 
@@ -35,47 +37,59 @@ def source_model():
 
 
 def test_cell_draws_nested_shots_from_the_pool(pool):
-    one, three = study.cell_target(pool, 1, seed=0), study.cell_target(pool, 3, seed=0)
+    (one, _), (three, rest) = study.cell_target(pool, 1, seed=0), study.cell_target(pool, 3, seed=0)
     assert torch.bincount(three["y_train"]).tolist() == [3, 3, 3, 3]
     rows = {tuple(x.flatten().tolist()) for x in three["x_train"]}
     assert {tuple(x.flatten().tolist()) for x in one["x_train"]} <= rows
     assert three["x_val"] is pool["x_val"]
+    # the unlabelled rest: every pool image that is not a shot, images only
+    assert len(rest) + len(three["x_train"]) == len(pool["x_pool"]) and rest.dtype == torch.uint8
+    assert not rows & {tuple(x.flatten().tolist()) for x in rest}
+    zero, everything = study.cell_target(pool, 0, seed=0)
+    assert len(zero["y_train"]) == 0 and len(everything) == len(pool["x_pool"])
 
 
-def test_training_never_receives_test_images(pool, params, source_model, monkeypatch):
+@pytest.mark.parametrize("shots", [0, 2])
+def test_training_never_receives_test_images(pool, params, source_model, monkeypatch, shots):
+    from transferlab import train
+
     x_test = torch.full((5, 1, 8, 8), 7, dtype=torch.uint8)  # a marker no other image has
     seen = []
-    for target in ("transferlab.strategies.fit", "transferlab.strategies.joint.fit"):
-        original = strategies.fit
+    original = train.fit
 
-        def spy(model, groups, streams, val, *args, _original=original, **kwargs):
-            seen.extend([s.x for s in streams] + [val[0]])
-            return _original(model, groups, streams, val, *args, **kwargs)
+    def spy(model, groups, streams, val, *args, **kwargs):
+        adapt = kwargs.get("adapt")
+        seen.extend([s.x for s in streams] + [val[0]] + ([adapt.x] if adapt else []))
+        return original(model, groups, streams, val, *args, **kwargs)
 
-        monkeypatch.setattr(target, spy)
-    source = {"x_train": make_images(5, seed=7)[0], "y_train": make_images(5, seed=7)[1]}
-    inputs = make_inputs(study.cell_target(pool, 2, seed=0), params, 0,
-                               lambda: source_model, lambda: source)
-    outcomes = study.train_cell(inputs, params)
-    assert set(outcomes) == set(strategies.NAMES)
-    assert seen and all(not (x == x_test[0]).flatten(1).all(1).any() for x in seen)
-    scores = study.score({n: o.model for n, o in outcomes.items()}, x_test,
-                         np.zeros(5, dtype=np.int64))
-    assert set(scores) == set(strategies.NAMES)
+    monkeypatch.setattr("transferlab.train.fit", spy)
+    monkeypatch.setattr("transferlab.transfer.fit", spy)
+    source = {"x_train": make_images(5, seed=7)[0], "y_train": make_images(5, seed=7)[1],
+              "x_val": make_images(2, seed=8)[0], "y_val": make_images(2, seed=8)[1]}
+    target, unlabelled = study.cell_target(pool, shots, seed=0)
+    outcomes = study.train_cell(target, unlabelled, params, 0, source_model, source)
+    expected = {n for n, m in strategies.METHODS.items() if shots or not m.needs_labels}
+    assert set(outcomes) == expected
+    assert seen and not any((x == 7).all(dim=(1, 2, 3)).any() for x in seen)
+    models = study.selected_models(outcomes)
+    scores = study.score(models, x_test, np.arange(5) % 4)
+    oracles = {n for n in scores if n.endswith(study.ORACLE)}
+    assert set(scores) == expected | oracles
+    assert bool(oracles) == (shots == 0)  # label-free selection reports its oracle apart
 
 
 def test_layer_grid_covers_every_variant_and_copies_only_from_the_source(pool, params,
                                                                         source_model):
     assert study.layer_variants(3)[:4] == [("none", 0), ("frozen", 1), ("fine-tuned", 1),
                                           ("random-frozen", 1)]
-    inputs = make_inputs(study.cell_target(pool, 2, seed=0), params, 0,
-                               lambda: source_model, lambda: None)
+    inputs = make_inputs(strategies.METHODS["structure"], study.cell_target(pool, 2, seed=0)[0],
+                         params, 0, source_model=source_model)
     grid = study.train_layer_grid(inputs, params)
     assert len(grid) == 10
     src = source_model.encoder.block("block1")[0].weight
     assert torch.equal(grid["frozen", 2].model.encoder.block("block1")[0].weight, src)
     assert not torch.equal(grid["random-frozen", 2].model.encoder.block("block1")[0].weight, src)
-    assert inputs.load_source_model() is source_model
+    assert inputs.source_model is source_model  # the control got its own inputs
 
 
 def test_report_stage_aggregates_cells_and_flags_negative_transfer(tmp_path):
@@ -90,6 +104,12 @@ def test_report_stage_aggregates_cells_and_flags_negative_transfer(tmp_path):
             {"variant": "none", "blocks": 0, "val_accuracy": 0.8, "accuracy": 0.8 + seed / 100}]}
         (tmp_path / "layers").mkdir(exist_ok=True)
         (tmp_path / "layers" / f"s{seed}.json").write_text(json.dumps(grid))
+    # a cell of an earlier, larger study (k = 20 since removed from params): never counted
+    stale = {"shots": 20, "seed": 0, "val_accuracy": {},
+             "test": {"scratch": {"accuracy": 0.1, "macro_f1": 0.1}}}
+    (tmp_path / "cells" / "k20-s0.json").write_text(json.dumps(stale))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        study={"shots": [5], "seeds": [0, 1, 2]})))
     run_main(tmp_path, "study_report", "cells", "layers", "--metrics", "metrics.json",
              "--report", "report.md", "--plots", "plots")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -99,6 +119,18 @@ def test_report_stage_aggregates_cells_and_flags_negative_transfer(tmp_path):
     assert metrics["cells"]["finetune@k5"]["negative_transfer"] is True
     assert metrics["layers"]["none@n0"]["accuracy"] == pytest.approx(0.81)
     report = (tmp_path / "report.md").read_text()
-    assert "Negative transfer (gain interval entirely below zero): finetune at k=5." in report
+    assert "finetune at k=5 (vs scratch)." in report
     assert (tmp_path / "plots/accuracy_vs_k.csv").read_text().startswith(
         "strategy,shots,accuracy,ci_low,ci_high\nscratch,5,0.82,")
+    assert "scratch@k20" not in metrics["cells"]
+
+
+def test_report_stage_names_a_missing_cell(tmp_path):
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "layers").mkdir()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        study={"shots": [5], "seeds": [0]})))
+    with pytest.raises(UserError, match=r"k5-s0.json is missing: run `dvc repro study/dvc.yaml`"):
+        run_main(tmp_path, "study_report", "cells", "layers", "--metrics", "metrics.json",
+                 "--report", "report.md", "--plots", "plots")
+    assert not (tmp_path / "metrics.json").exists()

@@ -26,6 +26,7 @@ from transferlab.scenario import (align, relabel_by_name, select_classes, separa
 from transferlab.source import pretrain, target_features
 from transferlab.study import cell_target
 from transferlab.train import make_deterministic
+from transferlab.transfer import make_inputs
 from transferlab.transferability import score_source
 
 OUTCOMES = ("finetune", "features")
@@ -87,18 +88,18 @@ def evaluate_candidate(model: Classifier, pool: dict[str, torch.Tensor], params:
     head = [t.detach().cpu().numpy() for t in (model.head.weight, model.head.bias)]
     results, timings = [], []
     for seed in cfg.seeds:
-        target = cell_target(pool, cfg.shots, seed)
+        target = cell_target(pool, cfg.shots, seed)[0]  # labelled shots only: no pool used
         make_deterministic(seed)
         start, cpu = time.perf_counter(), time.process_time()
         features = target_features(model.encoder, target, params.extract.batch_size)
         scores = score_source(features, *head)
         timing = {"seed": seed, "score_s": time.perf_counter() - start,
                   "score_cpu_s": time.process_time() - cpu}
-        inputs = strategies.make_inputs(target, params, seed, lambda: model, lambda: None,
-                                        lambda: features)
         accuracy = {}
         for name in OUTCOMES:
             make_deterministic(seed)
+            inputs = make_inputs(strategies.METHODS[name], target, params, seed,
+                                 source_model=model, features=features)
             start, cpu = time.perf_counter(), time.process_time()
             outcome = strategies.run(name, inputs, getattr(params.transfer, name))
             timing[f"{name}_s"] = time.perf_counter() - start

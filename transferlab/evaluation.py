@@ -9,43 +9,91 @@ from transferlab.metrics import DIGITS, score
 from transferlab.models import Classifier
 from transferlab.train import predict_logits
 
-CONTROL = "scratch"
-
 
 def predict(model: Classifier, x: torch.Tensor) -> np.ndarray:
     model.eval()
     return predict_logits(model, x).argmax(1).cpu().numpy()
 
 
-def compare(predictions: dict[str, np.ndarray], y_test: np.ndarray, num_classes: int) -> dict:
-    """Per strategy: accuracy, macro-F1, per-class accuracy, and gains over the scratch control
-    (in accuracy points, same test set, same shots)."""
+BASELINES = ("source_only", "scratch")  # no transfer at all: the source as is / target only
+
+
+def compare(predictions: dict[str, np.ndarray], y_test: np.ndarray, num_classes: int,
+            target_labels: dict[str, int] | None = None) -> dict:
+    """Per strategy: accuracy, macro-F1, per-class accuracy, gains over both baselines (in
+    accuracy points, same test set, same shots), and negative transfer: below the best baseline
+    that uses no more target labels (`target_labels`: labelled target images each one trained
+    on; source_only uses none, scratch as many as the shots)."""
     scores = {name: score(y_test, pred, num_classes) for name, pred in sorted(predictions.items())}
-    if CONTROL in scores:
-        for s in scores.values():
-            s["gain_over_scratch"] = round(s["accuracy"] - scores[CONTROL]["accuracy"], DIGITS)
+    labels = target_labels or {}
+    for name, s in scores.items():
+        for base in BASELINES:
+            if base in scores:
+                s[f"gain_over_{base}"] = round(s["accuracy"] - scores[base]["accuracy"], DIGITS)
+        fair = [b for b in BASELINES if b in scores and b != name
+                and labels.get(b, 0) <= labels.get(name, 0)]
+        if name not in BASELINES and fair:
+            best = max(fair, key=lambda b: scores[b]["accuracy"])
+            s["negative_transfer"] = s["accuracy"] < scores[best]["accuracy"]
+            s["best_baseline"] = best
     return scores
 
 
-ORDER = ["source_only", "scratch", "finetune", "features", "structure", "joint"]
-WHAT = {
-    "source_only": "source model applied as is (no target labels)",
-    "scratch": "random init, target shots only (the control)",
-    "finetune": "parameter transfer: source weights, new head, fine-tuned",
-    "features": "feature transfer: frozen source encoder + logistic regression",
-    "structure": "structural transfer: first blocks copied, rest re-initialised",
-    "joint": "knowledge transfer: shared encoder, L_source + λ·L_target",
-}
+SOURCE_ONLY = "source model applied as is (no target labels)"
+
+
+def describe(name: str) -> str:
+    """The one-line description of a strategy: the registry's, or the source-only baseline's."""
+    from transferlab.strategies import METHODS
+
+    base = name.split(" (")[0]  # '<method> (oracle)' rows describe their method
+    return SOURCE_ONLY if base == "source_only" else (
+        METHODS[base].description if base in METHODS else "")
+
+
+def order(names) -> list[str]:
+    """source_only, then the registry's order (control, four families, adaptation), then others."""
+    from transferlab.strategies import METHODS
+
+    rank = {n: i for i, n in enumerate(["source_only", *METHODS])}
+    return sorted(names, key=lambda n: (rank.get(n.split(" (")[0], len(rank)), n))
+
+
+def _points(value) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}"
 
 
 def results_markdown(scores: dict) -> str:
-    """The comparison table, in the order of the README (unknown strategies at the end)."""
-    names = [n for n in ORDER if n in scores] + sorted(set(scores) - set(ORDER))
-    lines = ["| strategy | what it does | accuracy % | macro-F1 % | gain over scratch (points) |",
-             "|---|---|---:|---:|---:|"]
-    for n in names:
+    """The comparison table, in registry order; skipped strategies say why."""
+    lines = ["| strategy | what it does | selection | accuracy % | macro-F1 % "
+             "| gain over scratch (points) | gain over source-only (points) | negative transfer |",
+             "|---|---|---|---:|---:|---:|---:|:---:|"]
+    for n in order(scores):
         s = scores[n]
-        gain = f"{100 * s['gain_over_scratch']:+.1f}" if "gain_over_scratch" in s else "n/a"
-        lines.append(f"| {n} | {WHAT.get(n, '')} | {100 * s['accuracy']:.1f} | "
-                     f"{100 * s['macro_f1']:.1f} | {gain} |")
+        if s.get("skipped"):
+            lines.append(f"| {n} | {describe(n)} | skipped: {s.get('reason', 'needs target labels')} "
+                         "| | | | | |")
+            continue
+        flag = {True: f"yes (below {s.get('best_baseline')})", False: ""}.get(
+            s.get("negative_transfer"), "")
+        lines.append(f"| {n} | {describe(n)} | {s.get('selection', '')} | {100 * s['accuracy']:.1f} "
+                     f"| {100 * s['macro_f1']:.1f} | {_points(s.get('gain_over_scratch'))} "
+                     f"| {_points(s.get('gain_over_source_only'))} | {flag} |")
     return "\n".join(lines) + "\n"
+
+
+EMBED_PER_DOMAIN = 300  # points per domain in the 2-D picture: enough to see the clouds
+
+
+def embed_2d(encoder, source_x: torch.Tensor, target_x: torch.Tensor
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder features of (the first EMBED_PER_DOMAIN) source and target images, projected
+    together onto their first two principal components (scikit-learn PCA): where the domains
+    overlap in this picture, the encoder has aligned them."""
+    from sklearn.decomposition import PCA
+
+    encoder.eval()
+    s = predict_logits(encoder, source_x[:EMBED_PER_DOMAIN]).cpu().numpy()
+    t = predict_logits(encoder, target_x[:EMBED_PER_DOMAIN]).cpu().numpy()
+    xy = PCA(n_components=2, svd_solver="full").fit_transform(np.concatenate([s, t]))
+    return xy[:len(s)], xy[len(s):]

@@ -13,12 +13,13 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from transferlab.io import UserError
-
-STRATEGIES = ("scratch", "finetune", "features", "structure", "joint")
+from transferlab.options import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGES_PER_CLASS, MAX_LIST,
+                                 MAX_WIDTH, SEED_LIMIT, WHY_BATCH, WHY_IMAGES, WHY_LIST,
+                                 WHY_STEPS, Optim, Strict)
+from transferlab.strategies import METHODS
 
 
 # The torchvision classification zoo (transferlab/models.py TorchvisionEncoder): named blocks
@@ -48,30 +49,6 @@ def is_weights_name(weights: str) -> bool:
     """A torchvision weights name (DEFAULT, IMAGENET1K_V1, ...; imagenet = DEFAULT), as opposed
     to none or a file path: upper-case letters, digits and underscores."""
     return weights == "imagenet" or re.fullmatch(r"[A-Z][A-Z0-9_]*", weights) is not None
-
-
-class Strict(BaseModel):
-    # allow_inf_nan=False: `.inf` would pass every lower bound and train a NaN model
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-
-
-SEED_LIMIT = 2 ** 63  # torch.manual_seed takes a signed 64-bit integer
-
-# Every count has a ceiling, each with its reason (shown when a value exceeds it): a typo such as
-# `steps: 1e30` must stop here, not run for a geological age or allocate the machine away.
-MAX_STEPS, MAX_EPOCHS = 1_000_000, 1_000
-WHY_STEPS = "a longer run would take days on this hardware; the defaults use a few hundred"
-MAX_BATCH = 65_536
-WHY_BATCH = "a bigger batch would not fit in memory, and no dataset here needs one"
-MAX_IMAGES_PER_CLASS = 100_000
-WHY_IMAGES = "no supported dataset has that many images per class"
-MAX_BLOCKS = 64
-WHY_BLOCKS = "no encoder here has more blocks"
-MAX_WEIGHT = 1_000.0
-WHY_WEIGHT = "a loss weight that large only rescales the learning rate until training diverges"
-WHY_DECAY = "AdamW shrinks each weight by lr x weight_decay per step: above 1 training diverges"
-MAX_LIST, WHY_LIST = 100, "each entry is a pipeline stage per seed or budget"
-MAX_WIDTH = 4096
 
 
 DATASETS = ("mnist_5k", "uci_digits", "mnist", "fashion_mnist", "usps", "svhn", "cifar10", "folder")
@@ -136,7 +113,7 @@ class Prepare(Strict):
     target_test_fraction: float = Field(gt=0, lt=1)
     target_val_per_class: int = Field(ge=1, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)
     split_seed: int = Field(ge=0, lt=SEED_LIMIT)  # fixes the target test set across seeds
-    shots: int = Field(ge=1, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)  # per class
+    shots: int = Field(ge=0, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)  # per class; 0 = none
 
     @field_validator("channels")
     @classmethod
@@ -162,13 +139,6 @@ class Model(Strict):
         return self
 
 
-class Optim(Strict):
-    batch_size: int = Field(ge=1, le=MAX_BATCH, description=WHY_BATCH)
-    lr: float = Field(gt=0, le=10)
-    weight_decay: float = Field(ge=0, le=1, description=WHY_DECAY)
-    shift_px: int = Field(ge=0, le=8)  # random translation, augmentation
-
-
 class Pretrain(Optim):
     epochs: int = Field(ge=1, le=MAX_EPOCHS, description=WHY_STEPS)
     seed: int = Field(ge=0, lt=SEED_LIMIT)
@@ -178,41 +148,10 @@ class Extract(Strict):
     batch_size: int = Field(ge=1, le=MAX_BATCH, description=WHY_BATCH)
 
 
-class Steps(Optim):
-    steps: int = Field(ge=1, le=MAX_STEPS, description=WHY_STEPS)
-
-
-class Scratch(Steps):
-    pass
-
-
-class Finetune(Steps):
-    frozen_blocks: int = Field(ge=0, le=MAX_BLOCKS, description=WHY_BLOCKS)
-    backbone_lr_mult: float = Field(ge=0, le=10, description="the encoder's rate is lr x this: "
-                                    "10x the head's rate is already far past useful")
-    l2sp_weight: float = Field(ge=0, le=MAX_WEIGHT, description=WHY_WEIGHT)
-
-
-class Features(Strict):
-    C: float = Field(gt=0, le=1e6, description="above that the L2 penalty is nil and the solver "
-                     "does not converge")
-
-
-class Structure(Steps):
-    copied_blocks: int = Field(ge=0, le=MAX_BLOCKS, description=WHY_BLOCKS)
-    freeze_copied: bool
-
-
-class Joint(Steps):
-    target_weight: float = Field(gt=0, le=MAX_WEIGHT, description=WHY_WEIGHT)  # λ of L_s + λ·L_t
-
-
-class Transfer(Strict):
-    scratch: Scratch
-    finetune: Finetune
-    features: Features
-    structure: Structure
-    joint: Joint
+# One section per registered method, with that method's own options class (its module under
+# transferlab/strategies/ declares it): adding a method adds its section here by itself.
+Transfer = create_model("Transfer", __base__=Strict,
+                        **{m.name: (m.options, ...) for m in METHODS.values()})
 
 
 class Study(Strict):
@@ -222,7 +161,7 @@ class Study(Strict):
 
     @model_validator(mode="after")
     def _distinct_positive(self):
-        for key, values, low, high in (("shots", self.shots, 1, 10 ** 6),
+        for key, values, low, high in (("shots", self.shots, 0, 10 ** 6),
                                        ("seeds", self.seeds, 0, SEED_LIMIT)):
             if len(set(values)) != len(values) or min(values) < low or max(values) >= high:
                 raise ValueError(f"study.{key}={values}: use distinct integers in [{low}, {high})")

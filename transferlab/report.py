@@ -53,7 +53,7 @@ def svg_of(fig) -> str:
 
 
 def accuracy_chart(scores: Mapping[str, Mapping], colors: Mapping[str, str]) -> str:
-    names = ordered(scores)[::-1]  # barh draws bottom-up
+    names = [n for n in ordered(scores) if not scores[n].get("skipped")][::-1]  # barh: bottom-up
     acc = [100 * scores[n]["accuracy"] for n in names]
     fig = _figure(6.5, 0.35 * len(names) + 0.9)
     ax = fig.add_subplot()
@@ -77,7 +77,9 @@ def curves_chart(curves: Mapping[str, Sequence[Mapping]], colors: Mapping[str, s
                              (target_ax, [n for n in ordered(curves) if n != "pretrain"],
                               "target strategies (target val)")):
         for name in names:
-            rows = curves[name]
+            rows = [r for r in curves[name] if r["val_accuracy"] != ""]  # "": a skipped strategy
+            if not rows:
+                continue
             steps = [float(r["step"]) for r in rows]
             acc = [100 * float(r["val_accuracy"]) for r in rows]
             ax.plot(steps, acc, marker="o" if len(rows) < 3 else None, markersize=5, label=name,
@@ -212,13 +214,30 @@ def _interval(cell: Mapping) -> str:
     return f" [{_pct(cell['ci_low'])}, {_pct(cell['ci_high'])}]"
 
 
+def _gain(s: Mapping, base: str) -> str:
+    return "n/a" if (g := s.get(f"gain_over_{base}")) is None else f"{100 * g:+.1f}"
+
+
 def results_table(scores: Mapping[str, Mapping], errors: Mapping[str, int]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{_pct(s['accuracy'])}</td><td>{_pct(s['macro_f1'])}"
-        f"</td><td>{f'{100 * s[g]:+.1f}' if (g := 'gain_over_scratch') in s else 'n/a'}</td>"
-        f"<td>{errors.get(n, '')}</td></tr>" for n in ordered(scores) for s in [scores[n]])
-    return ("<table><tr><th>strategy</th><th>accuracy %</th><th>macro-F1 %</th>"
-            "<th>gain over scratch (points)</th><th>misclassified</th></tr>" + rows + "</table>")
+    """evaluate.json as a table: a skipped strategy says why; &#9888; marks negative transfer
+    (below the best baseline that uses no more target labels)."""
+    rows = []
+    for n in ordered(scores):
+        s = scores[n]
+        if s.get("skipped"):
+            rows.append(f"<tr><td>{html.escape(n)}</td><td colspan=\"7\" style=\"text-align:left\">"
+                        f"skipped: {html.escape(str(s.get('reason', 'needs target labels')))}"
+                        "</td></tr>")
+            continue
+        flag = (f"&#9888; below {html.escape(str(s.get('best_baseline')))}"
+                if s.get("negative_transfer") else "")
+        rows.append(f"<tr><td>{html.escape(n)}</td><td>{html.escape(str(s.get('selection', '')))}"
+                    f"</td><td>{_pct(s['accuracy'])}</td><td>{_pct(s['macro_f1'])}</td>"
+                    f"<td>{_gain(s, 'scratch')}</td><td>{_gain(s, 'source_only')}</td>"
+                    f"<td>{flag}</td><td>{errors.get(n, '')}</td></tr>")
+    return ("<table><tr><th>strategy</th><th>selection</th><th>accuracy %</th><th>macro-F1 %</th>"
+            "<th>gain over scratch (points)</th><th>gain over source-only (points)</th>"
+            "<th>negative transfer</th><th>misclassified</th></tr>" + "".join(rows) + "</table>")
 
 
 def study_table(cells: Mapping[str, Mapping]) -> str:

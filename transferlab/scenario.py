@@ -12,7 +12,8 @@ Colour and gray datasets meet at `prepare.channels` (gray -> 3 repeats the chann
 Splits: the target is split once by `split_seed` into train pool / validation / test (so the
 test set is the same for every seed and every k); the k shots per class are drawn from the
 pool by `seed`, as a prefix of one per-class permutation, so the 5-shot draw contains the
-1-shot draw.
+1-shot draw. The rest of the pool, without its labels, is the unlabelled target set that
+domain-adaptation methods train on; with `prepare.shots: 0` it is the whole pool.
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ def relabel_by_name(reference: RawDataset, other: RawDataset, where: str) -> Raw
 
 def draw_shots(labels: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarray:
     """`shots` pool indices per class; nested in `shots` for a fixed seed."""
-    drawn = []
+    drawn = [np.zeros(0, dtype=np.int64)]
     for c in np.unique(labels[pool]):
         members = pool[labels[pool] == c]
         if members.size < shots:
@@ -263,7 +264,8 @@ def draw_shots(labels: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> n
 class Scenario:
     source: dict[str, np.ndarray]       # x_train, y_train, x_val, y_val
     target: dict[str, np.ndarray]       # x_train, y_train (the shots), x_val, y_val
-    target_pool: dict[str, np.ndarray]  # x_pool, y_pool (all unlabelled-so-far images), x_val, y_val
+    target_pool: dict[str, np.ndarray]  # x_pool, y_pool (the whole train pool), x_val, y_val
+    target_unlabelled: dict[str, np.ndarray]  # x_unlabelled: the pool minus the shots, no labels
     target_test: dict[str, np.ndarray]  # x_test, y_test: read by evaluate only
     summary: dict[str, int]
     source_classes: tuple[str, ...]
@@ -300,8 +302,10 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
     x_test, y_test = (align(test, p), test.labels) if test else (xt[t["test"]], target.labels[t["test"]])
     x_val, y_val = (align(val, p), val.labels) if val else (xt[t["val"]], target.labels[t["val"]])
     shots = draw_shots(target.labels, t["rest"], p.shots, seed)
+    unlabelled = np.setdiff1d(t["rest"], shots)
     summary = {"source_train": s["rest"].size, "source_val": s["val"].size,
                "target_pool": t["rest"].size, "target_train": shots.size,
+               "target_unlabelled": unlabelled.size,
                "target_val": y_val.size, "target_test": y_test.size,
                "official_test_split": int(test is not None),
                "official_val_split": int(val is not None),
@@ -313,6 +317,7 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
                 "x_val": x_val, "y_val": y_val},
         target_pool={"x_pool": xt[t["rest"]], "y_pool": target.labels[t["rest"]],
                      "x_val": x_val, "y_val": y_val},
+        target_unlabelled={"x_unlabelled": xt[unlabelled]},
         target_test={"x_test": x_test, "y_test": y_test},
         summary={k: int(v) for k, v in summary.items()},
         source_classes=tuple(source.classes), target_classes=tuple(target.classes),

@@ -13,7 +13,9 @@ import math
 DIGITS = 4  # rounded so study JSON diffs stay readable, as in metrics.py
 LEVEL = 0.95  # the interval level of study_table, and the "95 % CI" study_markdown prints
 CONTROL = "scratch"
-STRATEGY_ORDER = ("source_only", "scratch", "finetune", "features", "structure", "joint")
+SOURCE_ONLY = "source_only"
+STRATEGY_ORDER = ("source_only", "scratch", "finetune", "features", "structure", "joint",
+                  "coral", "dan", "dann", "mcc", "fixmatch")
 
 
 def t_quantile(df: int, level: float = LEVEL) -> float:
@@ -69,19 +71,24 @@ def _rounded(summary: dict) -> dict:
 
 
 def _strategy_rank(strategy: str) -> tuple:
-    """Known strategies in pipeline order, then any others alphabetically."""
-    if strategy in STRATEGY_ORDER:
-        return (STRATEGY_ORDER.index(strategy), "")
+    """Known strategies in pipeline order (a method's '(oracle)' row after it), then others."""
+    base = strategy.split(" (")[0]
+    if base in STRATEGY_ORDER:
+        return (STRATEGY_ORDER.index(base), strategy)
     return (len(STRATEGY_ORDER), strategy)
 
 
 def study_table(records, metric: str = "accuracy") -> list[dict]:
-    """One row per (strategy, shots): the metric's summary and its paired gain over scratch.
+    """One row per (strategy, shots): the metric's summary and its paired gains over scratch
+    and over source_only, and negative transfer against the best baseline that uses no more
+    target labels (source_only uses none; scratch as many as the strategy, so it counts at
+    k >= 1 only; the better of the two by mean).
 
-    Row: strategy, shots, metric, mean, std, n, ci_low, ci_high, negative_transfer and, except
-    for scratch itself and cells with no scratch at the same shots, gain (paired_gain's dict).
-    negative_transfer is False where there is no gain. Flags use unrounded values; the
-    numbers are rounded to 4 decimals. Sorted by shots, then STRATEGY_ORDER.
+    Row: strategy, shots, metric, mean, std, n, ci_low, ci_high, negative_transfer, and where
+    the baseline exists at the same shots: gain (over scratch), gain_source_only (both
+    paired_gain dicts), baseline (the one negative transfer is judged against). Baselines are
+    not judged; neither are '(oracle)' rows (target labels chose them). Flags use unrounded
+    values; the numbers are rounded to 4 decimals. Sorted by shots, then STRATEGY_ORDER.
     """
     cells: dict = {}  # (strategy, shots) -> {seed: value}
     for r in records:
@@ -96,9 +103,18 @@ def study_table(records, metric: str = "accuracy") -> list[dict]:
         row = {"strategy": strategy, "shots": shots, "metric": metric,
                **_rounded(summarize(by_seed.values())), "negative_transfer": False}
         control = cells.get((CONTROL, shots))
+        source_only = cells.get((SOURCE_ONLY, 0)) or cells.get((SOURCE_ONLY, shots))
         if strategy != CONTROL and control is not None:
             row["gain"] = _rounded(paired_gain(by_seed, control))
-            row["negative_transfer"] = row["gain"]["negative_transfer"]
+        if strategy != SOURCE_ONLY and source_only is not None and set(source_only) >= set(by_seed):
+            row["gain_source_only"] = _rounded(paired_gain(
+                by_seed, {seed: source_only[seed] for seed in by_seed}))
+        fair = {name: gain for name, gain in ((CONTROL, row.get("gain")),
+                                              (SOURCE_ONLY, row.get("gain_source_only")))
+                if gain is not None}
+        if strategy not in (CONTROL, SOURCE_ONLY) and "(oracle)" not in strategy and fair:
+            row["baseline"] = min(fair, key=lambda b: fair[b]["mean"])  # the better baseline
+            row["negative_transfer"] = fair[row["baseline"]]["negative_transfer"]
         rows.append(row)
     return rows
 
@@ -112,20 +128,25 @@ def study_markdown(rows: list[dict]) -> str:
     """A markdown table of study_table rows, in percent and percentage points."""
     metric = rows[0]["metric"] if rows else "accuracy"
     lines = [f"| strategy | k | seeds | {metric} % (mean ± 95 % CI) "
-             "| gain over scratch (points, 95 % CI) | negative transfer |",
-             "|---|---:|---:|---:|---:|:---:|"]
+             "| gain over scratch (points, 95 % CI) | gain over source-only (points, 95 % CI) "
+             "| negative transfer |",
+             "|---|---:|---:|---:|---:|---:|:---:|"]
+
+    def gain_text(g):
+        if g is None:
+            return "—"
+        text = _signed(100 * g["mean"])
+        if g["ci_low"] is not None:
+            text += f" [{_signed(100 * g['ci_low'])}, {_signed(100 * g['ci_high'])}]"
+        return text
+
     for r in rows:
         value = f"{100 * r['mean']:.1f}"
         if r["ci_high"] is not None:  # half-width; None with one seed
             value += f" ± {100 * (r['ci_high'] - r['mean']):.1f}"
-        gain = "—"
-        if "gain" in r:
-            g = r["gain"]
-            gain = _signed(100 * g["mean"])
-            if g["ci_low"] is not None:
-                gain += f" [{_signed(100 * g['ci_low'])}, {_signed(100 * g['ci_high'])}]"
-        marker = "yes" if r["negative_transfer"] else ""
-        lines.append(f"| {r['strategy']} | {r['shots']} | {r['n']} | {value} | {gain} "
+        marker = f"yes (vs {r['baseline']})" if r["negative_transfer"] else ""
+        lines.append(f"| {r['strategy']} | {r['shots']} | {r['n']} | {value} "
+                     f"| {gain_text(r.get('gain'))} | {gain_text(r.get('gain_source_only'))} "
                      f"| {marker} |")
     return "\n".join(lines) + "\n"
 

@@ -1,13 +1,18 @@
 """The study: every strategy at several label budgets k and seeds, and the layer-transfer grid.
 
 A cell (k, seed) draws its own k shots per class from the target train pool (nested across k
-for a seed), trains every strategy on them with the same code as the default pipeline
-(selection on the target validation set), and only then scores the selected models on the
-target test set. `train_cell` and `train_layer_grid` never receive the test set; the stage
-scripts load it after training has finished.
+for a seed), takes the rest of the pool without its labels as the unlabelled target set, trains
+every registered method on them with the same code as the default pipeline (selection on the
+target validation set; at k = 0 label-free, source validation + SND, where the methods that
+need labels are skipped), and only then scores the selected models on the target test set.
+`train_cell` and `train_layer_grid` never receive the test set; the stage scripts load it after
+training has finished.
 """
 
 from __future__ import annotations
+
+import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -18,26 +23,59 @@ from transferlab.models import Classifier
 from transferlab.params import Params, encoder_blocks
 from transferlab.scenario import draw_shots
 from transferlab.train import make_deterministic
+from transferlab.transfer import make_inputs, why_skipped
 
 LayerVariant = tuple[str, int]  # (variant, copied blocks)
+ORACLE = " (oracle)"  # suffix of a label-free method's target-val-selected checkpoint
 
 
-def cell_target(pool: dict[str, torch.Tensor], shots: int, seed: int) -> dict[str, torch.Tensor]:
-    """The k-shot training set of one cell, and the (shared) target validation set."""
+def cell_target(pool: dict[str, torch.Tensor], shots: int, seed: int
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The k-shot training set of one cell with the (shared) target validation set, and the
+    unlabelled target images: the rest of the pool, images only (its labels stay here)."""
     y_pool = pool["y_pool"].cpu().numpy()
-    idx = torch.from_numpy(draw_shots(y_pool, np.arange(y_pool.size), shots, seed))
-    return {"x_train": pool["x_pool"][idx.to(pool["x_pool"].device)],
-            "y_train": pool["y_pool"][idx.to(pool["y_pool"].device)],
-            "x_val": pool["x_val"], "y_val": pool["y_val"]}
+    drawn = draw_shots(y_pool, np.arange(y_pool.size), shots, seed)
+    rest = np.setdiff1d(np.arange(y_pool.size), drawn)
+    device = pool["x_pool"].device
+    idx, rest = torch.from_numpy(drawn).to(device), torch.from_numpy(rest).to(device)
+    return ({"x_train": pool["x_pool"][idx], "y_train": pool["y_pool"][idx],
+             "x_val": pool["x_val"], "y_val": pool["y_val"]}, pool["x_pool"][rest])
 
 
-def train_cell(inputs: strategies.Inputs, params: Params) -> dict[str, strategies.Outcome]:
-    """Every strategy on one cell's shots, each from the same seeded state."""
+def train_cell(target: dict[str, torch.Tensor], unlabelled: torch.Tensor, params: Params,
+               seed: int, source_model: Classifier, source: dict
+               ) -> dict[str, strategies.Outcome]:
+    """Every registered method on one cell, each from the same seeded state and with only the
+    inputs it reads; at k = 0 the methods that need target labels are left out."""
     outcomes = {}
-    for name in strategies.NAMES:
-        make_deterministic(inputs.seed)
+    num_classes = int(target["y_val"].max()) + 1
+    shots = len(target["y_train"]) // num_classes
+    for name, method in strategies.METHODS.items():
+        if why_skipped(method, shots, range(source_model.head.out_features), range(num_classes)):
+            continue
+        make_deterministic(seed)
+        inputs = make_inputs(method, target, params, seed, source_model=source_model,
+                             source=source, unlabelled=unlabelled)
         outcomes[name] = strategies.run(name, inputs, getattr(params.transfer, name))
     return outcomes
+
+
+def selected_models(outcomes: dict[str, strategies.Outcome]) -> dict[str, Classifier]:
+    """The chosen model of each method and, for label-free selections, the checkpoint that
+    target-val selection would have chosen, named '<method> (oracle)': reported apart."""
+    models = {}
+    for name, outcome in outcomes.items():
+        models[name] = outcome.model
+        fit = outcome.fit
+        if fit is not None and fit.oracle_state is not None:
+            models[name + ORACLE] = _copy_with_state(outcome.model, fit.oracle_state)
+    return models
+
+
+def _copy_with_state(model: Classifier, state: dict) -> Classifier:
+    other = copy.deepcopy(model)
+    other.load_state_dict(state)
+    return other.eval()
 
 
 def layer_variants(num_blocks: int) -> list[LayerVariant]:
@@ -50,18 +88,17 @@ def layer_variants(num_blocks: int) -> list[LayerVariant]:
 def train_layer_grid(inputs: strategies.Inputs, params: Params
                      ) -> dict[LayerVariant, strategies.Outcome]:
     cfg = params.transfer.structure
-    load_source = inputs.load_source_model
     outcomes = {}
     for variant, n in layer_variants(encoder_blocks(params.model.arch, params.model.widths)):
         make_deterministic(inputs.seed)
         if variant == "random-frozen":
             random_source = Classifier(inputs.architecture.build(), inputs.num_classes)
-            inputs.load_source_model = lambda model=random_source: model
+            variant_inputs = dataclasses.replace(inputs, source_model=random_source)
         else:
-            inputs.load_source_model = load_source
+            variant_inputs = inputs
         update = {"copied_blocks": n, "freeze_copied": variant != "fine-tuned"}
-        outcomes[(variant, n)] = strategies.run("structure", inputs, cfg.model_copy(update=update))
-    inputs.load_source_model = load_source
+        outcomes[(variant, n)] = strategies.run("structure", variant_inputs,
+                                                cfg.model_copy(update=update))
     return outcomes
 
 

@@ -2,11 +2,15 @@
 
 Data lives in memory as uint8 tensors on the device; batches are index slices; augmentation
 (random translation) works on whole batches. Strategies differ only in what they hand to
-`fit`: which parameters train and at what learning rate, which data streams (one per domain,
-each with its own head and loss weight) and an optional penalty term (L2-SP).
+`fit`: which parameters train and at what learning rate, which labelled data streams (one per
+domain, each with its own head and loss weight), an optional penalty term (L2-SP), and for
+domain adaptation an unlabelled target stream with the method's extra loss term (`Adapt`).
 
 Model selection: the weights of the evaluation with the best validation accuracy (ties: lower
 validation loss) are returned. The validation set is the only held-out data `fit` ever sees.
+With `label_free` (0 target labels) no target label may choose: the checkpoint is chosen by
+source validation accuracy and SND (`LabelFree`), and the target-validation choice is only
+recorded, as the "oracle", for reporting.
 """
 
 from __future__ import annotations
@@ -96,10 +100,74 @@ class Stream:
 
 
 @dataclass
+class AdaptBatch:
+    """What an adaptation term sees at one step: features and logits of the labelled batches
+    (source first, then the target shots if any) and of the unlabelled target batch."""
+    features: list[torch.Tensor]   # per labelled stream, (B, F)
+    logits: list[torch.Tensor]     # per labelled stream, (B, K)
+    target_features: torch.Tensor  # (B, F), unlabelled target
+    target_logits: torch.Tensor    # (B, K)
+    target_x: torch.Tensor         # (B, C, H, W) float, the unlabelled images as fed
+    progress: float                # step / steps, in [0, 1): for schedules such as DANN's
+    gen: torch.Generator           # seeded: for augmentations the term draws itself
+    forward: Callable[[torch.Tensor], torch.Tensor]  # images -> logits, for extra views
+
+
+@dataclass
+class Adapt:
+    """The unlabelled target stream and the loss term a domain-adaptation method adds.
+
+    With it, every labelled stream and the unlabelled batch go through `encoder` and `head`
+    in one concatenated batch (one forward pass; BatchNorm sees both domains together), and the
+    objective is sum_s weight_s * CE(stream_s) + weight * term(batch)."""
+    x: torch.Tensor                                    # (M, C, H, W) uint8: images, no labels
+    encoder: Callable[[torch.Tensor], torch.Tensor]    # images -> features
+    head: Callable[[torch.Tensor], torch.Tensor]       # features -> logits
+    term: Callable[[AdaptBatch], torch.Tensor]
+    weight: float
+
+
+@dataclass
+class LabelFree:
+    """Checkpoint selection without target labels (0 shots).
+
+    Eligible: checkpoints whose source-validation accuracy is at most `max_source_drop` below
+    the starting model's (adaptation must not forget the task it transfers). Among them, the
+    highest soft neighbourhood density on unlabelled target images (SND, Saito et al., "Tune it
+    the right way: unsupervised validation of domain adaptation via soft neighborhood density",
+    ICCV 2021). SND alone prefers a collapsed model (every prediction alike is a dense
+    neighbourhood), which the source guard rules out."""
+    source_x: torch.Tensor
+    source_y: torch.Tensor
+    target_x: torch.Tensor  # unlabelled target images (no labels exist here)
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    max_source_drop: float = 0.02
+
+    def scores(self) -> dict[str, float]:
+        source_acc = (predict_logits(self.forward, self.source_x).argmax(1) == self.source_y)
+        return {"source_val_accuracy": source_acc.float().mean().item(),
+                "snd": soft_neighborhood_density(predict_logits(self.forward, self.target_x))}
+
+
+def soft_neighborhood_density(logits: torch.Tensor, temperature: float = 0.05) -> float:
+    """SND (Saito et al. 2021): the mean entropy of each sample's softmax-normalised similarity
+    to all others, in the space of L2-normalised class probabilities; higher = denser."""
+    p = F.normalize(logits.float().softmax(1), dim=1)
+    sim = p @ p.T / temperature
+    sim.fill_diagonal_(float("-inf"))  # a sample is not its own neighbour
+    q = sim.softmax(1)
+    return -(q * q.clamp_min(1e-12).log()).sum(1).mean().item()
+
+
+@dataclass
 class FitResult:
     best_step: int
-    best_val_accuracy: float
+    best_val_accuracy: float  # target val accuracy of the selected checkpoint
     history: list[dict] = field(default_factory=list)  # one row per evaluation
+    selection: str = "target-val"  # or "source-val+SND" (0 target labels: label-free)
+    oracle_step: int | None = None  # label-free runs: what target-val selection would pick
+    oracle_val_accuracy: float | None = None
+    oracle_state: dict | None = None  # its weights, for reporting only (the study scores them)
 
 
 def set_train_mode(model: nn.Module) -> None:
@@ -120,27 +188,53 @@ def predict_logits(forward: Callable, x: torch.Tensor, batch_size: int = 1024) -
 def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream],
         val: tuple[torch.Tensor, torch.Tensor, Callable], *, steps: int, batch_size: int,
         weight_decay: float, shift_px: int, seed: int, eval_every: int | None = None,
-        penalty: Callable[[], torch.Tensor] | None = None, desc: str = "train") -> FitResult:
-    """Minimise sum_s weight_s * CE(stream_s) + penalty with AdamW; keep the best-on-validation
-    weights in `model`. `param_groups` carry their peak `lr`; the schedule scales it per step."""
+        penalty: Callable[[], torch.Tensor] | None = None, adapt: Adapt | None = None,
+        label_free: LabelFree | None = None, desc: str = "train") -> FitResult:
+    """Minimise sum_s weight_s * CE(stream_s) + penalty (+ adapt.weight * adapt.term) with AdamW;
+    keep the selected weights in `model`. `param_groups` carry their peak `lr`; the schedule
+    scales it per step."""
     model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     samplers = [IndexSampler(len(s.x), batch_size, gen) for s in streams]
+    if adapt is not None:
+        if len(adapt.x) == 0:
+            raise ValueError("the unlabelled target stream is empty")
+        unlabelled = IndexSampler(len(adapt.x), batch_size, gen)
+    floor = None
+    if label_free is not None:  # the guard: the starting model's source accuracy
+        model.eval()
+        floor = label_free.scores()["source_val_accuracy"] - label_free.max_source_drop
     optimizer = torch.optim.AdamW([dict(g, peak_lr=g["lr"]) for g in param_groups],
                                   weight_decay=weight_decay)
     eval_every = eval_every or max(1, steps // EVALUATIONS_PER_RUN)
     val_x, val_y, val_forward = val
-    best_key, best_state, result = None, None, FitResult(best_step=0, best_val_accuracy=0.0)
+    best_key, best_state, oracle_best = None, None, None
+    result = FitResult(best_step=0, best_val_accuracy=0.0,
+                       selection="target-val" if label_free is None else "source-val+SND")
     running = torch.zeros((), device=val_x.device)
     for step in tqdm(range(steps), desc=desc, mininterval=2, disable=None, leave=False):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, group["peak_lr"])
         set_train_mode(model)
         loss = torch.zeros((), device=val_x.device)
+        batches = []
         for stream, sampler in zip(streams, samplers):
             idx = sampler.next().to(stream.x.device)
-            xb = shift_batch(to_float(stream.x[idx]), shift_px, gen)
-            loss = loss + stream.weight * F.cross_entropy(stream.forward(xb), stream.y[idx])
+            batches.append((shift_batch(to_float(stream.x[idx]), shift_px, gen), stream.y[idx]))
+        if adapt is None:
+            for stream, (xb, yb) in zip(streams, batches):
+                loss = loss + stream.weight * F.cross_entropy(stream.forward(xb), yb)
+        else:
+            xu = shift_batch(to_float(adapt.x[unlabelled.next().to(adapt.x.device)]), shift_px, gen)
+            sizes = [len(xb) for xb, _ in batches] + [len(xu)]
+            features = adapt.encoder(torch.cat([xb for xb, _ in batches] + [xu]))
+            logits = adapt.head(features)
+            feats, outs = features.split(sizes), logits.split(sizes)
+            for stream, (_, yb), out in zip(streams, batches, outs):
+                loss = loss + stream.weight * F.cross_entropy(out, yb)
+            loss = loss + adapt.weight * adapt.term(AdaptBatch(
+                list(feats[:-1]), list(outs[:-1]), feats[-1], outs[-1], xu, step / steps, gen,
+                lambda x: adapt.head(adapt.encoder(x))))
         if penalty is not None:
             loss = loss + penalty()
         optimizer.zero_grad(set_to_none=True)
@@ -157,10 +251,21 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
             if not (math.isfinite(val_loss) and math.isfinite(running.item())):
                 raise TrainingDiverged(f"training diverged by step {step + 1} of {steps} (loss "
                                        f"{running.item() / seen:.3g}, validation loss {val_loss:.3g})")
-            result.history.append({"step": step + 1, "train_loss": running.item() / seen,
-                                   "val_loss": val_loss, "val_accuracy": val_acc})
+            row = {"step": step + 1, "train_loss": running.item() / seen,
+                   "val_loss": val_loss, "val_accuracy": val_acc}
             running.zero_()
-            key = (val_acc, -val_loss)
+            oracle_key = (val_acc, -val_loss)
+            if label_free is None:
+                key = oracle_key
+            else:
+                row.update(label_free.scores())
+                key = (row["source_val_accuracy"] >= floor, row["snd"] if
+                       row["source_val_accuracy"] >= floor else row["source_val_accuracy"])
+                if oracle_best is None or oracle_key > oracle_best:
+                    oracle_best = oracle_key
+                    result.oracle_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    result.oracle_step, result.oracle_val_accuracy = step + 1, val_acc
+            result.history.append(row)
             if best_key is None or key > best_key:
                 best_key = key
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

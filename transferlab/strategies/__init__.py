@@ -1,87 +1,98 @@
-"""Transfer strategies: one module each, one `run(inputs, cfg) -> Outcome` per module.
+"""The registry of transfer methods: one module per method in this package, found by name.
 
-Every strategy returns the same kind of model, a `Classifier` (encoder + linear head) for the
+Each module declares `METHOD = Method(...)` (its family, a one-line description, its options
+class = its params section `transfer.<name>`, whether it needs target labels, and which inputs
+it reads) and a `run(inputs, cfg) -> Outcome`. Everything else derives from this registry: the
+params schema (params.py), evaluate's table (evaluation.py), the study (study.py), and the
+tests; tests/test_registry.py fails when a module, its params section and its dvc.yaml entry
+disagree.
+
+The modules keep torch out of their top level (it is imported inside `run`): params.py imports
+every one of them to build its schema, and check_params must not pay torch's ~2 s start-up.
+
+Every method returns the same kind of model, a `Classifier` (encoder + linear head) for the
 target classes, so `evaluate` scores them all the same way, and none of them sees the target
-test set: `Inputs` holds only the target train shots and the target validation set.
+test set: `Inputs` holds the target shots, the target validation set and, for the methods that
+read them, the source model, the source data, the frozen features and the unlabelled target
+pool -- as values, given by the caller.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch
+# What a method may read besides the target shots and validation set (dvc.yaml's deps follow).
+READS = ("source_model", "source_data", "features", "unlabelled")
+# Table order: the control, then the founding document's four families, then adaptation.
+FAMILIES = ("none (the control)", "parameter transfer", "feature transfer", "structural transfer",
+            "knowledge transfer", "domain adaptation", "self-training")
 
-from transferlab.models import Architecture, Classifier, architecture_from, new_head
-from transferlab.params import Params
-from transferlab.source import target_features
-from transferlab.io import UserError
-from transferlab.train import FitResult, Stream, TrainingDiverged, fit
 
-NAMES = ("scratch", "finetune", "features", "structure", "joint")
+@dataclass(frozen=True)
+class Method:
+    family: str           # one of FAMILIES
+    description: str      # one line, for evaluate's table and the README
+    options: type         # the pydantic class of its params section
+    needs_labels: bool    # False: runs with prepare.shots = 0 (unsupervised adaptation)
+    reads: frozenset = frozenset()  # a subset of READS
+    name: str = ""        # filled in from the module name
+
+    def __post_init__(self):
+        if self.family not in FAMILIES or not set(self.reads) <= set(READS):
+            raise ValueError(f"bad METHOD: family {self.family!r}, reads {sorted(self.reads)}")
+
+
+def _discover() -> dict[str, Method]:
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        method = getattr(module, "METHOD", None)
+        if method is not None:  # helper modules (shared code) declare none
+            found.append(Method(**{**method.__dict__, "name": info.name}))
+    found.sort(key=lambda m: (FAMILIES.index(m.family), m.name))
+    return {m.name: m for m in found}
 
 
 @dataclass
 class Inputs:
-    target: dict[str, torch.Tensor]  # x_train, y_train (the shots), x_val, y_val: on the device
-    architecture: Architecture       # the encoder every new model is built with
+    target: dict          # x_train, y_train (the shots; empty at 0 shots), x_val, y_val: tensors
+    architecture: Any     # models.Architecture: the encoder every new model is built with
     num_classes: int
     seed: int
-    load_source_model: Callable[[], Classifier]           # read only by strategies that use it
-    load_source_data: Callable[[], dict[str, torch.Tensor]]
-    load_features: Callable[[], dict]
+    source_model: Any = None  # models.Classifier, for methods that read it
+    source: dict | None = None  # source x_train, y_train, x_val, y_val
+    features: dict | None = None  # frozen source features of the shots and val (extract stage)
+    unlabelled: Any = None  # (M, C, H, W) uint8 target train images minus the shots: no labels
+
+    @property
+    def shots(self) -> int:
+        return len(self.target["y_train"]) // self.num_classes
 
 
 @dataclass
 class Outcome:
-    model: Classifier
-    fit: FitResult | None = None
-    info: dict = field(default_factory=dict)  # strategy facts for metrics (what was copied, ...)
+    model: Any                  # models.Classifier for the target classes
+    fit: Any = None             # train.FitResult, None for methods that do not train with fit
+    info: dict = field(default_factory=dict)  # method facts for metrics (what was copied, ...)
 
 
-def make_inputs(target: dict[str, torch.Tensor], params: Params, seed: int,
-                load_source_model: Callable[[], Classifier],
-                load_source_data: Callable[[], dict],
-                load_features: Callable[[], dict] | None = None) -> Inputs:
-    """Inputs for the target shots and validation set; without `load_features`, the frozen
-    features are computed on demand from the source encoder (as the extract stage does)."""
-    def compute_features() -> dict:
-        return target_features(load_source_model().encoder, target, params.extract.batch_size)
-
-    return Inputs(target=target,
-                  architecture=architecture_from(params.model, target["x_train"].shape[1]),
-                  num_classes=int(target["y_train"].max()) + 1, seed=seed,
-                  load_source_model=load_source_model, load_source_data=load_source_data,
-                  load_features=load_features or compute_features)
+METHODS: dict[str, Method] = {}  # filled below: the modules import Method from here first
+METHODS.update(_discover())
+NAMES = tuple(METHODS)
 
 
 def run(name: str, inputs: Inputs, cfg) -> Outcome:
-    if name not in NAMES:
+    if name not in METHODS:
         raise ValueError(f"unknown strategy '{name}': choose one of {', '.join(NAMES)}")
+    from transferlab.io import UserError
+    from transferlab.train import TrainingDiverged  # torch: imported only when a method runs
+
     try:
-        return importlib.import_module(f"transferlab.strategies.{name}").run(inputs, cfg)
+        return importlib.import_module(f"{__name__}.{name}").run(inputs, cfg)
     except TrainingDiverged as err:
         raise UserError(f"transfer.{name}: {err}: lower transfer.{name}.lr or "
                         f"transfer.{name}.weight_decay") from None
-
-
-def new_classifier(inputs: Inputs) -> Classifier:
-    """A randomly initialised encoder (from the global seed) with a zero-initialised head."""
-    model = Classifier(inputs.architecture.build(), inputs.num_classes)
-    model.head = new_head(model.encoder.out_features, inputs.num_classes)
-    return model
-
-
-def fit_on_target(model: Classifier, param_groups: list[dict], inputs: Inputs, cfg,
-                  penalty=None) -> FitResult:
-    """The shared case: one stream, the target shots, through `model`; selection on target val."""
-    t = inputs.target
-    return fit(model, [g for g in param_groups if g["params"]],
-               [Stream(t["x_train"], t["y_train"], model)], (t["x_val"], t["y_val"], model),
-               steps=cfg.steps, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-               shift_px=cfg.shift_px, seed=inputs.seed, penalty=penalty)
-
-
-def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]

@@ -1,6 +1,7 @@
 """Feature transfer: freeze the source encoder z, fit a new classifier g on its features.
 min_g L(g(z(x)); D_target), with g = standardisation + multinomial logistic regression
-(scikit-learn, L2 strength 1/C) fitted on features that `extract` computed once.
+(scikit-learn, L2 strength 1/C) fitted on features that `extract` computed once (frozen
+deep features + a linear classifier: Donahue et al., "DeCAF", ICML 2014).
 
 The fitted g is folded into a linear head on the source encoder, so the result is an ordinary
 Classifier and `evaluate` treats it like every other strategy (no pickled estimator on disk).
@@ -8,16 +9,26 @@ Classifier and `evaluate` treats it like every other strategy (no pickled estima
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from pydantic import Field
 
-from transferlab.params import Features
-from transferlab.strategies import Inputs, Outcome, new_classifier
+from transferlab.options import Strict
+from transferlab.strategies import Inputs, Method, Outcome
 
 
-def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, C: float
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Weights (classes, features) and bias (classes,) of logits = x @ W.T + b, scaler folded in."""
+class Options(Strict):
+    # inverse L2 strength of scikit-learn's LogisticRegression
+    C: float = Field(gt=0, le=1e6, description="above that the L2 penalty is nil and the solver "
+                     "does not converge")
+
+
+METHOD = Method("feature transfer", "frozen source encoder + logistic regression", Options,
+                needs_labels=True, reads=frozenset({"source_model", "features"}))
+
+
+def fit_linear_probe(x_train, y_train, C: float):
+    """Weights (classes, features) and bias (classes,) of logits = x @ W.T + b, scaler folded in;
+    numpy arrays in and out."""
+    import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -33,14 +44,18 @@ def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, C: float
     return weight, intercept - weight @ scaler.mean_
 
 
-def run(inputs: Inputs, cfg: Features) -> Outcome:
-    feats = inputs.load_features()
+def run(inputs: Inputs, cfg: Options) -> Outcome:
+    import torch
+
+    from transferlab.transfer import new_classifier
+
+    feats = inputs.features
     weight, bias = fit_linear_probe(feats["train_features"], feats["y_train"], cfg.C)
     val_logits = feats["val_features"] @ weight.T + bias
     val_accuracy = float((val_logits.argmax(1) == feats["y_val"]).mean())
 
     model = new_classifier(inputs)
-    model.encoder.load_state_dict(inputs.load_source_model().encoder.state_dict(), strict=True)
+    model.encoder.load_state_dict(inputs.source_model.encoder.state_dict(), strict=True)
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(weight[:inputs.num_classes]))
         model.head.bias.copy_(torch.from_numpy(bias[:inputs.num_classes]))

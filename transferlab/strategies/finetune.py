@@ -9,16 +9,31 @@ source weights instead of towards zero (AdamW's decay applies to the head only).
 
 from __future__ import annotations
 
-import torch
+from pydantic import Field
 
-from transferlab.models import freeze
-from transferlab.params import Finetune
-from transferlab.strategies import Inputs, Outcome, fit_on_target, new_classifier, trainable
+from transferlab.options import MAX_BLOCKS, MAX_WEIGHT, WHY_BLOCKS, WHY_WEIGHT, Steps
+from transferlab.strategies import Inputs, Method, Outcome
 
 
-def run(inputs: Inputs, cfg: Finetune) -> Outcome:
+class Options(Steps):
+    frozen_blocks: int = Field(ge=0, le=MAX_BLOCKS, description=WHY_BLOCKS)
+    backbone_lr_mult: float = Field(ge=0, le=10, description="the encoder's rate is lr x this: "
+                                    "10x the head's rate is already far past useful")
+    l2sp_weight: float = Field(ge=0, le=MAX_WEIGHT, description=WHY_WEIGHT)
+
+
+METHOD = Method("parameter transfer", "source weights, new head, fine-tuned", Options,
+                needs_labels=True, reads=frozenset({"source_model"}))
+
+
+def run(inputs: Inputs, cfg: Options) -> Outcome:
+    import torch
+
+    from transferlab.models import freeze
+    from transferlab.transfer import fit_on_target, new_classifier, trainable
+
     torch.manual_seed(inputs.seed)
-    source = inputs.load_source_model()
+    source = inputs.source_model
     model = new_classifier(inputs)
     model.encoder.load_state_dict(source.encoder.state_dict(), strict=True)
     frozen = model.encoder.block_names[:cfg.frozen_blocks]

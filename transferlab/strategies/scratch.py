@@ -3,13 +3,23 @@ only. min_theta L(theta; D_target) with no source knowledge at all."""
 
 from __future__ import annotations
 
-import torch
-
-from transferlab.params import Scratch
-from transferlab.strategies import Inputs, Outcome, fit_on_target, new_classifier
+from transferlab.options import Steps
+from transferlab.strategies import Inputs, Method, Outcome
 
 
-def run(inputs: Inputs, cfg: Scratch) -> Outcome:
+class Options(Steps):
+    pass
+
+
+METHOD = Method("none (the control)", "random init, target shots only (the control)", Options,
+                needs_labels=True)
+
+
+def run(inputs: Inputs, cfg: Options) -> Outcome:
+    import torch
+
+    from transferlab.transfer import fit_on_target, new_classifier
+
     torch.manual_seed(inputs.seed)
     model = new_classifier(inputs)
     model.to(inputs.target["x_train"].device)

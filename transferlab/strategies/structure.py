@@ -7,18 +7,31 @@ NeurIPS 2014: AnB (copied blocks frozen) and AnB+ (copied blocks fine-tuned).
 
 from __future__ import annotations
 
-import torch
+from pydantic import Field
 
-from transferlab.models import copy_blocks, freeze
-from transferlab.params import Structure
-from transferlab.strategies import Inputs, Outcome, fit_on_target, new_classifier, trainable
+from transferlab.options import MAX_BLOCKS, WHY_BLOCKS, Steps
+from transferlab.strategies import Inputs, Method, Outcome
 
 
-def run(inputs: Inputs, cfg: Structure) -> Outcome:
+class Options(Steps):
+    copied_blocks: int = Field(ge=0, le=MAX_BLOCKS, description=WHY_BLOCKS)
+    freeze_copied: bool  # true: AnB (frozen), false: AnB+ (fine-tuned)
+
+
+METHOD = Method("structural transfer", "first blocks copied, rest re-initialised", Options,
+                needs_labels=True, reads=frozenset({"source_model"}))
+
+
+def run(inputs: Inputs, cfg: Options) -> Outcome:
+    import torch
+
+    from transferlab.models import copy_blocks, freeze
+    from transferlab.transfer import fit_on_target, new_classifier, trainable
+
     torch.manual_seed(inputs.seed)
     model = new_classifier(inputs)
     names = model.encoder.block_names[:cfg.copied_blocks]
-    copied = copy_blocks(model.encoder, inputs.load_source_model().encoder, names) if names else []
+    copied = copy_blocks(model.encoder, inputs.source_model.encoder, names) if names else []
     if cfg.freeze_copied:
         for name in names:
             freeze(model.encoder.block(name))

@@ -1,0 +1,127 @@
+"""Code the strategy modules share: their inputs, a new classifier, training on the target
+shots, and the set-up every domain-adaptation method uses (`adapt`).
+
+Kept out of the registry package (transferlab/strategies/) because it imports torch: the
+registry is imported by the params schema, which must stay light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from transferlab.io import UserError
+from transferlab.models import Classifier, architecture_from, new_head
+from transferlab.options import Adaptation
+from transferlab.params import Params
+from transferlab.source import target_features
+from transferlab.strategies import Inputs, Method, Outcome
+from transferlab.train import Adapt, AdaptBatch, FitResult, LabelFree, Stream, fit
+
+
+def why_skipped(method: Method, shots: int, source_classes, target_classes) -> str | None:
+    """Why `method` cannot run in this scenario (None: it can): a method that needs labels at 0
+    shots, or domain adaptation (one head shared by both domains) across different classes.
+    `source_classes` is None for a method that does not read the source model."""
+    if method.needs_labels and shots == 0:
+        return f"{method.name} needs target labels and prepare.shots=0"
+    if ("unlabelled" in method.reads and source_classes is not None
+            and list(source_classes) != list(target_classes)):
+        return f"{method.name} adapts one classifier to both domains: their classes differ"
+    return None
+
+
+def make_inputs(method: Method, target: dict[str, torch.Tensor], params: Params, seed: int, *,
+                source_model: Classifier | None = None, source: dict | None = None,
+                features: dict | None = None, unlabelled: torch.Tensor | None = None) -> Inputs:
+    """Inputs for `method`: the target shots and validation set, plus only what it reads
+    (registry `reads`); the frozen features are computed from the source model if not given."""
+    def need(what: str, value):
+        if what in method.reads and value is None:
+            raise ValueError(f"strategy {method.name} reads {what}, none was given")
+        return value if what in method.reads else None
+
+    if "features" in method.reads and features is None and source_model is not None:
+        features = target_features(source_model.encoder, target, params.extract.batch_size)
+    if method.needs_labels and len(target["y_train"]) == 0:
+        raise UserError(f"strategy {method.name} needs target labels but prepare.shots=0")
+    return Inputs(target=target,
+                  architecture=architecture_from(params.model, target["x_val"].shape[1]),
+                  num_classes=int(target["y_val"].max()) + 1, seed=seed,
+                  source_model=need("source_model", source_model),
+                  source=need("source_data", source), features=need("features", features),
+                  unlabelled=need("unlabelled", unlabelled))
+
+
+def new_classifier(inputs: Inputs) -> Classifier:
+    """A randomly initialised encoder (from the global seed) with a zero-initialised head."""
+    model = Classifier(inputs.architecture.build(), inputs.num_classes)
+    model.head = new_head(model.encoder.out_features, inputs.num_classes)
+    return model
+
+
+def fit_on_target(model: Classifier, param_groups: list[dict], inputs: Inputs, cfg,
+                  penalty=None) -> FitResult:
+    """The shared case: one stream, the target shots, through `model`; selection on target val."""
+    t = inputs.target
+    return fit(model, [g for g in param_groups if g["params"]],
+               [Stream(t["x_train"], t["y_train"], model)], (t["x_val"], t["y_val"], model),
+               steps=cfg.steps, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+               shift_px=cfg.shift_px, seed=inputs.seed, penalty=penalty)
+
+
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def adapt(inputs: Inputs, cfg: Adaptation, term: Callable[[AdaptBatch], torch.Tensor],
+          extra: nn.Module | None = None) -> tuple[Classifier, FitResult]:
+    """Domain adaptation on the one training loop: start from the source model (encoder and
+    head: source and target share their classes), minimise
+        CE(source batch) + CE(target shots, if any) + loss_weight * term(features, logits)
+    with an unlabelled target batch at every step; `extra` holds the term's own trainable
+    modules (DANN's discriminator). With shots, the target validation set selects the
+    checkpoint; with 0 shots, source validation + SND do (train.LabelFree)."""
+    source_model, source, t = inputs.source_model, inputs.source, inputs.target
+    if len(inputs.unlabelled) == 0:
+        raise UserError("the unlabelled target pool is empty (prepare.shots takes every target "
+                        "train image): lower prepare.shots, or use a strategy that needs no pool")
+    if source_model.head.out_features != inputs.num_classes:
+        raise UserError(f"domain adaptation needs the source and target classes to be the same "
+                        f"({source_model.head.out_features} vs {inputs.num_classes}): set "
+                        "data.source.classes and data.target.classes alike")
+    torch.manual_seed(inputs.seed)
+    model = new_classifier(inputs)
+    model.load_state_dict(source_model.state_dict(), strict=True)
+    both = nn.ModuleDict({"model": model, **({"extra": extra} if extra is not None else {})})
+    both.to(t["x_val"].device)
+    streams = [Stream(source["x_train"], source["y_train"], model)]
+    if len(t["y_train"]):
+        streams.append(Stream(t["x_train"], t["y_train"], model))
+    label_free = None if len(t["y_train"]) else LabelFree(
+        source["x_val"], source["y_val"], inputs.unlabelled, model)
+    result = fit(both, [{"params": list(both.parameters()), "lr": cfg.lr}], streams,
+                 (t["x_val"], t["y_val"], model), steps=cfg.steps, batch_size=cfg.batch_size,
+                 weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=inputs.seed,
+                 adapt=Adapt(inputs.unlabelled, model.encoder, model.head, term, cfg.loss_weight),
+                 label_free=label_free)
+    if result.oracle_state is not None:  # fit saw `both`: keep the classifier's own tensors
+        result.oracle_state = {k.removeprefix("model."): v for k, v in result.oracle_state.items()
+                               if k.startswith("model.")}
+    return model, result
+
+
+def selection_metrics(outcome: Outcome) -> dict:
+    """Target-val accuracy of the chosen model, and which selection chose it; for label-free
+    selection also what target-val selection (the oracle) would have picked."""
+    fit_result = outcome.fit
+    if fit_result is None:  # no checkpoints: e.g. the features strategy's closed-form fit
+        return {"val_accuracy": round(outcome.info["val_accuracy"], 4), "selection": "none"}
+    out = {"val_accuracy": round(fit_result.best_val_accuracy, 4), "best_step": fit_result.best_step,
+           "selection": fit_result.selection}
+    if fit_result.oracle_step is not None:
+        out.update(oracle_step=fit_result.oracle_step,
+                   oracle_val_accuracy=round(fit_result.oracle_val_accuracy, 4))
+    return out
