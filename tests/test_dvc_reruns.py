@@ -44,7 +44,7 @@ COMMENT_ONLY = "params.yaml: a comment or whitespace only"
 RERUNS: dict[str, frozenset[str]] = {
     # params.yaml: one value changed
     "data.source.name, data.source.root, data.target.name, data.target.root": EVERY,
-    "data.source.classes": EVERY - {"download"},
+    "data.source.classes": EVERY - {"download", "transfer@scratch"},  # scratch: target data only
     "data.target.classes": EVERY - {"download", "pretrain"},  # the source arrays come out identical
     "data.cache_dir": frozenset({"check_params", "download"}),  # unused by the embedded datasets
     # the embedded target has no official test split: auto and split carve the same test set
@@ -53,7 +53,9 @@ RERUNS: dict[str, frozenset[str]] = {
     "prepare.source_val_fraction, prepare.split_seed": EVERY - {"download"},
     "seed, prepare.shots, prepare.target_test_fraction, prepare.target_val_per_class":
         EVERY - {"download", "pretrain"},  # target only: the source model stays
-    "model.arch, model.widths, model.weights, pretrain.*": EVERY - {"download", "prepare"},
+    "model.arch, model.widths": EVERY - {"download", "prepare"},
+    # scratch and joint start from random weights and never open the source model
+    "model.weights, pretrain.*": EVERY - {"download", "prepare", "transfer@scratch", "transfer@joint"},
     # resnet18 only: with the default small_cnn the models come out identical
     "model.small_input_stem": frozenset({"check_params", "pretrain", *TRANSFER}),
     "extract.batch_size": frozenset({"check_params", "extract"}),  # identical features
@@ -107,7 +109,8 @@ EDITS = {
     "prepare.source_val_fraction, prepare.split_seed": {"prepare.image_size": 10},
     "seed, prepare.shots, prepare.target_test_fraction, prepare.target_val_per_class":
         {"prepare.shots": 1},
-    "model.arch, model.widths, model.weights, pretrain.*": {"pretrain.lr": 0.01},
+    "model.arch, model.widths": {"model.widths": [4, 8, 16]},
+    "model.weights, pretrain.*": {"pretrain.lr": 0.01},
     "model.small_input_stem": {"model.small_input_stem": True},
     "extract.batch_size": {"extract.batch_size": 16},  # 20 shots + 30 val images: 4 batches
     "transfer.scratch.*": {"transfer.scratch.lr": 0.01},
