@@ -64,10 +64,13 @@ RERUNS: dict[str, frozenset[str]] = {
     ", ".join(f"transfer.{m}.*" for m in OUTSIDE): frozenset({"check_params"}),
     "study.*": frozenset({"check_params"}),  # read by study/dvc.yaml only (`make study`)
     "ranking.*": frozenset({"check_params"}),  # read by ranking/dvc.yaml only (`make ranking`)
+    # read by the training stages; bf16 (the edit below) changes the weights: all downstream
+    "compute.*": EVERY - {"download", "prepare"},
     COMMENT_ONLY: frozenset({"check_params"}),
     # library modules: a comment appended
     "transferlab/__init__.py": frozenset(),  # a docstring only (checked below)
     "transferlab/candidates.py": frozenset(),  # ranking only
+    "transferlab/compute.py": EVERY - {"check_params", "download", "prepare", "report"},  # as train.py
     "transferlab/datasets.py": frozenset({"download", "prepare"}),
     "transferlab/evaluation.py": frozenset({"evaluate"}),
     "transferlab/export.py": frozenset({"export"}),
@@ -119,6 +122,7 @@ EDITS = {
     ", ".join(f"transfer.{m}.*" for m in OUTSIDE): {f"transfer.{OUTSIDE[0]}.loss_weight": 0.5},
     "study.*": {"study.layer_shots": 3},
     "ranking.*": {"ranking.shots": 2},
+    "compute.*": {"compute.precision": "bf16"},
 }
 PARAM_ROWS = [row for row in RERUNS if not row.endswith(".py") and row != COMMENT_ONLY]
 MODULE_ROWS = [row for row in RERUNS if row.endswith(".py")]

@@ -168,6 +168,25 @@ class Study(Strict):
         return self
 
 
+MAX_NPROC, WHY_NPROC = 64, "processes per node: more than a node has GPUs or core pairs"
+
+
+class Compute(Strict):
+    """Where training runs (transferlab/compute.py); never what it computes, up to float
+    rounding (and BatchNorm statistics per process when nproc > 1)."""
+    nproc: int = Field(ge=1, le=MAX_NPROC, description=WHY_NPROC)  # processes: torchrun + DDP
+    threads: Literal["auto"] | int  # torch CPU threads per process; auto: cores / (jobs x nproc)
+    precision: Literal["fp32", "bf16", "fp16"]  # autocast of the training forward pass
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value):
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool)
+                                    and 1 <= value <= 1024):
+            raise ValueError("use auto or a whole number of threads from 1 to 1024")
+        return value
+
+
 class Candidate(Strict):
     """One candidate source of the ranking study, derived from data.source."""
     classes: Literal["all"] | list[int]  # source class ids kept (data.source's numbering)
@@ -215,6 +234,7 @@ class Params(Strict):
     extract: Extract
     transfer: Transfer
     study: Study
+    compute: Compute
     ranking: Ranking
 
     @model_validator(mode="after")

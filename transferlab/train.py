@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from transferlab import compute
 from transferlab.io import UserError
 
 EVALUATIONS_PER_RUN = 30  # checkpoints considered by model selection when no epochs are given
@@ -212,37 +213,55 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
     result = FitResult(best_step=0, best_val_accuracy=0.0,
                        selection="target-val" if label_free is None else "source-val+SND")
     running = torch.zeros((), device=val_x.device)
+
+    def streams_loss(batches: list, xu: torch.Tensor | None, progress: float) -> torch.Tensor:
+        """The step's loss, one call per step (under DDP: one forward). With `adapt`, every
+        labelled batch and the unlabelled one `xu` go through the encoder together. Under DDP
+        each rank's term sees its part of the batch (batch statistics such as CORAL's
+        covariances or MCC's class confusion are per rank, as BatchNorm's are)."""
+        loss = torch.zeros((), device=val_x.device)
+        if adapt is None:
+            for stream, (xb, yb, scale) in zip(streams, batches):
+                loss = loss + stream.weight * scale * F.cross_entropy(stream.forward(xb), yb)
+            return loss
+        sizes = [len(xb) for xb, _, _ in batches] + [len(xu)]
+        features = adapt.encoder(torch.cat([xb for xb, _, _ in batches] + [xu]))
+        logits = adapt.head(features)
+        feats, outs = features.split(sizes), logits.split(sizes)
+        for stream, (_, yb, scale), out in zip(streams, batches, outs):
+            loss = loss + stream.weight * scale * F.cross_entropy(out, yb)
+        return loss + adapt.weight * adapt.term(AdaptBatch(
+            list(feats[:-1]), list(outs[:-1]), feats[-1], outs[-1], xu, progress, gen,
+            lambda x: adapt.head(adapt.encoder(x))))
+
+    step_loss = compute.data_parallel(model, streams_loss)  # streams_loss itself in one process
+    scaler = compute.grad_scaler()  # fp16 only; passes through otherwise
     for step in tqdm(range(steps), desc=desc, mininterval=2, disable=None, leave=False):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, group["peak_lr"])
         set_train_mode(model)
-        loss = torch.zeros((), device=val_x.device)
         batches = []
         for stream, sampler in zip(streams, samplers):
-            idx = sampler.next().to(stream.x.device)
-            batches.append((shift_batch(to_float(stream.x[idx]), shift_px, gen), stream.y[idx]))
-        if adapt is None:
-            for stream, (xb, yb) in zip(streams, batches):
-                loss = loss + stream.weight * F.cross_entropy(stream.forward(xb), yb)
-        else:
-            xu = shift_batch(to_float(adapt.x[unlabelled.next().to(adapt.x.device)]), shift_px, gen)
-            sizes = [len(xb) for xb, _ in batches] + [len(xu)]
-            features = adapt.encoder(torch.cat([xb for xb, _ in batches] + [xu]))
-            logits = adapt.head(features)
-            feats, outs = features.split(sizes), logits.split(sizes)
-            for stream, (_, yb), out in zip(streams, batches, outs):
-                loss = loss + stream.weight * F.cross_entropy(out, yb)
-            loss = loss + adapt.weight * adapt.term(AdaptBatch(
-                list(feats[:-1]), list(outs[:-1]), feats[-1], outs[-1], xu, step / steps, gen,
-                lambda x: adapt.head(adapt.encoder(x))))
-        if penalty is not None:
-            loss = loss + penalty()
+            idx = sampler.next().to(stream.x.device, non_blocking=True)
+            part, scale = compute.shard(len(idx))  # this rank's part of the global batch
+            xb = shift_batch(to_float(stream.x[idx]), shift_px, gen)[part]
+            batches.append((xb, stream.y[idx][part], scale))
+        xu = None
+        if adapt is not None:
+            iu = unlabelled.next().to(adapt.x.device, non_blocking=True)
+            xu = shift_batch(to_float(adapt.x[iu]), shift_px, gen)[compute.shard(len(iu))[0]]
+        with compute.autocast():
+            loss = step_loss(batches, xu, step / steps)
+            if penalty is not None:
+                loss = loss + penalty()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         running += loss.detach()  # summed on the device: no host sync per step
 
         if (step + 1) % eval_every == 0 or step + 1 == steps:
+            running = compute.agree(model, running)  # several ranks: one model, one mean loss
             model.eval()
             logits = predict_logits(val_forward, val_x)
             val_loss = F.cross_entropy(logits, val_y).item()
@@ -280,4 +299,6 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
 
 def to_device(arrays: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """numpy arrays from a prepared file -> tensors on the device (uint8 images stay uint8)."""
-    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+    pin = device.type == "cuda"  # page-locked host memory: the copy runs asynchronously
+    return {k: (torch.from_numpy(v).pin_memory() if pin else torch.from_numpy(v)).to(
+        device, non_blocking=pin) for k, v in arrays.items()}
