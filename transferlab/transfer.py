@@ -122,6 +122,9 @@ def selection_metrics(outcome: Outcome) -> dict:
     out = {"val_accuracy": round(fit_result.best_val_accuracy, 4), "best_step": fit_result.best_step,
            "selection": fit_result.selection}
     if fit_result.oracle_step is not None:
-        out.update(oracle_step=fit_result.oracle_step,
+        chosen = next(r for r in fit_result.history if r["step"] == fit_result.best_step)
+        out.update(snd=round(chosen["snd"], 6),  # what chose it, and what export compares
+                   source_val_accuracy=round(chosen["source_val_accuracy"], 4),
+                   oracle_step=fit_result.oracle_step,
                    oracle_val_accuracy=round(fit_result.oracle_val_accuracy, 4))
     return out
