@@ -49,6 +49,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "data.cache_dir": frozenset({"check_params", "download"}),  # unused by the embedded datasets
     # the embedded target has no official test split: auto and split carve the same test set
     "data.target_test": frozenset({"check_params", "download"}),
+    "data.decode_size": frozenset({"check_params", "download"}),  # folders only: same bytes here
     "prepare.image_size, prepare.crop, prepare.bottleneck_size, prepare.scale, prepare.channels, "
     "prepare.source_val_fraction, prepare.split_seed": EVERY - {"download"},
     "seed, prepare.shots, prepare.target_test_fraction, prepare.target_val_per_class":
@@ -105,6 +106,7 @@ EDITS = {
     "data.source.classes": {"data.source.classes": [0, 1, 2, 3, 4, 5, 6, 7, 8]},
     "data.target.classes": {"data.target.classes": [0, 1, 2, 3, 4]},
     "data.cache_dir": {"data.cache_dir": "datasets-cache"},
+    "data.decode_size": {"data.decode_size": 128},
     "data.target_test": {"data.target_test": "split"},
     "prepare.image_size, prepare.crop, prepare.bottleneck_size, prepare.scale, prepare.channels, "
     "prepare.source_val_fraction, prepare.split_seed": {"prepare.image_size": 10},

@@ -81,6 +81,10 @@ class Data(Strict):
     # the target test set: the dataset's official test split, carved from its training images,
     # or auto (official where the dataset has one: torchvision's, a folder with test/)
     target_test: Literal["auto", "official", "split"]
+    # folder images: shorter side resized to this, then centre-cropped square (torchvision's
+    # weight transforms: Resize(256) before their 224 crop), decoded once by `download`
+    decode_size: int = Field(ge=8, le=1024, description="a decoded colour folder image takes "
+                             "decode_size^2 x 3 bytes")
 
     @model_validator(mode="after")
     def _scenario(self):
@@ -251,6 +255,12 @@ class Params(Strict):
             raise ValueError(f"prepare.image_size={self.prepare.image_size}: model.arch=vit_b_16 "
                              f"takes {VIT_SIZE} x {VIT_SIZE} images: set prepare.image_size="
                              f"{VIT_SIZE}")
+        folders = [r for r in ("source", "target") if getattr(self.data, r).name == "folder"]
+        if folders and self.prepare.image_size > self.data.decode_size:
+            raise ValueError(f"prepare.image_size={self.prepare.image_size} is larger than "
+                             f"data.decode_size={self.data.decode_size}, the size the folder "
+                             f"images of data.{folders[0]} are decoded to (they would be "
+                             f"upsampled): set data.decode_size >= {self.prepare.image_size}")
         smallest = min_image_size(m.arch, m.widths, m.small_input_stem)
         if self.prepare.image_size < smallest:
             raise ValueError(f"prepare.image_size={self.prepare.image_size} is too small for "
