@@ -67,6 +67,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "ranking.*": frozenset({"check_params"}),  # read by ranking/dvc.yaml only (`make ranking`)
     # read by the training stages; bf16 (the edit below) changes the weights: all downstream
     "compute.*": EVERY - {"download", "prepare"},
+    # every training stage; the source model changes, so all below it
+    "augment.*": EVERY - {"download", "prepare"},
     COMMENT_ONLY: frozenset({"check_params"}),
     # library modules: a comment appended
     "transferlab/__init__.py": frozenset(),  # a docstring only (checked below)
@@ -125,6 +127,7 @@ EDITS = {
     "study.*": {"study.layer_shots": 3},
     "ranking.*": {"ranking.shots": 2},
     "compute.*": {"compute.precision": "bf16"},
+    "augment.*": {"augment.mode": "photo"},
 }
 PARAM_ROWS = [row for row in RERUNS if not row.endswith(".py") and row != COMMENT_ONLY]
 MODULE_ROWS = [row for row in RERUNS if row.endswith(".py")]

@@ -175,6 +175,20 @@ class Study(Strict):
 MAX_NPROC, WHY_NPROC = 64, "processes per node: more than a node has GPUs or core pairs"
 
 
+class Augment(Strict):
+    """Training augmentation of every training stage: `shift` (the digits' random translation,
+    each section's shift_px) or `photo` (random resized crop + horizontal flip per image)."""
+    mode: Literal["shift", "photo"]
+    min_scale: float = Field(gt=0, le=1)  # photo: smallest crop area, a share of the image
+    flip: bool  # photo: mirror half the images left-right
+
+    def photo(self):
+        """train.PhotoAugment for mode photo, None for shift."""
+        from transferlab.train import PhotoAugment
+
+        return PhotoAugment(self.min_scale, self.flip) if self.mode == "photo" else None
+
+
 class Compute(Strict):
     """Where training runs (transferlab/compute.py); never what it computes, up to float
     rounding (and BatchNorm statistics per process when nproc > 1)."""
@@ -238,6 +252,7 @@ class Params(Strict):
     extract: Extract
     transfer: Transfer
     study: Study
+    augment: Augment
     compute: Compute
     ranking: Ranking
 

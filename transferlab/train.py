@@ -68,6 +68,47 @@ def shift_batch(x: torch.Tensor, max_px: int, gen: torch.Generator) -> torch.Ten
     return out.contiguous(memory_format=torch.channels_last)
 
 
+@dataclass(frozen=True)
+class PhotoAugment:
+    """Photo augmentation of a whole batch on its device, drawn per image: torchvision's
+    RandomResizedCrop(scale=(min_scale, 1), ratio=(3/4, 4/3)) box sampling (10 tries, then the
+    whole image), the box resampled to the batch's size by torchvision.ops.roi_align (bilinear,
+    2x2 samples per output pixel), and a horizontal flip with probability 1/2 when `flip`."""
+    min_scale: float = 0.08
+    flip: bool = True
+
+
+def photo_batch(x: torch.Tensor, aug: PhotoAugment, gen: torch.Generator) -> torch.Tensor:
+    from torchvision.ops import roi_align
+
+    n, _, h, w = x.shape
+    tries = 10
+    area = h * w * torch.empty(n, tries).uniform_(aug.min_scale, 1.0, generator=gen)
+    ratio = torch.exp(torch.empty(n, tries).uniform_(math.log(3 / 4), math.log(4 / 3),
+                                                     generator=gen))
+    cw, ch = torch.sqrt(area * ratio).round(), torch.sqrt(area / ratio).round()
+    ok = (cw >= 1) & (cw <= w) & (ch >= 1) & (ch <= h)
+    first = ok.float().argmax(1, keepdim=True)  # the first try that fits, as torchvision
+    cw = torch.where(ok.any(1), cw.gather(1, first)[:, 0], torch.tensor(float(w)))
+    ch = torch.where(ok.any(1), ch.gather(1, first)[:, 0], torch.tensor(float(h)))
+    u = torch.rand(n, 2, generator=gen)
+    x0, y0 = (u[:, 0] * (w - cw + 1)).floor(), (u[:, 1] * (h - ch + 1)).floor()
+    boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
+    out = roi_align(x.contiguous(), boxes.to(x.device, x.dtype), output_size=(h, w),
+                    spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    if aug.flip:
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)[:, None, None, None]
+        out = torch.where(flip, out.flip(-1), out)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def augment_batch(x: torch.Tensor, shift_px: int, photo: PhotoAugment | None,
+                  gen: torch.Generator) -> torch.Tensor:
+    """The training augmentation: photo crops and flips when `photo` is set (augment.mode:
+    photo), else the digits' random translation by up to shift_px."""
+    return photo_batch(x, photo, gen) if photo is not None else shift_batch(x, shift_px, gen)
+
+
 def cosine_lr(step: int, steps: int, peak: float) -> float:
     """Linear warm-up over the first 5 % of steps, then cosine decay to 0."""
     warmup = max(1, steps // 20)
@@ -190,7 +231,8 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
         val: tuple[torch.Tensor, torch.Tensor, Callable], *, steps: int, batch_size: int,
         weight_decay: float, shift_px: int, seed: int, eval_every: int | None = None,
         penalty: Callable[[], torch.Tensor] | None = None, adapt: Adapt | None = None,
-        label_free: LabelFree | None = None, desc: str = "train") -> FitResult:
+        label_free: LabelFree | None = None, photo: PhotoAugment | None = None,
+        desc: str = "train") -> FitResult:
     """Minimise sum_s weight_s * CE(stream_s) + penalty (+ adapt.weight * adapt.term) with AdamW;
     keep the selected weights in `model`. `param_groups` carry their peak `lr`; the schedule
     scales it per step."""
@@ -244,12 +286,12 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
         for stream, sampler in zip(streams, samplers):
             idx = sampler.next().to(stream.x.device, non_blocking=True)
             part, scale = compute.shard(len(idx))  # this rank's part of the global batch
-            xb = shift_batch(to_float(stream.x[idx]), shift_px, gen)[part]
+            xb = augment_batch(to_float(stream.x[idx]), shift_px, photo, gen)[part]
             batches.append((xb, stream.y[idx][part], scale))
         xu = None
         if adapt is not None:
             iu = unlabelled.next().to(adapt.x.device, non_blocking=True)
-            xu = shift_batch(to_float(adapt.x[iu]), shift_px, gen)[compute.shard(len(iu))[0]]
+            xu = augment_batch(to_float(adapt.x[iu]), shift_px, photo, gen)[compute.shard(len(iu))[0]]
         with compute.autocast():
             loss = step_loss(batches, xu, step / steps)
             if penalty is not None:
