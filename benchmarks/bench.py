@@ -63,10 +63,16 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
-def bench_pipeline() -> None:
+def bench_pipeline(override: dict | None = None) -> None:
+    """`override`: params sections to change in the copy, e.g. {"compute": {"nproc": 2}}."""
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
         copy_project(repo)
+        if override:
+            params = yaml.safe_load((repo / "params.yaml").read_text())
+            for section, values in override.items():
+                params[section].update(values)
+            (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = child_env(repo)
         dvc = [sys.executable, "-m", "dvc"]
         clean, _ = timed([*dvc, "repro"], repo, env)

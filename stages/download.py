@@ -32,8 +32,8 @@ def main(argv=None):
         tmp.mkdir()
         for name, spec, split in files:
             raw = fetch(spec.name, cache_dir=cache_dir, root=Path(spec.root) if spec.root else None,
-                        split=split)
-            save_raw(tmp / f"{name}.safetensors", raw, decode_size(spec.name))
+                        split=split, size=data.decode_size)
+            save_raw(tmp / f"{name}.safetensors", raw, decode_size(spec.name, data.decode_size))
             print(f"{name}: {spec.name} ({split}), {len(raw.labels)} images "
                   f"{raw.images.shape[1:]}, {len(raw.classes)} classes")
     if test == "split":

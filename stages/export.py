@@ -36,11 +36,15 @@ def main(argv=None):
 
     make_deterministic(0)
     val_metrics = {n: read_json(p) for n, p in zip(names, args.val_metrics)}
-    # skipped strategies (prepare.shots: 0) have no model; a label-free run is compared on the
-    # target-val accuracy its own selection reached (a choice among methods made with labels)
-    val_accuracy = {n: float(m["val_accuracy"]) for n, m in val_metrics.items()
-                    if not m.get("skipped")}
-    chosen = choose(val_accuracy)
+    # skipped strategies (prepare.shots: 0) have no model; with 0 shots no target label
+    # chooses among the label-free methods (export.choose)
+    candidates = {n: m for n, m in val_metrics.items() if not m.get("skipped")}
+    if not candidates:
+        raise UserError("export: every strategy was skipped (prepare.shots=0 and none of them "
+                        "is label-free): add a label-free method (e.g. mcc) to dvc.yaml's "
+                        "transfer stage or set prepare.shots >= 1")
+    chosen, chosen_by = choose(candidates)
+    val_accuracy = {n: float(m["val_accuracy"]) for n, m in candidates.items()}
     path = args.models[names.index(chosen)]
     model, classes = load_classifier(path)
     preprocess = load_state_dict(path)[1].get("preprocess", "{}")
@@ -58,9 +62,11 @@ def main(argv=None):
                         f"the target validation images: {chosen} was not exported")
     with atomic_path(args.out) as tmp:
         tmp.write_bytes(blob)
-    write_json(args.summary, {"strategy": chosen, "target_val_accuracy": val_accuracy[chosen],
+    write_json(args.summary, {"strategy": chosen, "chosen_by": chosen_by,
+                              "target_val_accuracy": val_accuracy[chosen],
                               "onnx_max_abs_logit_diff": float(f"{gap:.2e}")})
-    print(f"exported {chosen} (target val accuracy {val_accuracy[chosen]:.4f}) -> {args.out}; "
+    print(f"exported {chosen} (chosen by {chosen_by}; target val accuracy "
+          f"{val_accuracy[chosen]:.4f}) -> {args.out}; "
           f"onnxruntime vs torch: max |logit diff| {gap:.1e}")
 
 

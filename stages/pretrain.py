@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from transferlab import compute
 from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, run_stage,
                             save_state_dict,
                             write_history, write_json)
@@ -20,12 +21,16 @@ def main(argv=None):
     ap.add_argument("--curve", type=Path, required=True, help="output: training curve CSV")
     args = ap.parse_args(argv)
     params = load_params()
+    compute.launch(params.compute)  # compute.nproc > 1: this stage again under torchrun
 
     make_deterministic(params.pretrain.seed)
     source = to_device(load_arrays(args.source, required=TRAIN_VAL), pick_device())
     architecture = architecture_from(params.model, source["x_train"].shape[1])
-    model, result = pretrain(source, architecture, params.pretrain, params.model.weights)
+    model, result = pretrain(source, architecture, params.pretrain, params.model.weights,
+                             params.augment.photo())
 
+    if not compute.publishes():  # after every rank finished: rank 0 alone writes
+        return
     classes = read_classes(args.source)
     preprocess = read_metadata(args.source).get("preprocess")
     save_state_dict(args.model, model.state_dict(),

@@ -13,14 +13,13 @@ import argparse
 import json
 from pathlib import Path
 
-from transferlab import strategies
+from transferlab import compute, strategies
 from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, run_stage,
                             save_state_dict, write_history, write_json)
 from transferlab.models import load_classifier, model_metadata
 from transferlab.params import load_params
 from transferlab.train import make_deterministic, pick_device, to_device
 from transferlab.transfer import make_inputs, selection_metrics, why_skipped
-
 
 
 def main(argv=None):
@@ -47,6 +46,7 @@ def main(argv=None):
         write_history(args.curve, [{"step": 0, "val_accuracy": ""}])
         print(note)
         return
+    compute.launch(params.compute, trains=args.strategy != "features")  # nproc > 1: torchrun
 
     make_deterministic(params.seed)
     device = pick_device()
@@ -60,6 +60,8 @@ def main(argv=None):
         features=load_arrays(args.features) if "features" in reads else None,
         unlabelled=arrays("target_unlabelled", ("x_unlabelled",))["x_unlabelled"] if "unlabelled" in reads else None)
     outcome = strategies.run(args.strategy, inputs, cfg)
+    if not compute.publishes():  # after every rank finished: rank 0 alone writes
+        return
 
     metrics = {**outcome.info, **selection_metrics(outcome)}
     preprocess = read_metadata(args.prepared / "target.safetensors").get("preprocess")

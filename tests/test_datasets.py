@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.fixtures_formats import (CIFAR_NAMES, random_images, trust_fixture_md5s, write_cifar10,
                                     write_mnist, write_svhn, write_usps)
-from transferlab.datasets import (DIGITS, DOWNLOAD_TIMEOUT_S, FOLDER_SIZE, RawDataset,
+from transferlab.datasets import (DIGITS, DOWNLOAD_TIMEOUT_S, FOLDER_SIZE, RawDataset, read_image,
                                   expected_files, fetch, load_raw, save_raw)
 from transferlab.io import UserError
 
@@ -245,6 +245,30 @@ def test_a_folder_of_mixed_images_becomes_one_rgb_array(tmp_path):
     np.testing.assert_array_equal(data.images[0], exact)            # same size: pixels unchanged
     assert np.abs(data.images[1].astype(int) - (200, 30, 10)).max() <= 3  # JPEG, resized
     assert (data.images[2] == 77).all() and (data.images[3] == 5).all()   # grey -> equal R=G=B
+
+
+def test_a_photo_keeps_its_aspect_ratio_shorter_side_then_centre_square(tmp_path):
+    """A 300x200 photo whose left and right 50-pixel bands are red: the centre 200x200 square is
+    kept (no red), then resized: torchvision's Resize(size) + CenterCrop(size) on the same PIL
+    image gives the same pixels to within resampling rounding."""
+    from torchvision.transforms import v2
+
+    photo = np.zeros((200, 300, 3), np.uint8)
+    photo[:, :50] = photo[:, 250:] = (255, 0, 0)
+    photo[:, 50:250, 1] = np.arange(200, dtype=np.uint8)[None, :]  # a green ramp, left to right
+    path = save(tmp_path / "a" / "p.png", photo)
+    save(tmp_path / "b" / "q.png", photo)
+    data = fetch("folder", root=tmp_path, size=64)
+    assert data.images.shape == (2, 64, 64, 3)
+    # the red side bands are cropped away (the edge columns blend in a little, as after
+    # torchvision's Resize: the filter reaches past the square's edge)
+    assert data.images[0][:, 1:-1, 0].max() <= 2
+    ramp = data.images[0][32, 1:-1, 1].astype(int)
+    assert ramp[0] < 10 and ramp[-1] > 185 and (np.diff(ramp) >= 0).all()  # the whole ramp
+    reference = np.asarray(v2.CenterCrop(64)(v2.Resize(64)(Image.open(path).convert("RGB"))))
+    assert np.abs(reference.astype(int) - data.images[0]).max() <= 2
+    portrait = save(tmp_path / "c" / "r.png", photo.transpose(1, 0, 2).copy())  # 200 wide, 300 high
+    assert read_image(portrait, "RGB", 64)[1:-1, :, 0].max() <= 2  # top and bottom bands cropped
 
 
 def test_an_all_grey_folder_under_train_stays_grayscale(tmp_path):

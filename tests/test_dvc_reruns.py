@@ -49,6 +49,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "data.cache_dir": frozenset({"check_params", "download"}),  # unused by the embedded datasets
     # the embedded target has no official test split: auto and split carve the same test set
     "data.target_test": frozenset({"check_params", "download"}),
+    "data.decode_size": frozenset({"check_params", "download"}),  # folders only: same bytes here
     "prepare.image_size, prepare.crop, prepare.bottleneck_size, prepare.scale, prepare.channels, "
     "prepare.source_val_fraction, prepare.split_seed": EVERY - {"download"},
     "seed, prepare.shots, prepare.target_test_fraction, prepare.target_val_per_class":
@@ -66,10 +67,15 @@ RERUNS: dict[str, frozenset[str]] = {
     ", ".join(f"transfer.{m}.*" for m in OUTSIDE): frozenset({"check_params"}),
     "study.*": frozenset({"check_params"}),  # read by study/dvc.yaml only (`make study`)
     "ranking.*": frozenset({"check_params"}),  # read by ranking/dvc.yaml only (`make ranking`)
+    # read by the training stages; bf16 (the edit below) changes the weights: all downstream
+    "compute.*": EVERY - {"download", "prepare"},
+    # every training stage; the source model changes, so all below it
+    "augment.*": EVERY - {"download", "prepare"},
     COMMENT_ONLY: frozenset({"check_params"}),
     # library modules: a comment appended
     "transferlab/__init__.py": frozenset(),  # a docstring only (checked below)
     "transferlab/candidates.py": frozenset(),  # ranking only
+    "transferlab/compute.py": EVERY - {"check_params", "download", "prepare", "report"},  # as train.py
     "transferlab/datasets.py": frozenset({"download", "prepare"}),
     "transferlab/evaluation.py": frozenset({"evaluate"}),
     "transferlab/export.py": frozenset({"export"}),
@@ -104,6 +110,7 @@ EDITS = {
     "data.source.classes": {"data.source.classes": [0, 1, 2, 3, 4, 5, 6, 7, 8]},
     "data.target.classes": {"data.target.classes": [0, 1, 2, 3, 4]},
     "data.cache_dir": {"data.cache_dir": "datasets-cache"},
+    "data.decode_size": {"data.decode_size": 128},
     "data.target_test": {"data.target_test": "split"},
     "prepare.image_size, prepare.crop, prepare.bottleneck_size, prepare.scale, prepare.channels, "
     "prepare.source_val_fraction, prepare.split_seed": {"prepare.image_size": 10},
@@ -122,6 +129,8 @@ EDITS = {
     ", ".join(f"transfer.{m}.*" for m in OUTSIDE): {f"transfer.{OUTSIDE[0]}.loss_weight": 0.5},
     "study.*": {"study.layer_shots": 3},
     "ranking.*": {"ranking.shots": 2},
+    "compute.*": {"compute.precision": "bf16"},
+    "augment.*": {"augment.mode": "photo"},
 }
 PARAM_ROWS = [row for row in RERUNS if not row.endswith(".py") and row != COMMENT_ONLY]
 MODULE_ROWS = [row for row in RERUNS if row.endswith(".py")]

@@ -63,6 +63,17 @@ def test_image_too_small_for_the_encoder_is_refused():
                                                 "model": {"widths": [4, 4, 4, 4, 4]}}))
 
 
+def test_folder_images_are_never_upsampled_by_prepare():
+    photos = {"data": {"target": {"name": "folder", "root": "/photos"}, "decode_size": 128},
+              "prepare": {"image_size": 224, "channels": 3}, "model": {"arch": "resnet18"}}
+    with pytest.raises(UserError, match=r"prepare.image_size=224 is larger than "
+                       r"data.decode_size=128, .* of data.target .* set data.decode_size >= 224"):
+        parse_params(merge(repo_params_dict(), photos))
+    parse_params(merge(repo_params_dict(), merge(photos, {"data": {"decode_size": 256}})))
+    # no folder: decode_size is not read, any image_size up to 512 stands
+    parse_params(merge(repo_params_dict(), {"data": {"decode_size": 8}}))
+
+
 @pytest.mark.parametrize("data, expected", [
     ({"target": {"name": "folder"}}, "data.target.root must be set exactly when data.target.name is folder"),
     ({"source": {"root": "/images"}}, "data.source.root must be set exactly when"),

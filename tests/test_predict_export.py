@@ -126,7 +126,7 @@ def test_export_writes_the_validation_choice_and_onnx_matches_torch(pipeline):
     summary = json.loads((pipeline / "metrics/export.json").read_text())
     val = {p.stem: json.loads(p.read_text())["val_accuracy"]
            for p in sorted((pipeline / "metrics/transfer").glob("*.json"))}
-    assert val[summary["strategy"]] == max(val.values())
+    assert val[summary["strategy"]] == max(val.values()) and summary["chosen_by"] == "target-val"
     assert summary["onnx_max_abs_logit_diff"] <= 1e-4
     proto = onnx.load(str(pipeline / "models/export/model.onnx"))
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -143,3 +143,15 @@ def test_export_writes_the_validation_choice_and_onnx_matches_torch(pipeline):
 def test_export_never_reads_the_test_set():
     argv = dict(stage_commands())["export"]
     assert not any("target_test" in a for a in argv)
+
+
+def test_with_zero_shots_no_target_label_chooses_what_is_exported():
+    from transferlab.export import choose
+
+    with_labels = {"finetune": {"selection": "target-val", "val_accuracy": 0.9},
+                   "mcc": {"selection": "target-val", "val_accuracy": 0.95}}
+    assert choose(with_labels) == ("mcc", "target-val")
+    # 0 shots: every candidate label-free; target-val accuracy would pick dann, SND picks mcc
+    label_free = {"dann": {"selection": "source-val+SND", "val_accuracy": 0.97, "snd": 1.2},
+                  "mcc": {"selection": "source-val+SND", "val_accuracy": 0.93, "snd": 1.9}}
+    assert choose(label_free) == ("mcc", "source-val+SND")

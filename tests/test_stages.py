@@ -202,3 +202,9 @@ def test_zero_shots_skip_label_needing_strategies_and_run_adaptation(extracted, 
                           cwd=work, capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "prepare.shots=0" in proc.stderr
+    # export: the label-free method, chosen without a target label
+    run_main(work, "export", *models, "--val-metrics", "metrics/transfer/scratch.json",
+             "metrics/transfer/mcc.json", "--val", "data/prepared/target.safetensors",
+             "--out", "models/export/model.onnx", "--summary", "metrics/export.json")
+    exported = json.loads((work / "metrics/export.json").read_text())
+    assert exported["strategy"] == "mcc" and exported["chosen_by"] == "source-val+SND"

@@ -2,7 +2,8 @@ import torch
 
 from tests.conftest import make_images
 from transferlab.models import Classifier, SmallCNN, freeze
-from transferlab.train import IndexSampler, Stream, cosine_lr, fit, shift_batch, to_float
+from transferlab.train import (IndexSampler, PhotoAugment, Stream, cosine_lr, fit, photo_batch,
+                               shift_batch, to_float)
 
 
 def test_shift_batch_moves_pixels_and_keeps_shape():
@@ -13,6 +14,29 @@ def test_shift_batch_moves_pixels_and_keeps_shape():
     assert out.shape == x.shape and (out.sum(dim=(1, 2, 3)) == 1).all()
     assert (out[:, 0, 2, 2] == 0).any()  # some images moved
     assert shift_batch(x, 0, gen) is x
+
+
+def test_photo_batch_crops_and_flips_each_image_on_its_own():
+    """Per image: a crop box (zoom), a flip or not; a crop of the whole image unflipped is
+    the identity, a crop of a constant image stays that constant, same seed, same batch."""
+    ramp = torch.arange(32.0).repeat(32, 1)[None, None] / 31  # left 0 -> right 1, every row
+    x = ramp.repeat(256, 3, 1, 1)
+    out = photo_batch(x, PhotoAugment(0.08, True), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    left, right = out[:, 0, 16, 0], out[:, 0, 16, -1]
+    flipped = left > right
+    assert 0.35 < flipped.float().mean() < 0.65  # about half mirrored
+    span = (right - left).abs()
+    assert span.min() < 0.6 and span.max() > 0.9  # small and large crops, each its own
+    again = photo_batch(x, PhotoAugment(0.08, True), torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    # min_scale 1 and no flip: the whole image, resampled onto itself
+    whole = photo_batch(x, PhotoAugment(1.0, False), torch.Generator().manual_seed(1))
+    same = (whole - x)[..., 1:-1].abs().amax(dim=(1, 2, 3)) < 1e-5  # (edges: the filter's reach)
+    assert same.float().mean() > 0.9  # a box of the whole image (all but near-square ratios)
+    grey = torch.full((8, 1, 16, 16), 0.25)
+    assert torch.allclose(photo_batch(grey, PhotoAugment(), torch.Generator().manual_seed(2)),
+                          grey)
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():

@@ -69,7 +69,7 @@ def train_candidate(source: dict[str, torch.Tensor], cand: Candidate, params: Pa
         model = Classifier(architecture.build(), int(source["y_train"].max()) + 1)
         return model.to(source["x_train"].device).eval()
     cfg = params.pretrain.model_copy(update={"epochs": cand.epochs})
-    return pretrain(source, architecture, cfg, params.model.weights)[0].eval()
+    return pretrain(source, architecture, cfg, params.model.weights, params.augment.photo())[0].eval()
 
 
 def evaluate_candidate(model: Classifier, pool: dict[str, torch.Tensor], params: Params

@@ -258,10 +258,11 @@ def load_torchvision(name: str, cache_dir: Path, download: bool, split: str = "t
 
 # --- folder: your own images ------------------------------------------------------------------
 
-# Every folder image is resized to 64x64 so the raw dataset is one array; `prepare` resizes it
-# again to prepare.image_size. 64 keeps detail for any image_size up to 64 at 12 KiB per colour
-# image (100,000 images: 1.2 GB in memory).
-FOLDER_SIZE = 64
+# Every folder image is decoded once, as torchvision's weight transforms frame a photo: shorter
+# side resized to data.decode_size (aspect ratio kept), then the centre square cropped; so the
+# raw dataset is one array and `prepare` resizes the square to prepare.image_size. 256 (the
+# Resize of torchvision's ImageNet weights) is 192 KiB per colour image.
+FOLDER_SIZE = 256
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"}  # Pillow modes without colour
 
 
@@ -344,8 +345,10 @@ def is_colour(path: Path) -> bool:
 
 
 def read_image(path: Path, mode: str, size: int | None = FOLDER_SIZE) -> np.ndarray:
-    """One file as (size, size) uint8 in mode "L", (.., 3) in "RGB"; alpha dropped. size=None
-    keeps the image's own size (what `transferlab-predict` needs for array datasets)."""
+    """One file as (size, size) uint8 in mode "L", (.., 3) in "RGB"; alpha dropped. The shorter
+    side is resized to `size` and the centre square kept (torchvision's Resize(size) then
+    CenterCrop(size)). size=None keeps the image as it is (what `transferlab-predict` needs for
+    array datasets)."""
     from PIL import Image, ImageOps
 
     try:
@@ -357,24 +360,37 @@ def read_image(path: Path, mode: str, size: int | None = FOLDER_SIZE) -> np.ndar
     if img.mode.startswith("I"):  # 16-bit grey: Pillow's convert("L") clips at 255 (all white)
         grey = np.clip(np.round(np.asarray(img, np.float64) / 257), 0, 255)  # 65535 -> 255
         img = Image.fromarray(grey.astype(np.uint8))
-    # Pillow's bilinear filter widens with the shrink factor: antialiased, unlike a plain lerp.
     img = img.convert(mode)
     if size is not None:
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
+        img = shorter_side_centre_crop(img, size)
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_folder(root: Path, split: str = "train") -> RawDataset:
+def shorter_side_centre_crop(img, size: int):
+    """Pillow image -> size x size: the centre square of the image, resized. Pillow's bilinear
+    filter widens with the shrink factor (antialiased, as torchvision's Resize on PIL images)."""
+    from PIL import Image
+
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.resize((size, size), Image.Resampling.BILINEAR,
+                      box=(left, top, left + side, top + side))
+
+
+def load_folder(root: Path, split: str = "train", size: int = FOLDER_SIZE) -> RawDataset:
     """Every image under <root>/<class>/ (or <root>/<split>/<class>/), any size and Pillow format.
 
     Classes are the sorted class folder names. All images become grayscale ("L"), or all become
-    RGB if any one has colour, and are squashed (aspect ratio not kept) to FOLDER_SIZE square.
+    RGB if any one has colour; each one's centre square, resized to `size` (read_image).
     """
     classes = find_class_folders(root, split)
     files = [list_images(folder) for folder in classes]
     paths = [path for group in files for path in group]
     mode = "RGB" if any(is_colour(path) for path in paths) else "L"
-    images = np.stack([read_image(path, mode) for path in paths])
+    images = np.empty((len(paths), size, size, *((3,) if mode == "RGB" else ())), np.uint8)
+    for i, path in enumerate(paths):  # into one array: no list of every image beside it
+        images[i] = read_image(path, mode, size)
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(group) for group in files])
     return RawDataset(images, labels, 255, tuple(folder.name for folder in classes))
 
@@ -409,12 +425,13 @@ def target_test_source(mode: str, name: str, root: Path | None) -> str:
 
 
 def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
-          download: bool = True, split: str = "train") -> RawDataset:
+          download: bool = True, split: str = "train", size: int = FOLDER_SIZE) -> RawDataset:
     """The `split` ("train", or an official "test" / "val") of dataset `name` (see the module
     docstring for the names).
 
     cache_dir: torchvision's files (default_cache_dir() when None); root: the image folder of
-    'folder', ignored by the others; download=False never touches the network.
+    'folder', ignored by the others; download=False never touches the network; size: what a
+    folder's images are decoded to (read_image).
     """
     if split != "train" and not has_official_split(name, root, split):
         raise UserError(f"dataset '{name}' has no official {split} split: set data.target_test: "
@@ -431,16 +448,16 @@ def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
         if root is None:
             raise UserError("dataset 'folder' needs a root: a folder of class folders "
                             "(<root>/<class>/<image>)")
-        return load_folder(Path(root).expanduser().absolute(), split)
+        return load_folder(Path(root).expanduser().absolute(), split, size)
     raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
 
 
 # --- save and load: one safetensors file per raw dataset --------------------------------------
 
-def decode_size(name: str) -> int:
-    """The size a dataset's files were decoded to (a folder's images are squashed to
-    FOLDER_SIZE), 0 for datasets that arrive as arrays: what prediction on new files repeats."""
-    return FOLDER_SIZE if name == "folder" else 0
+def decode_size(name: str, size: int = FOLDER_SIZE) -> int:
+    """The size a dataset's files were decoded to (a folder's: shorter side and centre square,
+    `size`), 0 for datasets that arrive as arrays: what prediction on new files repeats."""
+    return size if name == "folder" else 0
 
 
 def save_raw(path: Path, data: RawDataset, decoded_to: int = 0) -> None:

@@ -20,12 +20,18 @@ from transferlab.models import Classifier
 OPSET = 17  # onnxruntime 1.16+ runs it; every op the encoders use exists there
 
 
-def choose(val_accuracy: Mapping[str, float]) -> str:
-    """The strategy with the best target-validation accuracy (the first one on a tie)."""
-    if not val_accuracy:
+def choose(val_metrics: Mapping[str, Mapping]) -> tuple[str, str]:
+    """The strategy to export and what chose it (the first one on a tie). With target labels:
+    the best target-validation accuracy. When every candidate was selected without target
+    labels (prepare.shots: 0), no target label chooses here either: the highest SND (soft
+    neighbourhood density on the unlabelled target, Saito et al. 2021) of the selected
+    checkpoints, each already guarded by its source-validation accuracy."""
+    if not val_metrics:
         raise ValueError("no strategy to choose from")
-    best = max(val_accuracy.values())
-    return next(name for name, acc in val_accuracy.items() if acc == best)
+    label_free = all(m.get("selection") == "source-val+SND" for m in val_metrics.values())
+    key, by = ("snd", "source-val+SND") if label_free else ("val_accuracy", "target-val")
+    best = max(float(m[key]) for m in val_metrics.values())
+    return next(n for n, m in val_metrics.items() if float(m[key]) == best), by
 
 
 def onnx_bytes(model: Classifier, input_shape: tuple[int, int, int],

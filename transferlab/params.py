@@ -81,6 +81,10 @@ class Data(Strict):
     # the target test set: the dataset's official test split, carved from its training images,
     # or auto (official where the dataset has one: torchvision's, a folder with test/)
     target_test: Literal["auto", "official", "split"]
+    # folder images: shorter side resized to this, then centre-cropped square (torchvision's
+    # weight transforms: Resize(256) before their 224 crop), decoded once by `download`
+    decode_size: int = Field(ge=8, le=1024, description="a decoded colour folder image takes "
+                             "decode_size^2 x 3 bytes")
 
     @model_validator(mode="after")
     def _scenario(self):
@@ -168,6 +172,39 @@ class Study(Strict):
         return self
 
 
+MAX_NPROC, WHY_NPROC = 64, "processes per node: more than a node has GPUs or core pairs"
+
+
+class Augment(Strict):
+    """Training augmentation of every training stage: `shift` (the digits' random translation,
+    each section's shift_px) or `photo` (random resized crop + horizontal flip per image)."""
+    mode: Literal["shift", "photo"]
+    min_scale: float = Field(gt=0, le=1)  # photo: smallest crop area, a share of the image
+    flip: bool  # photo: mirror half the images left-right
+
+    def photo(self):
+        """train.PhotoAugment for mode photo, None for shift."""
+        from transferlab.train import PhotoAugment
+
+        return PhotoAugment(self.min_scale, self.flip) if self.mode == "photo" else None
+
+
+class Compute(Strict):
+    """Where training runs (transferlab/compute.py); never what it computes, up to float
+    rounding (and BatchNorm statistics per process when nproc > 1)."""
+    nproc: int = Field(ge=1, le=MAX_NPROC, description=WHY_NPROC)  # processes: torchrun + DDP
+    threads: Literal["auto"] | int  # torch CPU threads per process; auto: cores / (jobs x nproc)
+    precision: Literal["fp32", "bf16", "fp16"]  # autocast of the training forward pass
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value):
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool)
+                                    and 1 <= value <= 1024):
+            raise ValueError("use auto or a whole number of threads from 1 to 1024")
+        return value
+
+
 class Candidate(Strict):
     """One candidate source of the ranking study, derived from data.source."""
     classes: Literal["all"] | list[int]  # source class ids kept (data.source's numbering)
@@ -215,6 +252,8 @@ class Params(Strict):
     extract: Extract
     transfer: Transfer
     study: Study
+    augment: Augment
+    compute: Compute
     ranking: Ranking
 
     @model_validator(mode="after")
@@ -231,6 +270,12 @@ class Params(Strict):
             raise ValueError(f"prepare.image_size={self.prepare.image_size}: model.arch=vit_b_16 "
                              f"takes {VIT_SIZE} x {VIT_SIZE} images: set prepare.image_size="
                              f"{VIT_SIZE}")
+        folders = [r for r in ("source", "target") if getattr(self.data, r).name == "folder"]
+        if folders and self.prepare.image_size > self.data.decode_size:
+            raise ValueError(f"prepare.image_size={self.prepare.image_size} is larger than "
+                             f"data.decode_size={self.data.decode_size}, the size the folder "
+                             f"images of data.{folders[0]} are decoded to (they would be "
+                             f"upsampled): set data.decode_size >= {self.prepare.image_size}")
         smallest = min_image_size(m.arch, m.widths, m.small_input_stem)
         if self.prepare.image_size < smallest:
             raise ValueError(f"prepare.image_size={self.prepare.image_size} is too small for "

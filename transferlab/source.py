@@ -97,9 +97,9 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def pretrain(source: dict[str, torch.Tensor], architecture: Architecture, cfg: Pretrain,
-             weights: str = "none") -> tuple[Classifier, FitResult]:
+             weights: str = "none", photo=None) -> tuple[Classifier, FitResult]:
     """Train encoder + head on the source train split (from `weights` if given); keep the best
-    epoch on source val."""
+    epoch on source val. `photo`: train.PhotoAugment instead of cfg.shift_px's translation."""
     x, y = source["x_train"], source["y_train"]
     torch.manual_seed(cfg.seed)
     model = Classifier(architecture.build(), int(y.max()) + 1)
@@ -120,7 +120,7 @@ def pretrain(source: dict[str, torch.Tensor], architecture: Architecture, cfg: P
                      [Stream(x, y, model)], (source["x_val"], source["y_val"], model),
                      steps=cfg.epochs * steps_per_epoch, batch_size=cfg.batch_size,
                      weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=cfg.seed,
-                     eval_every=steps_per_epoch, desc="pretrain")
+                     eval_every=steps_per_epoch, photo=photo, desc="pretrain")
     except TrainingDiverged as err:
         raise UserError(f"pretrain: {err}: lower pretrain.lr or pretrain.weight_decay") from None
     return model, result

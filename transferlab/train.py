@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from transferlab import compute
 from transferlab.io import UserError
 
 EVALUATIONS_PER_RUN = 30  # checkpoints considered by model selection when no epochs are given
@@ -65,6 +66,47 @@ def shift_batch(x: torch.Tensor, max_px: int, gen: torch.Generator) -> torch.Ten
             sel = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
             out[sel] = padded[sel, :, max_px + dy:max_px + dy + h, max_px + dx:max_px + dx + w]
     return out.contiguous(memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True)
+class PhotoAugment:
+    """Photo augmentation of a whole batch on its device, drawn per image: torchvision's
+    RandomResizedCrop(scale=(min_scale, 1), ratio=(3/4, 4/3)) box sampling (10 tries, then the
+    whole image), the box resampled to the batch's size by torchvision.ops.roi_align (bilinear,
+    2x2 samples per output pixel), and a horizontal flip with probability 1/2 when `flip`."""
+    min_scale: float = 0.08
+    flip: bool = True
+
+
+def photo_batch(x: torch.Tensor, aug: PhotoAugment, gen: torch.Generator) -> torch.Tensor:
+    from torchvision.ops import roi_align
+
+    n, _, h, w = x.shape
+    tries = 10
+    area = h * w * torch.empty(n, tries).uniform_(aug.min_scale, 1.0, generator=gen)
+    ratio = torch.exp(torch.empty(n, tries).uniform_(math.log(3 / 4), math.log(4 / 3),
+                                                     generator=gen))
+    cw, ch = torch.sqrt(area * ratio).round(), torch.sqrt(area / ratio).round()
+    ok = (cw >= 1) & (cw <= w) & (ch >= 1) & (ch <= h)
+    first = ok.float().argmax(1, keepdim=True)  # the first try that fits, as torchvision
+    cw = torch.where(ok.any(1), cw.gather(1, first)[:, 0], torch.tensor(float(w)))
+    ch = torch.where(ok.any(1), ch.gather(1, first)[:, 0], torch.tensor(float(h)))
+    u = torch.rand(n, 2, generator=gen)
+    x0, y0 = (u[:, 0] * (w - cw + 1)).floor(), (u[:, 1] * (h - ch + 1)).floor()
+    boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
+    out = roi_align(x.contiguous(), boxes.to(x.device, x.dtype), output_size=(h, w),
+                    spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    if aug.flip:
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)[:, None, None, None]
+        out = torch.where(flip, out.flip(-1), out)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def augment_batch(x: torch.Tensor, shift_px: int, photo: PhotoAugment | None,
+                  gen: torch.Generator) -> torch.Tensor:
+    """The training augmentation: photo crops and flips when `photo` is set (augment.mode:
+    photo), else the digits' random translation by up to shift_px."""
+    return photo_batch(x, photo, gen) if photo is not None else shift_batch(x, shift_px, gen)
 
 
 def cosine_lr(step: int, steps: int, peak: float) -> float:
@@ -189,7 +231,8 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
         val: tuple[torch.Tensor, torch.Tensor, Callable], *, steps: int, batch_size: int,
         weight_decay: float, shift_px: int, seed: int, eval_every: int | None = None,
         penalty: Callable[[], torch.Tensor] | None = None, adapt: Adapt | None = None,
-        label_free: LabelFree | None = None, desc: str = "train") -> FitResult:
+        label_free: LabelFree | None = None, photo: PhotoAugment | None = None,
+        desc: str = "train") -> FitResult:
     """Minimise sum_s weight_s * CE(stream_s) + penalty (+ adapt.weight * adapt.term) with AdamW;
     keep the selected weights in `model`. `param_groups` carry their peak `lr`; the schedule
     scales it per step."""
@@ -212,37 +255,55 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
     result = FitResult(best_step=0, best_val_accuracy=0.0,
                        selection="target-val" if label_free is None else "source-val+SND")
     running = torch.zeros((), device=val_x.device)
+
+    def streams_loss(batches: list, xu: torch.Tensor | None, progress: float) -> torch.Tensor:
+        """The step's loss, one call per step (under DDP: one forward). With `adapt`, every
+        labelled batch and the unlabelled one `xu` go through the encoder together. Under DDP
+        each rank's term sees its part of the batch (batch statistics such as CORAL's
+        covariances or MCC's class confusion are per rank, as BatchNorm's are)."""
+        loss = torch.zeros((), device=val_x.device)
+        if adapt is None:
+            for stream, (xb, yb, scale) in zip(streams, batches):
+                loss = loss + stream.weight * scale * F.cross_entropy(stream.forward(xb), yb)
+            return loss
+        sizes = [len(xb) for xb, _, _ in batches] + [len(xu)]
+        features = adapt.encoder(torch.cat([xb for xb, _, _ in batches] + [xu]))
+        logits = adapt.head(features)
+        feats, outs = features.split(sizes), logits.split(sizes)
+        for stream, (_, yb, scale), out in zip(streams, batches, outs):
+            loss = loss + stream.weight * scale * F.cross_entropy(out, yb)
+        return loss + adapt.weight * adapt.term(AdaptBatch(
+            list(feats[:-1]), list(outs[:-1]), feats[-1], outs[-1], xu, progress, gen,
+            lambda x: adapt.head(adapt.encoder(x))))
+
+    step_loss = compute.data_parallel(model, streams_loss)  # streams_loss itself in one process
+    scaler = compute.grad_scaler()  # fp16 only; passes through otherwise
     for step in tqdm(range(steps), desc=desc, mininterval=2, disable=None, leave=False):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, group["peak_lr"])
         set_train_mode(model)
-        loss = torch.zeros((), device=val_x.device)
         batches = []
         for stream, sampler in zip(streams, samplers):
-            idx = sampler.next().to(stream.x.device)
-            batches.append((shift_batch(to_float(stream.x[idx]), shift_px, gen), stream.y[idx]))
-        if adapt is None:
-            for stream, (xb, yb) in zip(streams, batches):
-                loss = loss + stream.weight * F.cross_entropy(stream.forward(xb), yb)
-        else:
-            xu = shift_batch(to_float(adapt.x[unlabelled.next().to(adapt.x.device)]), shift_px, gen)
-            sizes = [len(xb) for xb, _ in batches] + [len(xu)]
-            features = adapt.encoder(torch.cat([xb for xb, _ in batches] + [xu]))
-            logits = adapt.head(features)
-            feats, outs = features.split(sizes), logits.split(sizes)
-            for stream, (_, yb), out in zip(streams, batches, outs):
-                loss = loss + stream.weight * F.cross_entropy(out, yb)
-            loss = loss + adapt.weight * adapt.term(AdaptBatch(
-                list(feats[:-1]), list(outs[:-1]), feats[-1], outs[-1], xu, step / steps, gen,
-                lambda x: adapt.head(adapt.encoder(x))))
-        if penalty is not None:
-            loss = loss + penalty()
+            idx = sampler.next().to(stream.x.device, non_blocking=True)
+            part, scale = compute.shard(len(idx))  # this rank's part of the global batch
+            xb = augment_batch(to_float(stream.x[idx]), shift_px, photo, gen)[part]
+            batches.append((xb, stream.y[idx][part], scale))
+        xu = None
+        if adapt is not None:
+            iu = unlabelled.next().to(adapt.x.device, non_blocking=True)
+            xu = augment_batch(to_float(adapt.x[iu]), shift_px, photo, gen)[compute.shard(len(iu))[0]]
+        with compute.autocast():
+            loss = step_loss(batches, xu, step / steps)
+            if penalty is not None:
+                loss = loss + penalty()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         running += loss.detach()  # summed on the device: no host sync per step
 
         if (step + 1) % eval_every == 0 or step + 1 == steps:
+            running = compute.agree(model, running)  # several ranks: one model, one mean loss
             model.eval()
             logits = predict_logits(val_forward, val_x)
             val_loss = F.cross_entropy(logits, val_y).item()
@@ -280,4 +341,6 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
 
 def to_device(arrays: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """numpy arrays from a prepared file -> tensors on the device (uint8 images stay uint8)."""
-    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+    pin = device.type == "cuda"  # page-locked host memory: the copy runs asynchronously
+    return {k: (torch.from_numpy(v).pin_memory() if pin else torch.from_numpy(v)).to(
+        device, non_blocking=pin) for k, v in arrays.items()}

@@ -52,7 +52,7 @@ def make_inputs(method: Method, target: dict[str, torch.Tensor], params: Params,
                   num_classes=int(target["y_val"].max()) + 1, seed=seed,
                   source_model=need("source_model", source_model),
                   source=need("source_data", source), features=need("features", features),
-                  unlabelled=need("unlabelled", unlabelled))
+                  unlabelled=need("unlabelled", unlabelled), augment=params.augment.photo())
 
 
 def new_classifier(inputs: Inputs) -> Classifier:
@@ -69,7 +69,7 @@ def fit_on_target(model: Classifier, param_groups: list[dict], inputs: Inputs, c
     return fit(model, [g for g in param_groups if g["params"]],
                [Stream(t["x_train"], t["y_train"], model)], (t["x_val"], t["y_val"], model),
                steps=cfg.steps, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-               shift_px=cfg.shift_px, seed=inputs.seed, penalty=penalty)
+               shift_px=cfg.shift_px, seed=inputs.seed, penalty=penalty, photo=inputs.augment)
 
 
 def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -105,6 +105,7 @@ def adapt(inputs: Inputs, cfg: Adaptation, term: Callable[[AdaptBatch], torch.Te
     result = fit(both, [{"params": list(both.parameters()), "lr": cfg.lr}], streams,
                  (t["x_val"], t["y_val"], model), steps=cfg.steps, batch_size=cfg.batch_size,
                  weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=inputs.seed,
+                 photo=inputs.augment,
                  adapt=Adapt(inputs.unlabelled, model.encoder, model.head, term, cfg.loss_weight),
                  label_free=label_free)
     if result.oracle_state is not None:  # fit saw `both`: keep the classifier's own tensors
@@ -122,6 +123,9 @@ def selection_metrics(outcome: Outcome) -> dict:
     out = {"val_accuracy": round(fit_result.best_val_accuracy, 4), "best_step": fit_result.best_step,
            "selection": fit_result.selection}
     if fit_result.oracle_step is not None:
-        out.update(oracle_step=fit_result.oracle_step,
+        chosen = next(r for r in fit_result.history if r["step"] == fit_result.best_step)
+        out.update(snd=round(chosen["snd"], 6),  # what chose it, and what export compares
+                   source_val_accuracy=round(chosen["source_val_accuracy"], 4),
+                   oracle_step=fit_result.oracle_step,
                    oracle_val_accuracy=round(fit_result.oracle_val_accuracy, 4))
     return out

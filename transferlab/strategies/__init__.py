@@ -67,6 +67,7 @@ class Inputs:
     source: dict | None = None  # source x_train, y_train, x_val, y_val
     features: dict | None = None  # frozen source features of the shots and val (extract stage)
     unlabelled: Any = None  # (M, C, H, W) uint8 target train images minus the shots: no labels
+    augment: Any = None  # train.PhotoAugment (params augment.mode: photo), None: shift_px
 
     @property
     def shots(self) -> int:

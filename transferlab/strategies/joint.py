@@ -43,5 +43,6 @@ def run(inputs: Inputs, cfg: Options) -> Outcome:
     ]
     result = fit(both, [{"params": list(both.parameters()), "lr": cfg.lr}], streams,
                  (t["x_val"], t["y_val"], model), steps=cfg.steps, batch_size=cfg.batch_size,
-                 weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=inputs.seed)
+                 weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=inputs.seed,
+                 photo=inputs.augment)
     return Outcome(model, result)

@@ -1,0 +1,183 @@
+"""Photo training throughput at 224 px, resnet18: this project's loop vs the PyTorch
+transfer-learning tutorial's loop, same model, batch size, optimiser and number of steps.
+
+The photos: `--photos N` JPEGs (default 2,000, quality 90, 4 classes) made reproducibly from a
+seed: smooth random colour fields with a class-dependent shape, each 320-512 px wide and
+240-384 px high, like camera pictures shrunk for the web (no real photos can be downloaded
+here). Written once to a temporary folder `<root>/train/<class>/`.
+
+  tutorial: torchvision.datasets.ImageFolder, per-item RandomResizedCrop(224),
+            RandomHorizontalFlip, ToTensor, Normalize (ImageNet mean/std), DataLoader
+            (shuffle, num_workers=2), as https://pytorch.org/tutorials/beginner/transfer_learning_tutorial.html
+  ours:     the photos decoded once (datasets.load_folder: shorter side 256, centre square,
+            as the download stage does; DVC caches the result) and resized to 224 by the
+            prepare stage's code, kept as uint8; each step gathers a batch by index, moves it to
+            the device as uint8, crops and flips it there (augment.mode: photo,
+            train.photo_batch) and normalises inside the model, in transferlab.train.fit.
+
+Both train torchvision's resnet18 (random init: no weights download) with SGD (lr 0.001,
+momentum 0.9) for --steps steps after --warmup steps; the figure is training images per second
+and the ratio ours / tutorial, measured in the same run. The one-time decode of `ours` is
+printed apart (DVC does it once per dataset, not per epoch). On a CPU the model's own compute
+dominates both loops; the input pipeline's share, and so the ratio, grows with a GPU.
+
+Usage:  python benchmarks/photos.py                      (about 6 minutes on 2 CPU cores)
+        python benchmarks/photos.py --steps 20 --batch-size 64   (e.g. on a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CLASSES = ("disc", "square", "stripes", "ring")
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def make_photos(root: Path, n: int, seed: int = 0) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        label = i % len(CLASSES)
+        w, h = int(rng.integers(320, 513)), int(rng.integers(240, 385))
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = rng.uniform(0, 255, 3)
+        slope = rng.uniform(-0.3, 0.3, (2, 3))
+        img = base + xx[..., None] * slope[0] + yy[..., None] * slope[1]
+        cx, cy, r = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h, rng.uniform(0.15, 0.3) * h
+        d = np.hypot(xx - cx, yy - cy)
+        mask = {0: d < r, 1: (abs(xx - cx) < r) & (abs(yy - cy) < r),
+                2: (np.sin(xx / rng.uniform(6, 14)) > 0), 3: (abs(d - r) < r / 4)}[label]
+        img[mask] = rng.uniform(0, 255, 3)
+        img += rng.normal(0, 8, img.shape)
+        folder = root / "train" / CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg",
+                                                                     quality=90)
+
+
+def resnet18(num_classes: int):
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=num_classes)
+
+
+def tutorial_rate(root: Path, steps: int, warmup: int, batch_size: int, device) -> float:
+    import torch
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(0)
+    data = datasets.ImageFolder(root / "train", transforms.Compose([
+        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), transforms.Normalize(MEAN, STD)]))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
+                                         num_workers=2, drop_last=True)
+    model = resnet18(len(data.classes)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    criterion = torch.nn.CrossEntropyLoss()
+    model.train()
+    done, start = 0, None
+    while done < warmup + steps:
+        for inputs, labels in loader:
+            if done == warmup:
+                sync(device)
+                start = time.perf_counter()
+            inputs, labels = inputs.to(device), labels.to(device)
+            optimizer.zero_grad()
+            loss = criterion(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == warmup + steps:
+                break
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def ours_rate(root: Path, steps: int, warmup: int, batch_size: int, device) -> tuple[float, float]:
+    """Training images/s of transferlab.train.fit, and the one-time decode + resize seconds."""
+    import torch
+
+    from transferlab.datasets import load_folder
+    from transferlab.models import Classifier, set_input_normalisation
+    from transferlab.params import Model
+    from transferlab.models import architecture_from
+    from transferlab.train import PhotoAugment, Stream, fit, to_float
+
+    start = time.perf_counter()
+    raw = load_folder(root, size=256)  # the download stage: decoded once
+    x = torch.from_numpy(raw.images).permute(0, 3, 1, 2)
+    x = torch.cat([(torch.nn.functional.interpolate(to_float(x[i:i + 256]), size=224,
+                                                    mode="bilinear", antialias=True) * 255)
+                   .round().to(torch.uint8) for i in range(0, len(x), 256)])  # prepare's resize
+    decode_s = time.perf_counter() - start
+    y = torch.from_numpy(raw.labels)
+    torch.manual_seed(0)
+    arch = architecture_from(Model(arch="resnet18", widths=[1], small_input_stem=False,
+                                   weights="none"), 3)
+    model = Classifier(arch.build(), len(raw.classes))
+    set_input_normalisation(model.encoder, MEAN, STD)
+    model.to(device)
+    x, y = x.to(device), y.to(device)
+    val = (x[:batch_size], y[:batch_size], model)
+
+    def run(n: int) -> float:
+        sync(device)
+        t = time.perf_counter()
+        fit(model, [{"params": list(model.parameters()), "lr": 0.001}], [Stream(x, y, model)],
+            val, steps=n, batch_size=batch_size, weight_decay=0.0, shift_px=0, seed=0,
+            eval_every=n, photo=PhotoAugment(0.08, True), desc="ours")
+        sync(device)
+        return time.perf_counter() - t
+
+    run(warmup)
+    return steps * batch_size / run(steps), decode_s
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--photos", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    import torch
+
+    from transferlab.train import pick_device
+
+    device = pick_device()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        start = time.perf_counter()
+        make_photos(root, args.photos)
+        print(f"{args.photos} JPEG photos written in {time.perf_counter() - start:.0f} s")
+        tutorial = tutorial_rate(root, args.steps, args.warmup, args.batch_size, device)
+        ours, decode_s = ours_rate(root, args.steps, args.warmup, args.batch_size, device)
+    print(f"resnet18, 224 px, batch {args.batch_size}, {args.steps} steps after {args.warmup} "
+          "warm-up steps:")
+    print(f"  tutorial loop (ImageFolder, per-item transforms, 2 workers): {tutorial:7.1f} images/s")
+    print(f"  ours (decoded once, batch crop/flip on the device):         {ours:7.1f} images/s")
+    print(f"  ratio ours / tutorial: {ours / tutorial:.2f}x   (target >= 2x)")
+    print(f"  ours, one-time decode + resize of {args.photos} photos: {decode_s:.1f} s "
+          "(the download and prepare stages; DVC caches it)")
+
+
+if __name__ == "__main__":
+    main()
