@@ -168,3 +168,23 @@ def test_params_offer_every_score_to_recommend_by():
     from transferlab.params import Ranking
 
     assert get_args(Ranking.model_fields["recommend_by"].annotation) == SCORES
+
+
+def test_zero_shots_give_empty_features_and_undefined_diagnostics():
+    """prepare.shots 0 (found through `dvc exp run -S prepare.shots=0`: extract crashed in
+    torch.cat): no shot to embed or to build centroids from, and the scores use the val set."""
+    from transferlab.source import extract_features
+
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    empty = extract_features(encoder, torch.zeros(0, 1, 2, 2, dtype=torch.uint8), batch_size=8)
+    assert empty.shape == (0, 3)
+    rng = np.random.default_rng(3)
+    val = rng.normal(size=(K, 3)).astype(np.float32)
+    out = feature_diagnostics(empty, np.zeros(0, dtype=np.int64), val, np.arange(K))
+    assert out["nearest_centroid_val_accuracy"] is None and out["fisher_ratio"] is None
+    assert "prepare.shots 0" in out["fisher_ratio_undefined"]
+    features = {"train_features": empty, "val_features": val, "y_train": np.zeros(0, np.int64),
+                "y_val": np.arange(K)}
+    weight, bias = rng.normal(size=(K, 3)), np.zeros(K)
+    assert score_source(features, weight, bias) == transferability(
+        val, softmax_head(val, weight, bias), np.arange(K))

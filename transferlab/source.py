@@ -152,6 +152,10 @@ def feature_diagnostics(train_f: np.ndarray, y_train: np.ndarray, val_f: np.ndar
         Undefined (None, with fisher_ratio_undefined saying why) when no class has two distinct
         shots: the within-class scatter is then 0 and the ratio was reported as ~4e14 at 1 shot.
     """
+    if len(y_train) == 0:
+        why = "no labelled target shot (prepare.shots 0): the diagnostics need >= 1 shot per class"
+        return {"nearest_centroid_val_accuracy": None, "fisher_ratio": None,
+                "fisher_ratio_undefined": why}
     classes = np.unique(y_train)
     centroids = np.stack([train_f[y_train == c].mean(0) for c in classes])
     nearest = classes[(_unit_rows(val_f) @ _unit_rows(centroids).T).argmax(1)]

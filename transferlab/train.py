@@ -224,7 +224,10 @@ def set_train_mode(model: nn.Module) -> None:
 
 @torch.no_grad()
 def predict_logits(forward: Callable, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    return torch.cat([forward(to_float(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    """Outputs of `forward` on `x` in batches; an empty `x` gives an empty (0, ...) tensor of the
+    right width (at prepare.shots 0 there are no target shots to embed)."""
+    starts = range(0, len(x), batch_size) if len(x) else [0]
+    return torch.cat([forward(to_float(x[i:i + batch_size])) for i in starts])
 
 
 def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream],
