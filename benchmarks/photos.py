@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 CLASSES = ("disc", "square", "stripes", "ring")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -107,17 +108,17 @@ def ours_rate(root: Path, steps: int, warmup: int, batch_size: int, device) -> t
     import torch
 
     from transferlab.datasets import load_folder
-    from transferlab.models import Classifier, set_input_normalisation
-    from transferlab.params import Model
-    from transferlab.models import architecture_from
-    from transferlab.train import PhotoAugment, Stream, fit, to_float
+    from transferlab.models import Classifier, architecture_from, set_input_normalisation
+    from transferlab.params import Model, load_params
+    from transferlab.scenario import align
+    from transferlab.train import PhotoAugment, Stream, fit
 
+    # the photo preset's prepare settings, applied by prepare's own code
+    prepare = load_params(ROOT / "params.yaml").prepare.model_copy(update={
+        "image_size": 224, "crop": "none", "bottleneck_size": 0, "scale": "none", "channels": 3})
     start = time.perf_counter()
     raw = load_folder(root, size=256)  # the download stage: decoded once
-    x = torch.from_numpy(raw.images).permute(0, 3, 1, 2)
-    x = torch.cat([(torch.nn.functional.interpolate(to_float(x[i:i + 256]), size=224,
-                                                    mode="bilinear", antialias=True) * 255)
-                   .round().to(torch.uint8) for i in range(0, len(x), 256)])  # prepare's resize
+    x = torch.from_numpy(align(raw, prepare))  # the prepare stage: uint8 at 224 px
     decode_s = time.perf_counter() - start
     y = torch.from_numpy(raw.labels)
     torch.manual_seed(0)
