@@ -32,7 +32,7 @@ def main(argv=None):
         tmp.mkdir()
         for name, spec, split in files:
             raw = fetch(spec.name, cache_dir=cache_dir, root=Path(spec.root) if spec.root else None,
-                        split=split, size=data.decode_size)
+                        split=split, size=data.decode_size, lazy=True)
             save_raw(tmp / f"{name}.safetensors", raw, decode_size(spec.name, data.decode_size))
             print(f"{name}: {spec.name} ({split}), {len(raw.labels)} images "
                   f"{raw.images.shape[1:]}, {len(raw.classes)} classes")

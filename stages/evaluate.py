@@ -13,14 +13,14 @@ after it (every label-free method evaluated): `dvc plots show` draws the domains
 import argparse
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from transferlab.evaluation import compare, embed_2d, predict, results_markdown
 from transferlab.io import (UserError, atomic_path, load_arrays, read_classes, read_metadata,
                             run_stage, write_csv, write_json)
 from transferlab.models import load_classifier
 from transferlab.strategies import METHODS
-from transferlab.train import make_deterministic, pick_device
+from transferlab.train import make_deterministic, pick_device, to_device
 
 
 ADAPTATION = {n for n, m in METHODS.items() if "unlabelled" in m.reads}
@@ -44,8 +44,8 @@ def main(argv=None):
 
     make_deterministic(0)
     device = pick_device()
-    test = load_arrays(args.test, required=("x_test", "y_test"))
-    x_test, y_test = torch.from_numpy(test["x_test"]).to(device), test["y_test"]
+    test = load_arrays(args.test, required=("x_test", "y_test"), lazy=True)
+    x_test, y_test = to_device({"x": test["x_test"]}, device)["x"], np.asarray(test["y_test"])
     target_classes = read_classes(args.test)
     num_classes = len(target_classes)
     models = {p.name.removesuffix(".safetensors"): p for p in args.models}
@@ -88,8 +88,9 @@ def main(argv=None):
         tmp.mkdir()
         for name, pred in predictions.items():
             write_csv(tmp / f"{name}.csv", ["actual", "predicted"], zip(y_test.tolist(), pred.tolist()))
-    source_x = torch.from_numpy(load_arrays(args.source)["x_val"]).to(device)
-    target_x = torch.from_numpy(load_arrays(args.unlabelled)["x_unlabelled"]).to(device)
+    source_x = to_device(load_arrays(args.source, ("x_val",), lazy=True), device)["x_val"]
+    target_x = to_device(load_arrays(args.unlabelled, ("x_unlabelled",), lazy=True),
+                         device)["x_unlabelled"]
     with atomic_path(args.embedding) as tmp:
         tmp.mkdir()
         for name, encoder in encoders.items():

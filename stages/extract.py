@@ -25,7 +25,7 @@ def main(argv=None):
     make_deterministic(0)
     device = pick_device()
     model = load_classifier(args.model, device)[0]
-    target = to_device(load_arrays(args.target, required=TRAIN_VAL), device)
+    target = to_device(load_arrays(args.target, required=TRAIN_VAL, lazy=True), device)
     features = target_features(model.encoder, target, batch_size)
     save_arrays(args.out, features)
     diagnostics = feature_diagnostics(features["train_features"], features["y_train"],

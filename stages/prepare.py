@@ -24,19 +24,22 @@ def main(argv=None):
     args = ap.parse_args(argv)
     params = load_params()
 
-    official = {split: load_raw(path) for split in ("test", "val")
+    official = {split: load_raw(path, lazy=True) for split in ("test", "val")
                 if (path := args.raw / f"target_{split}.safetensors").is_file()}
-    scenario = build_scenario(load_raw(args.raw / "source.safetensors"),
-                              load_raw(args.raw / "target.safetensors"), params.prepare,
-                              params.seed, params.data.source, params.data.target,
-                              official.get("test"), official.get("val"))
     decoded = {role: int(read_metadata(args.raw / f"{role}.safetensors").get("decode_size", 0))
                for role in ("source", "target")}
-    source_meta = {"classes": json.dumps(scenario.source_classes),
-                   "preprocess": preprocess_record(params.prepare, decoded["source"])}
-    target_meta = {"classes": json.dumps(scenario.target_classes),
-                   "preprocess": preprocess_record(params.prepare, decoded["target"])}
     with atomic_path(args.out) as tmp:
+        # images too large for memory are aligned into files in atomic_path's own temporary
+        # folder (removed with it) and written out from there a block at a time
+        scenario = build_scenario(load_raw(args.raw / "source.safetensors", lazy=True),
+                                  load_raw(args.raw / "target.safetensors", lazy=True),
+                                  params.prepare, params.seed, params.data.source,
+                                  params.data.target, official.get("test"), official.get("val"),
+                                  scratch=tmp.parent)
+        source_meta = {"classes": json.dumps(scenario.source_classes),
+                       "preprocess": preprocess_record(params.prepare, decoded["source"])}
+        target_meta = {"classes": json.dumps(scenario.target_classes),
+                       "preprocess": preprocess_record(params.prepare, decoded["target"])}
         tmp.mkdir()
         save_arrays(tmp / "source.safetensors", scenario.source, source_meta)
         save_arrays(tmp / "target.safetensors", scenario.target, target_meta)

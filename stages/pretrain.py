@@ -24,7 +24,7 @@ def main(argv=None):
     compute.launch(params.compute)  # compute.nproc > 1: this stage again under torchrun
 
     make_deterministic(params.pretrain.seed)
-    source = to_device(load_arrays(args.source, required=TRAIN_VAL), pick_device())
+    source = to_device(load_arrays(args.source, required=TRAIN_VAL, lazy=True), pick_device())
     architecture = architecture_from(params.model, source["x_train"].shape[1])
     model, result = pretrain(source, architecture, params.pretrain, params.model.weights,
                              params.augment.photo())

@@ -41,7 +41,7 @@ def main(argv=None):
                               official)  # the target's images never become source images
     source = to_device(source, device)
     model = train_candidate(source, cand, params)
-    pool = to_device(load_arrays(args.pool, required=POOL), device)
+    pool = to_device(load_arrays(args.pool, required=POOL, lazy=True), device)
     results, timings = evaluate_candidate(model, pool, params)
     write_json(args.out, {"candidate": args.name, "source_train_images": len(source["y_train"]),
                           "source_classes": int(source["y_train"].max()) + 1, "seeds": results})

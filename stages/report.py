@@ -37,7 +37,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, required=True, help="output: the HTML page")
     args = ap.parse_args(argv)
 
-    test = load_arrays(args.test)
+    test = load_arrays(args.test, ("x_test", "y_test"), lazy=True)  # images: only the tiles are read
     classes = json.loads(read_metadata(args.test)["classes"])
     confusions = {}
     for name, rows in read_csvs(args.confusion).items():

@@ -7,7 +7,7 @@ test set is read after every model has been chosen.
 import argparse
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from transferlab.io import load_arrays, read_classes, run_stage, write_json
 from transferlab.models import load_classifier
@@ -29,18 +29,18 @@ def main(argv=None):
 
     make_deterministic(args.seed)
     device = pick_device()
-    pool = to_device(load_arrays(args.prepared / "target_pool.safetensors"), device)
+    pool = to_device(load_arrays(args.prepared / "target_pool.safetensors", lazy=True), device)
     source_model, source_classes = load_classifier(args.source_model, device)
     target, unlabelled = cell_target(pool, args.shots, args.seed)
     outcomes = train_cell(target, unlabelled, params, args.seed, source_model,
-                          to_device(load_arrays(args.prepared / "source.safetensors"), device))
+                          to_device(load_arrays(args.prepared / "source.safetensors", lazy=True), device))
 
-    test = load_arrays(args.prepared / "target_test.safetensors")  # models are chosen: score
+    test = load_arrays(args.prepared / "target_test.safetensors", lazy=True)  # models are chosen: score
     models = selected_models(outcomes)
     target_classes = read_classes(args.prepared / "target_test.safetensors")
     if source_classes == target_classes:
         models["source_only"] = source_model  # only where source and target share classes
-    scores = score(models, torch.from_numpy(test["x_test"]).to(device), test["y_test"])
+    scores = score(models, to_device({"x": test["x_test"]}, device)["x"], np.asarray(test["y_test"]))
     selection = {name: selection_metrics(o) for name, o in outcomes.items()}
     write_json(args.out, {"shots": args.shots, "seed": args.seed, "selection": selection,
                           "test": scores})

@@ -5,7 +5,7 @@ control with n blocks frozen at a random initialisation. Test scores after selec
 import argparse
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from transferlab.io import load_arrays, run_stage, write_json
 from transferlab.models import load_classifier
@@ -28,15 +28,15 @@ def main(argv=None):
 
     make_deterministic(args.seed)
     device = pick_device()
-    pool = to_device(load_arrays(args.prepared / "target_pool.safetensors"), device)
+    pool = to_device(load_arrays(args.prepared / "target_pool.safetensors", lazy=True), device)
     source = load_classifier(args.source_model, device)[0]
     inputs = make_inputs(METHODS["structure"], cell_target(pool, shots, args.seed)[0], params,
                          args.seed, source_model=source)
     outcomes = train_layer_grid(inputs, params)
 
-    test = load_arrays(args.prepared / "target_test.safetensors")  # models are chosen: score
+    test = load_arrays(args.prepared / "target_test.safetensors", lazy=True)  # models are chosen: score
     models = {f"{v}:{n}": o.model for (v, n), o in outcomes.items()}
-    scores = score(models, torch.from_numpy(test["x_test"]).to(device), test["y_test"])
+    scores = score(models, to_device({"x": test["x_test"]}, device)["x"], np.asarray(test["y_test"]))
     rows = [{"variant": v, "blocks": n, "val_accuracy": round(o.fit.best_val_accuracy, 4),
              **scores[f"{v}:{n}"]} for (v, n), o in outcomes.items()]
     write_json(args.out, {"shots": shots, "seed": args.seed, "grid": rows})

@@ -51,7 +51,7 @@ def main(argv=None):
     make_deterministic(params.seed)
     device = pick_device()
     arrays = lambda name, need=TRAIN_VAL: to_device(  # noqa: E731
-        load_arrays(args.prepared / f"{name}.safetensors", required=need), device)
+        load_arrays(args.prepared / f"{name}.safetensors", required=need, lazy=True), device)
     reads = method.reads
     inputs = make_inputs(
         method, arrays("target"), params, params.seed,

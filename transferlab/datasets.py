@@ -11,8 +11,8 @@ under `cache_dir` (default_cache_dir):
     svhn           73,257 house-number digits, 32x32 colour
     cifar10        50,000 objects, 32x32 colour, classes "airplane", "automobile", ...
 Your own images:
-    folder         <root>/<class>/<image> or <root>/{train,val,test}/<class>/<image>, resized
-                   to 64x64
+    folder         <root>/<class>/<image> or <root>/{train,val,test}/<class>/<image>, shorter
+                   side resized to data.decode_size (default 256), centre square cropped
 
 Every torchvision file is checked against the md5 torchvision lists before anything is loaded:
 the same params must give the same bytes, and a truncated download must not become a dataset.
@@ -378,21 +378,50 @@ def shorter_side_centre_crop(img, size: int):
                       box=(left, top, left + side, top + side))
 
 
-def load_folder(root: Path, split: str = "train", size: int = FOLDER_SIZE) -> RawDataset:
+class FolderImages:
+    """A folder's images, decoded when indexed (read_image): what `download` writes a block of
+    rows at a time, so a folder larger than memory never is in memory whole."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, paths: list[Path], mode: str, size: int):
+        self.paths, self.mode, self.size = paths, mode, size
+        self.shape = (len(paths), size, size, *((3,) if mode == "RGB" else ()))
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return read_image(self.paths[key], self.mode, self.size)
+        chosen = self.paths[key] if isinstance(key, slice) else [self.paths[i] for i in key]
+        out = np.empty((len(chosen), *self.shape[1:]), np.uint8)
+        for i, path in enumerate(chosen):  # into one array: no list of every image beside it
+            out[i] = read_image(path, self.mode, self.size)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def load_folder(root: Path, split: str = "train", size: int = FOLDER_SIZE,
+                lazy: bool = False) -> RawDataset:
     """Every image under <root>/<class>/ (or <root>/<split>/<class>/), any size and Pillow format.
 
     Classes are the sorted class folder names. All images become grayscale ("L"), or all become
     RGB if any one has colour; each one's centre square, resized to `size` (read_image).
+    lazy: the images are decoded only when read (FolderImages), not here.
     """
     classes = find_class_folders(root, split)
     files = [list_images(folder) for folder in classes]
     paths = [path for group in files for path in group]
     mode = "RGB" if any(is_colour(path) for path in paths) else "L"
-    images = np.empty((len(paths), size, size, *((3,) if mode == "RGB" else ())), np.uint8)
-    for i, path in enumerate(paths):  # into one array: no list of every image beside it
-        images[i] = read_image(path, mode, size)
+    images = FolderImages(paths, mode, size)
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(group) for group in files])
-    return RawDataset(images, labels, 255, tuple(folder.name for folder in classes))
+    return RawDataset(images if lazy else np.asarray(images), labels, 255,
+                      tuple(folder.name for folder in classes))
 
 
 # --- fetch: any dataset by name ---------------------------------------------------------------
@@ -425,13 +454,15 @@ def target_test_source(mode: str, name: str, root: Path | None) -> str:
 
 
 def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
-          download: bool = True, split: str = "train", size: int = FOLDER_SIZE) -> RawDataset:
+          download: bool = True, split: str = "train", size: int = FOLDER_SIZE,
+          lazy: bool = False) -> RawDataset:
     """The `split` ("train", or an official "test" / "val") of dataset `name` (see the module
     docstring for the names).
 
     cache_dir: torchvision's files (default_cache_dir() when None); root: the image folder of
     'folder', ignored by the others; download=False never touches the network; size: what a
-    folder's images are decoded to (read_image).
+    folder's images are decoded to (read_image); lazy: a folder's images are decoded when read
+    (what `download` wants: it writes them a block at a time).
     """
     if split != "train" and not has_official_split(name, root, split):
         raise UserError(f"dataset '{name}' has no official {split} split: set data.target_test: "
@@ -448,7 +479,7 @@ def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
         if root is None:
             raise UserError("dataset 'folder' needs a root: a folder of class folders "
                             "(<root>/<class>/<image>)")
-        return load_folder(Path(root).expanduser().absolute(), split, size)
+        return load_folder(Path(root).expanduser().absolute(), split, size, lazy)
     raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
 
 
@@ -466,14 +497,15 @@ def save_raw(path: Path, data: RawDataset, decoded_to: int = 0) -> None:
                           "classes": json.dumps(list(data.classes))})
 
 
-def load_raw(path: Path) -> RawDataset:
-    arrays = load_arrays(path, required=("images", "labels"))
+def load_raw(path: Path, lazy: bool = False) -> RawDataset:
+    """lazy: images larger than io.resident_limit() stay on disk (io.DiskArray)."""
+    arrays = load_arrays(path, required=("images", "labels"), lazy=lazy)
     metadata = read_metadata(path)
     if "classes" not in metadata or "max_value" not in metadata:
         raise UserError(f"{show_path(path)} has no class names (written by an older version): run "
                         "`dvc repro download`")
     try:
-        return RawDataset(arrays["images"], arrays["labels"], int(metadata["max_value"]),
+        return RawDataset(arrays["images"], np.asarray(arrays["labels"]), int(metadata["max_value"]),
                           tuple(read_classes(path)))
     except ValueError as err:
         raise UserError(f"{show_path(path)} is corrupt ({err}): run `dvc repro -f download`"

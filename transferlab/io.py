@@ -54,6 +54,10 @@ def _unwritable(path: Path, err: OSError) -> UserError:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; move it into place only if the block succeeds.
 
+    The yielded path's parent is a private temporary folder, removed afterwards whatever
+    happens: a stage may keep scratch files there (prepare's aligned images too large for
+    memory), and they never reach `path`.
+
     Works for files and directories. An interrupted or failed block leaves `path` as it was;
     a temporary left by a killed run (SIGKILL gives no chance to clean up) is removed here.
     Nothing is moved into place once the `dvc` process that launched this stage is gone
@@ -118,12 +122,95 @@ def _write_bytes(path: str | os.PathLike, blob: bytes) -> None:
         tmp.write_bytes(blob)
 
 
+# numpy dtype -> safetensors code, in the order safetensors lays arrays out (wider types first,
+# then by name): files written here row by row are byte-identical to safetensors' own
+SAFETENSORS_DTYPES = {np.dtype(t): code for t, code in (
+    (np.uint64, "U64"), (np.int64, "I64"), (np.float64, "F64"), (np.complex64, "C64"),
+    (np.float32, "F32"), (np.uint32, "U32"), (np.int32, "I32"), (np.float16, "F16"),
+    (np.uint16, "U16"), (np.int16, "I16"), (np.int8, "I8"), (np.uint8, "U8"), (np.bool_, "BOOL"))}
+NUMPY_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
+CHUNK_BYTES = 64 << 20  # what one write or one read of rows holds in memory at most
+
+
+def _layout(specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]], metadata: Mapping[str, str]
+            ) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """The file's header (key-sorted JSON, padded to 8 bytes, as canonical_safetensors writes it)
+    and each array's byte span in the data section."""
+    order = list(SAFETENSORS_DTYPES)
+    names = sorted(specs, key=lambda k: (order.index(np.dtype(specs[k][0])), k))
+    header: dict = {"__metadata__": dict(metadata)}
+    spans, at = {}, 0
+    for name in names:
+        dtype, shape = np.dtype(specs[name][0]), tuple(int(n) for n in specs[name][1])
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        spans[name] = (at, at + size)
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [at, at + size]}
+        at += size
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob, spans
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data.nbytes:  # one pwrite moves at most ~2 GiB on Linux
+        done = os.pwrite(fd, data, offset)
+        data, offset = data[done:], offset + done
+
+
+@contextlib.contextmanager
+def array_writer(path: str | os.PathLike, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]],
+                 metadata: Mapping[str, str] | None = None
+                 ) -> Iterator[Callable[[str, np.ndarray], None]]:
+    """Write a safetensors file without holding it in memory: `specs` names each array's dtype
+    and shape up front, and the yielded `write(name, rows)` appends rows to that array (in any
+    interleaving of arrays). The file appears only if the block succeeds and every array was
+    filled; the bytes are those of `save_arrays` with the same arrays."""
+    header, spans = _layout(specs, metadata or {})
+    filled = {name: 0 for name in specs}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(header)
+        f.flush()
+
+        def write(name: str, rows: np.ndarray) -> None:
+            dtype, shape = np.dtype(specs[name][0]), tuple(specs[name][1])
+            rows = np.ascontiguousarray(rows, dtype=dtype)
+            if rows.shape[1:] != shape[1:] and rows.shape != shape:
+                raise ValueError(f"{name}: rows of shape {rows.shape[1:]}, expected {shape[1:]}")
+            start, end = spans[name]
+            if start + filled[name] + rows.nbytes > end:
+                raise ValueError(f"{name}: more rows than its shape {shape} holds")
+            _pwrite_all(f.fileno(), memoryview(rows).cast("B"), len(header) + start + filled[name])
+            filled[name] += rows.nbytes
+
+        yield write
+        if short := [n for n, (start, end) in spans.items() if filled[n] != end - start]:
+            raise ValueError(f"{short[0]}: {filled[short[0]]} of {spans[short[0]][1] - spans[short[0]][0]}"
+                             " bytes written")
+
+
+def row_chunks(array, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """An array (or anything indexable by row slices: DiskArray, a lazy decoder) in blocks of
+    whole rows of about `chunk_bytes`, as numpy arrays."""
+    shape = tuple(array.shape)
+    if not shape:
+        yield np.asarray(array)
+        return
+    row = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize)
+    step = max(1, chunk_bytes // row)
+    for start in range(0, shape[0], step):
+        yield np.asarray(array[start:start + step])
+
+
 def save_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
                 metadata: Mapping[str, str] | None = None) -> None:
-    from safetensors.numpy import save
-
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    _write_bytes(path, canonical_safetensors(save(arrays, metadata=dict(metadata or {}))))
+    """A safetensors file of `arrays` (numpy arrays, or row-sliceable array-likes such as
+    DiskArray, written a block of rows at a time: bounded memory whatever their size)."""
+    specs = {k: (np.dtype(v.dtype), tuple(v.shape)) for k, v in arrays.items()}
+    with array_writer(path, specs, metadata) as write:
+        for name, array in arrays.items():
+            for rows in row_chunks(array):
+                write(name, rows)
 
 
 def write_history(path: str | os.PathLike, history: Sequence[Mapping]) -> None:
@@ -148,15 +235,152 @@ def _corrupt(path: Path, why: str) -> UserError:
 TRAIN_VAL = ("x_train", "y_train", "x_val", "y_val")  # the arrays of a prepared train/val file
 
 
-def load_arrays(path: str | os.PathLike, required: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """Every array of a safetensors file the pipeline wrote; `required` names must be present."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+def resident_limit() -> int:
+    """Bytes above which an array stays on disk when a stage loads it lazily:
+    $TRANSFERLAB_RESIDENT_MIB (default 256). Where data lives changes no result, only memory."""
+    raw = os.environ.get("TRANSFERLAB_RESIDENT_MIB", "256")
+    try:
+        mib = float(raw)
+    except ValueError:
+        raise UserError(f"TRANSFERLAB_RESIDENT_MIB={one_line(raw)!r} is not a number: set it to "
+                        "the MiB above which arrays are read from disk (e.g. 256)") from None
+    return max(0, int(mib * (1 << 20)))
+
+
+class DiskArray:
+    """One array of a safetensors file, read from disk when indexed.
+
+    Indexing (an int, a slice, an index or boolean array over rows) returns a numpy array of
+    just those rows; `take` returns a lazy selection of rows. Rows are read with os.pread,
+    consecutive ones in one call: what was read stays in the kernel's page cache, which it
+    reclaims, not in this process. (np.memmap would count every page it touched in this
+    process's resident memory until unmapped: a pass over a 4 GB file would show as 4 GB.)
+    """
+
+    def __init__(self, path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...],
+                 rows: np.ndarray | None = None):
+        self.path, self.offset, self.dtype = Path(path), offset, np.dtype(dtype)
+        self._stored, self._rows = tuple(shape), rows
+        self.shape = (len(rows), *shape[1:]) if rows is not None else self._stored
+        self.ndim = len(self.shape)
+        self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.nbytes = self._row_bytes * (self.shape[0] if self.shape else 1)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"DiskArray({show_path(self.path)}, {self.dtype}, {self.shape})"
+
+    def _positions(self, key) -> np.ndarray | int:
+        """Stored row numbers of `key` (an int for one row)."""
+        index = np.arange(self.shape[0]) if self._rows is None else self._rows
+        if isinstance(key, (int, np.integer)):
+            return int(index[key])
+        return index[np.asarray(key) if isinstance(key, (list, tuple)) else key]
+
+    def take(self, key) -> DiskArray:
+        """The rows `key` selects, still on disk."""
+        rows = self._positions(key)
+        return DiskArray(self.path, self.offset, self.dtype, self._stored, np.atleast_1d(rows))
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not self.shape:
+            raise TypeError("a 0-d DiskArray is read with np.asarray")
+        rows = self._positions(key)
+        out = self._read(np.atleast_1d(rows))
+        return out[0] if np.ndim(rows) == 0 else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._read(self._positions(slice(None)) if self.shape else None)
+        return out if dtype is None else out.astype(dtype)
+
+    def _read(self, rows: np.ndarray | None) -> np.ndarray:
+        """Stored rows `rows` (None: the whole 0-d array), in that order."""
+        with open(self.path, "rb") as f:
+            fd = f.fileno()
+            if rows is None:  # a 0-d array
+                return np.frombuffer(os.pread(fd, self.dtype.itemsize, self.offset), self.dtype
+                                     ).reshape(())
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            order = np.argsort(rows, kind="stable")
+            ordered = rows[order]
+            out = np.empty((len(rows), *self._stored[1:]), self.dtype)
+            flat = out.reshape(len(rows), -1).view(np.uint8).reshape(-1) if len(rows) else None
+            # runs of consecutive rows (in sorted order) are one read each
+            breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+            for run in np.split(np.arange(len(ordered)), breaks) if len(ordered) else []:
+                first, count = int(ordered[run[0]]), len(run)
+                want = count * self._row_bytes
+                data = _pread_all(fd, want, self.offset + first * self._row_bytes)
+                if len(data) != want:
+                    raise _corrupt(self.path, "the file is shorter than its header says")
+                flat[run[0] * self._row_bytes:(run[0] + count) * self._row_bytes] = \
+                    np.frombuffer(data, np.uint8)
+        if not np.array_equal(order, np.arange(len(rows))):
+            result = np.empty_like(out)
+            result[order] = out
+            out = result
+        return out
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    parts = []
+    while size:
+        data = os.pread(fd, min(size, 1 << 30), offset)
+        if not data:
+            break
+        parts.append(data)
+        size, offset = size - len(data), offset + len(data)
+    return b"".join(parts)
+
+
+def _header(path: Path) -> tuple[int, dict]:
+    """(where the data section starts, the parsed header) of a safetensors file, validated
+    against the file's size."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            size = os.fstat(f.fileno()).st_size
+    except (struct.error, ValueError, UnicodeDecodeError) as err:
+        raise _corrupt(path, f"unreadable header: {err}") from None
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = NUMPY_DTYPES[entry["dtype"]]
+            start, end = entry["data_offsets"]
+            count = int(np.prod(entry["shape"], dtype=np.int64))
+        except (KeyError, TypeError, ValueError):
+            raise _corrupt(path, f"bad header entry for {name!r}") from None
+        if end - start != count * dtype.itemsize or 8 + n + end > size:
+            raise _corrupt(path, f"array {name!r} does not fit the file")
+    return 8 + n, header
+
+
+def load_arrays(path: str | os.PathLike, required: Sequence[str] = (), lazy: bool = False
+                ) -> dict[str, np.ndarray | DiskArray]:
+    """Every array of a safetensors file the pipeline wrote; `required` names must be present.
+
+    lazy: arrays larger than resident_limit() come back as DiskArray (read from disk when
+    indexed), so a dataset larger than memory can be trained on; smaller ones are in memory."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     _readable_file(path)
+    limit = resident_limit() if lazy else None
     try:
-        arrays = load_file(str(path))
+        start, header = _header(path) if lazy else (0, {})
+        arrays = {}
+        with safe_open(str(path), framework="numpy") as f:
+            for key in f.keys():
+                entry = header.get(key)
+                if entry is not None and entry["data_offsets"][1] - entry["data_offsets"][0] > limit:
+                    arrays[key] = DiskArray(path, start + entry["data_offsets"][0],
+                                            NUMPY_DTYPES[entry["dtype"]], tuple(entry["shape"]))
+                else:
+                    arrays[key] = f.get_tensor(key)
     except (SafetensorError, ValueError, TypeError) as err:
         raise _corrupt(path, str(err)) from None
     except OSError as err:

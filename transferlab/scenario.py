@@ -19,15 +19,17 @@ domain-adaptation methods train on; with `prepare.shots: 0` it is the whole pool
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from transferlab.datasets import RawDataset
-from transferlab.io import UserError
+from transferlab.io import DiskArray, UserError, array_writer, load_arrays, resident_limit, row_chunks
 from transferlab.params import DatasetSpec, Prepare
 
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B
@@ -63,18 +65,37 @@ def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     return (x * torch.tensor(LUMINANCE).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
-ALIGN_CHUNK = 1024  # images aligned at once: float32 work memory stays ~1 GB even at 512 px
+ALIGN_CHUNK = 1024  # images aligned at once, at most; and at most ALIGN_BYTES of float32 work
+ALIGN_BYTES = 256 << 20
+_scratch_names = itertools.count()
 
 
-def align(raw: RawDataset, p: Prepare) -> np.ndarray:
+def align(raw: RawDataset, p: Prepare, scratch: Path | None = None) -> np.ndarray | DiskArray:
     """Raw images -> (N, channels, image_size, image_size) uint8, the same framing in both
     domains. Works through the images in chunks (each image is aligned on its own, so the
-    result does not depend on the chunking)."""
-    out = np.empty((len(raw.images), p.channels, p.image_size, p.image_size), np.uint8)
-    for start in range(0, len(raw.images), ALIGN_CHUNK):
-        out[start:start + ALIGN_CHUNK] = _align_chunk(raw.images[start:start + ALIGN_CHUNK],
-                                                      raw.max_value, p)
-    return out
+    result does not depend on the chunking). With a `scratch` folder, a result larger than
+    io.resident_limit() is written there and returned as a DiskArray: memory stays bounded."""
+    n = len(raw.images)
+    shape = (n, p.channels, p.image_size, p.image_size)
+    pixels = max(int(np.prod(raw.images.shape[1:])) if n else 1, int(np.prod(shape[1:])))
+    step = max(1, min(ALIGN_CHUNK, ALIGN_BYTES // (4 * 3 * pixels)))
+    chunks = (_align_chunk(np.asarray(raw.images[start:start + step]), raw.max_value, p)
+              for start in range(0, n, step))
+    if scratch is None or int(np.prod(shape)) <= resident_limit():
+        out = np.empty(shape, np.uint8)
+        for start, chunk in zip(range(0, n, step), chunks):
+            out[start:start + len(chunk)] = chunk
+        return out
+    path = Path(scratch) / f"aligned-{next(_scratch_names)}.safetensors"
+    with array_writer(path, {"x": (np.uint8, shape)}) as write:
+        for chunk in chunks:
+            write("x", chunk)
+    return load_arrays(path, lazy=True)["x"]
+
+
+def take_rows(images: np.ndarray | DiskArray, index: np.ndarray) -> np.ndarray | DiskArray:
+    """images[index] (an index or boolean array); images on disk stay there (a lazy selection)."""
+    return images.take(index) if isinstance(images, DiskArray) else images[index]
 
 
 def _align_chunk(images: np.ndarray, max_value: int, p: Prepare) -> np.ndarray:
@@ -113,7 +134,7 @@ def select_classes(raw: RawDataset, classes: str | list[int], key: str) -> RawDa
     keep = np.isin(raw.labels, chosen)
     relabel = np.full(len(raw.classes), -1, dtype=np.int64)
     relabel[chosen] = np.arange(len(chosen))
-    return RawDataset(raw.images[keep], relabel[raw.labels[keep]], raw.max_value,
+    return RawDataset(take_rows(raw.images, keep), relabel[raw.labels[keep]], raw.max_value,
                       tuple(raw.classes[c] for c in chosen))
 
 
@@ -202,11 +223,11 @@ def check_sizes(source: RawDataset, target: RawDataset, p: Prepare,
 def image_digests(raw: RawDataset) -> list[bytes]:
     """One digest per decoded image (pixels and shape): equal digests are the same image."""
     return [hashlib.blake2b(image.tobytes() + str(image.shape).encode(), digest_size=16).digest()
-            for image in raw.images]
+            for chunk in row_chunks(raw.images) for image in chunk]
 
 
 def subset(raw: RawDataset, keep: np.ndarray) -> RawDataset:
-    return RawDataset(raw.images[keep], raw.labels[keep], raw.max_value, raw.classes)
+    return RawDataset(take_rows(raw.images, keep), raw.labels[keep], raw.max_value, raw.classes)
 
 
 def separate_by_content(source: RawDataset, *target_parts: RawDataset
@@ -276,9 +297,12 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
                    source_spec: DatasetSpec | None = None,
                    target_spec: DatasetSpec | None = None,
                    target_test: RawDataset | None = None,
-                   target_val: RawDataset | None = None) -> Scenario:
+                   target_val: RawDataset | None = None, scratch: Path | None = None) -> Scenario:
     """target_test / target_val: the dataset's official splits; without them both are carved
-    from the target's training images (prepare.target_test_fraction, target_val_per_class)."""
+    from the target's training images (prepare.target_test_fraction, target_val_per_class).
+    scratch: a folder for aligned images too large for memory (see `align`); then the
+    scenario's image arrays are lazy selections of those files (DiskArray), which `prepare`
+    writes a block at a time."""
     official = {"test": target_test, "val": target_val}
     official = {k: relabel_by_name(target, v, k) for k, v in official.items() if v is not None}
     if source_spec is not None:
@@ -295,12 +319,14 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
               "images (same pixels): dropped from the source")
     test, val = official.get("test"), official.get("val")
     check_sizes(source, target, p, test, val)
-    xs, xt = align(source, p), align(target, p)
+    xs, xt = align(source, p, scratch), align(target, p, scratch)
     s = split_stratified(source.labels, p.split_seed, val=p.source_val_fraction)
     t = split_stratified(target.labels, p.split_seed, **({} if test else {"test": p.target_test_fraction}),
                          **({} if val else {"val": p.target_val_per_class}))
-    x_test, y_test = (align(test, p), test.labels) if test else (xt[t["test"]], target.labels[t["test"]])
-    x_val, y_val = (align(val, p), val.labels) if val else (xt[t["val"]], target.labels[t["val"]])
+    x_test, y_test = ((align(test, p, scratch), test.labels) if test
+                      else (take_rows(xt, t["test"]), target.labels[t["test"]]))
+    x_val, y_val = ((align(val, p, scratch), val.labels) if val
+                    else (take_rows(xt, t["val"]), target.labels[t["val"]]))
     shots = draw_shots(target.labels, t["rest"], p.shots, seed)
     unlabelled = np.setdiff1d(t["rest"], shots)
     summary = {"source_train": s["rest"].size, "source_val": s["val"].size,
@@ -311,13 +337,13 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
                "official_val_split": int(val is not None),
                "classes": int(np.unique(target.labels).size), "shots": p.shots, **dropped}
     return Scenario(
-        source={"x_train": xs[s["rest"]], "y_train": source.labels[s["rest"]],
-                "x_val": xs[s["val"]], "y_val": source.labels[s["val"]]},
-        target={"x_train": xt[shots], "y_train": target.labels[shots],
+        source={"x_train": take_rows(xs, s["rest"]), "y_train": source.labels[s["rest"]],
+                "x_val": take_rows(xs, s["val"]), "y_val": source.labels[s["val"]]},
+        target={"x_train": take_rows(xt, shots), "y_train": target.labels[shots],
                 "x_val": x_val, "y_val": y_val},
-        target_pool={"x_pool": xt[t["rest"]], "y_pool": target.labels[t["rest"]],
+        target_pool={"x_pool": take_rows(xt, t["rest"]), "y_pool": target.labels[t["rest"]],
                      "x_val": x_val, "y_val": y_val},
-        target_unlabelled={"x_unlabelled": xt[unlabelled]},
+        target_unlabelled={"x_unlabelled": take_rows(xt, unlabelled)},
         target_test={"x_test": x_test, "y_test": y_test},
         summary={k: int(v) for k, v in summary.items()},
         source_classes=tuple(source.classes), target_classes=tuple(target.classes),

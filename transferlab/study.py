@@ -22,7 +22,7 @@ from transferlab.evaluation import compare, predict
 from transferlab.models import Classifier
 from transferlab.params import Params, encoder_blocks
 from transferlab.scenario import draw_shots
-from transferlab.train import make_deterministic
+from transferlab.train import make_deterministic, rows
 from transferlab.transfer import make_inputs, why_skipped
 
 LayerVariant = tuple[str, int]  # (variant, copied blocks)
@@ -39,7 +39,7 @@ def cell_target(pool: dict[str, torch.Tensor], shots: int, seed: int
     device = pool["x_pool"].device
     idx, rest = torch.from_numpy(drawn).to(device), torch.from_numpy(rest).to(device)
     return ({"x_train": pool["x_pool"][idx], "y_train": pool["y_pool"][idx],
-             "x_val": pool["x_val"], "y_val": pool["y_val"]}, pool["x_pool"][rest])
+             "x_val": pool["x_val"], "y_val": pool["y_val"]}, rows(pool["x_pool"], rest))
 
 
 def train_cell(target: dict[str, torch.Tensor], unlabelled: torch.Tensor, params: Params,

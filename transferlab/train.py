@@ -1,7 +1,8 @@
 """The one training loop, used by pretraining and by every neural transfer strategy.
 
-Data lives in memory as uint8 tensors on the device; batches are index slices; augmentation
-(random translation) works on whole batches. Strategies differ only in what they hand to
+Images are uint8 tensors on the device, or, when larger than io.resident_limit(), DiskImages
+that read one batch at a time from the prepared file; batches are index slices either way and
+give the same values. Augmentation works on whole batches on the device. Strategies differ only in what they hand to
 `fit`: which parameters train and at what learning rate, which labelled data streams (one per
 domain, each with its own head and loss weight), an optional penalty term (L2-SP), and for
 domain adaptation an unlabelled target stream with the method's extra loss term (`Adapt`).
@@ -20,6 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -342,8 +344,51 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
     return result
 
 
-def to_device(arrays: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """numpy arrays from a prepared file -> tensors on the device (uint8 images stay uint8)."""
+class DiskImages:
+    """uint8 images (N, C, H, W) that stay in their file: indexing with a slice or an index
+    tensor reads just those rows (io.DiskArray) and hands them over as a tensor on `device`.
+    Everything the training and prediction loops do with an image tensor (len, shape, device,
+    x[i:j], x[idx]) works on it, and gives the same values, so results do not depend on where
+    the images live; only memory does (one batch, not the dataset)."""
+
+    dtype = torch.uint8
+
+    def __init__(self, array, device: torch.device):
+        self.array, self.device = array, torch.device(device)
+        self.shape = torch.Size(array.shape)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        return torch.from_numpy(self.array[key]).to(self.device)
+
+    def take(self, index) -> DiskImages:
+        """The rows `index` selects, still on disk."""
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        return DiskImages(self.array.take(index), self.device)
+
+
+def to_device(arrays: dict, device: torch.device) -> dict[str, torch.Tensor | DiskImages]:
+    """Arrays from a prepared file -> tensors on the device (uint8 images stay uint8). Images
+    that `load_arrays(..., lazy=True)` left on disk (larger than io.resident_limit()) become
+    DiskImages: read a batch at a time, never whole."""
+    from transferlab.io import DiskArray
+
     pin = device.type == "cuda"  # page-locked host memory: the copy runs asynchronously
-    return {k: (torch.from_numpy(v).pin_memory() if pin else torch.from_numpy(v)).to(
-        device, non_blocking=pin) for k, v in arrays.items()}
+    out = {}
+    for k, v in arrays.items():
+        if isinstance(v, DiskArray) and v.ndim == 4:
+            out[k] = DiskImages(v, device)
+            continue
+        v = torch.from_numpy(np.asarray(v))
+        out[k] = (v.pin_memory() if pin else v).to(device, non_blocking=pin)
+    return out
+
+
+def rows(x: torch.Tensor | DiskImages, index: torch.Tensor) -> torch.Tensor | DiskImages:
+    """x[index] for a subset that is kept (a split of a pool): lazy for images on disk."""
+    return x.take(index) if isinstance(x, DiskImages) else x[index]
