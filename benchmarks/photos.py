@@ -42,13 +42,17 @@ CLASSES = ("disc", "square", "stripes", "ring")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def make_photos(root: Path, n: int, seed: int = 0) -> None:
+def make_photos(root: Path, n: int, seed: int | tuple = 0, split: str = "train",
+                width: tuple[int, int] = (320, 513), height: tuple[int, int] = (240, 385),
+                first: int = 0) -> None:
+    """n photos <root>/<split>/<class>/<first + i>.jpg, classes in turn, sizes drawn from the
+    half-open `width` and `height` ranges; the same arguments write the same bytes."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    for i in range(n):
+    for i in range(first, first + n):
         label = i % len(CLASSES)
-        w, h = int(rng.integers(320, 513)), int(rng.integers(240, 385))
+        w, h = int(rng.integers(*width)), int(rng.integers(*height))
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         base = rng.uniform(0, 255, 3)
         slope = rng.uniform(-0.3, 0.3, (2, 3))
@@ -59,7 +63,7 @@ def make_photos(root: Path, n: int, seed: int = 0) -> None:
                 2: (np.sin(xx / rng.uniform(6, 14)) > 0), 3: (abs(d - r) < r / 4)}[label]
         img[mask] = rng.uniform(0, 255, 3)
         img += rng.normal(0, 8, img.shape)
-        folder = root / "train" / CLASSES[label]
+        folder = root / split / CLASSES[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg",
                                                                      quality=90)

@@ -15,7 +15,7 @@ from transferlab.export import choose, export_metadata, onnx_bytes
 from transferlab.io import (UserError, atomic_path, load_arrays, load_state_dict, read_json,
                             run_stage, write_json)
 from transferlab.models import load_classifier
-from transferlab.train import make_deterministic, predict_logits
+from transferlab.train import make_deterministic, predict_logits, to_device
 
 TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and torch
 
@@ -48,14 +48,17 @@ def main(argv=None):
     path = args.models[names.index(chosen)]
     model, classes = load_classifier(path)
     preprocess = load_state_dict(path)[1].get("preprocess", "{}")
-    x_val = torch.from_numpy(load_arrays(args.val, required=("x_val",))["x_val"])
+    x_val = to_device(load_arrays(args.val, ("x_val",), lazy=True), torch.device("cpu"))["x_val"]
     blob = onnx_bytes(model, tuple(x_val.shape[1:]),
                       export_metadata(chosen, val_accuracy[chosen], classes, preprocess))
 
     import onnxruntime
     session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
     ours = predict_logits(model, x_val).numpy()
-    theirs = session.run(None, {"image": x_val.float().div(255).numpy()})[0]
+    # the same batches as torch (predict_logits bounds them by image size), the same input
+    theirs = predict_logits(
+        lambda x: torch.from_numpy(session.run(None, {"image": x.contiguous().numpy()})[0]),
+        x_val).numpy()
     gap = float(np.abs(ours - theirs).max())
     if gap > TOLERANCE:
         raise UserError(f"export: onnxruntime differs from torch by {gap:.2e} > {TOLERANCE} on "

@@ -66,7 +66,7 @@ def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 ALIGN_CHUNK = 1024  # images aligned at once, at most; and at most ALIGN_BYTES of float32 work
-ALIGN_BYTES = 256 << 20
+ALIGN_BYTES = 64 << 20
 _scratch_names = itertools.count()
 
 

@@ -197,10 +197,20 @@ def soft_neighborhood_density(logits: torch.Tensor, temperature: float = 0.05) -
     """SND (Saito et al. 2021): the mean entropy of each sample's softmax-normalised similarity
     to all others, in the space of L2-normalised class probabilities; higher = denser."""
     p = F.normalize(logits.float().softmax(1), dim=1)
-    sim = p @ p.T / temperature
-    sim.fill_diagonal_(float("-inf"))  # a sample is not its own neighbour
-    q = sim.softmax(1)
-    return -(q * q.clamp_min(1e-12).log()).sum(1).mean().item()
+    n = len(p)
+    if not n:
+        return float("nan")
+    # rows of the N x N similarity matrix a chunk at a time: 2**26 values (256 MiB) at most, so
+    # a large unlabelled pool does not need N^2 memory; up to 8,192 samples it is one chunk
+    rows = max(1, (1 << 26) // max(1, n))
+    entropy = []
+    for start in range(0, n, rows):
+        sim = p[start:start + rows] @ p.T / temperature
+        # a sample is not its own neighbour
+        sim[torch.arange(len(sim)), torch.arange(start, start + len(sim))] = float("-inf")
+        q = sim.softmax(1)
+        entropy.append(-(q * q.clamp_min(1e-12).log()).sum(1))
+    return torch.cat(entropy).mean().item()
 
 
 @dataclass
@@ -224,10 +234,18 @@ def set_train_mode(model: nn.Module) -> None:
             m.eval()
 
 
+# Inference batches hold at most this many input values (32 MiB as float32): 1024 digits of
+# 16x16 or 32x32x3, but 55 photos at 224 px and 10 at 512 px, whose activations would otherwise
+# need gigabytes. Memory is bounded by the image size, not the batch size knob.
+PREDICT_VALUES = 1 << 23
+
+
 @torch.no_grad()
 def predict_logits(forward: Callable, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Outputs of `forward` on `x` in batches; an empty `x` gives an empty (0, ...) tensor of the
-    right width (at prepare.shots 0 there are no target shots to embed)."""
+    """Outputs of `forward` on `x` in batches of at most `batch_size` (and PREDICT_VALUES input
+    values); an empty `x` gives an empty (0, ...) tensor of the right width (at prepare.shots 0
+    there are no target shots to embed)."""
+    batch_size = max(1, min(batch_size, PREDICT_VALUES // max(1, math.prod(x.shape[1:]))))
     starts = range(0, len(x), batch_size) if len(x) else [0]
     return torch.cat([forward(to_float(x[i:i + batch_size])) for i in starts])
 
