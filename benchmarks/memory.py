@@ -179,7 +179,7 @@ def run(scenario: str, args, resident_mib: str | None) -> dict[str, float]:
         sizes = {str(p.relative_to(repo)): p.stat().st_size
                  for p in (repo / "data").rglob("*.safetensors")}
         biggest = max(sizes, key=sizes.get)
-        limit = resident_mib or "default (256)"
+        limit = resident_mib or "default (64)"
         print(f"\n{scenario}, TRANSFERLAB_RESIDENT_MIB={limit}: dvc repro {wall:.0f} s; largest "
               f"file {biggest} {sizes[biggest] / 2**30:.2f} GiB "
               f"({sum(sizes.values()) / 2**30:.2f} GiB under data/)")
