@@ -207,3 +207,35 @@ def test_prepare_with_every_image_on_disk_writes_the_same_files(tmp_path):
     for name in names:
         assert (tmp_path / "memory" / name).read_bytes() == (tmp_path / "disk" / name).read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["d.json", "disk", "m.json", "memory", "raw"]
+
+
+def test_inference_batches_are_bounded_by_image_size_and_change_no_value():
+    from transferlab.train import PREDICT_VALUES, predict_logits
+
+    seen = []
+
+    def forward(x):
+        seen.append(len(x))
+        return x[:, :, 7, 100:103].flatten(1)  # exact values: no reduction order involved
+
+    photos = torch.from_numpy(RNG.integers(0, 256, (23, 3, 512, 512), dtype=np.uint8))
+    out = predict_logits(forward, photos)
+    assert max(seen) == PREDICT_VALUES // (3 * 512 * 512) == 10 and sum(seen) == 23
+    assert torch.equal(out, forward(photos.float().div(255)))
+    seen.clear()
+    predict_logits(forward, torch.zeros(2000, 1, 16, 16, dtype=torch.uint8))
+    assert seen == [1024, 976]  # small images: the batch size asked for, as before
+
+
+def test_snd_of_a_large_pool_in_row_chunks_equals_the_whole_matrix():
+    import torch.nn.functional as F
+
+    from transferlab.train import soft_neighborhood_density
+
+    logits = torch.from_numpy(RNG.normal(size=(9000, 10)).astype(np.float32))
+    p = F.normalize(logits.softmax(1), dim=1)
+    sim = p @ p.T / 0.05
+    sim.fill_diagonal_(float("-inf"))
+    q = sim.softmax(1)
+    whole = -(q * q.clamp_min(1e-12).log()).sum(1).mean().item()
+    assert soft_neighborhood_density(logits) == pytest.approx(whole, rel=1e-6)  # 2 chunks
