@@ -4,6 +4,8 @@ Prints, in one run:
   - the default `dvc repro` from clean (in a temporary copy of the project), total and per stage,
     with each stage's peak resident memory;
   - the no-op `dvc repro` (nothing changed);
+  - the start-up share: each stage's import time (`python -X importtime`, every module the process
+    loads, lazy imports included), which stages load torch, and their sum against the clean run;
   - training throughput of our loop against a loop written the way the founding tutorial writes
     it (DataLoader over a Dataset, per-item ToTensor + Normalize, batch 100, num_workers=2), on
     the same model, data and number of samples, measured side by side;
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -50,17 +53,33 @@ def child_env(repo: Path) -> dict:
             "PYTHONPATH": str(repo), "DVC_NO_ANALYTICS": "1"}
 
 
-def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one process, measured by the kernel (wait4)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()}")
-    return wall, usage.ru_maxrss / 1024
+def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
+    """Wall seconds and peak RSS (MiB) of one process, measured by the kernel (wait4), and its
+    stderr (through a file: a pipe nobody reads would block a chatty process)."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr}")
+    return wall, usage.ru_maxrss / 1024, stderr
+
+
+def import_seconds(importtime: str) -> tuple[float, bool]:
+    """Total import time of a process from its `-X importtime` lines (the top-level entries'
+    cumulative microseconds: nested imports are inside them), and whether it loaded torch."""
+    total, torch = 0, False
+    for line in importtime.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, cumulative, name = line[len("import time:"):].split("|")
+        if not name.startswith("  "):  # one space after the bar; nested imports have more
+            total += int(cumulative)
+        torch = torch or name.strip() == "torch"
+    return total / 1e6, torch
 
 
 def bench_pipeline(override: dict | None = None) -> None:
@@ -75,26 +94,34 @@ def bench_pipeline(override: dict | None = None) -> None:
             (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = child_env(repo)
         dvc = [sys.executable, "-m", "dvc"]
-        clean, _ = timed([*dvc, "repro"], repo, env)
-        noop, _ = timed([*dvc, "repro"], repo, env)
+        clean, _, _ = timed([*dvc, "repro"], repo, env)
+        noop, _, _ = timed([*dvc, "repro"], repo, env)
         print(f"dvc repro from clean: {clean:6.1f} s   (target <= 60 s)")
         print(f"dvc repro, no-op:     {noop:6.1f} s   (target <= 2 s)")
         # each stage again, alone, as DVC ran it (commands from dvc.lock), for time and memory
         lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-        print(f"\n{'stage':22s} {'wall s':>7s} {'peak RSS MiB':>13s}")
-        walls = {}
+        print(f"\n{'stage':22s} {'wall s':>7s} {'peak RSS MiB':>13s} {'imports s':>10s} torch")
+        walls, imports, torch_stages = {}, {}, []
+        profiled = {**env, "PYTHONPROFILEIMPORTTIME": "1"}
         for name, stage in lock.items():
-            wall, rss = timed(shlex.split(stage["cmd"]), repo, env)
+            wall, rss, stderr = timed(shlex.split(stage["cmd"]), repo, profiled)
             walls[name] = wall
-            print(f"{name:22s} {wall:7.1f} {rss:13.0f}   (target: peak RSS <= 2048 MiB)")
+            imports[name], torch = import_seconds(stderr)
+            torch_stages += [name] if torch else []
+            print(f"{name:22s} {wall:7.1f} {rss:13.0f} {imports[name]:10.1f} "
+                  f"{'yes' if torch else 'no':>5s}   (target: peak RSS <= 2048 MiB)")
         print(f"{'sum of stage processes':22s} {sum(walls.values()):7.1f}   "
               "(the rest of the clean run is dvc itself)")
+        print(f"start-up: {sum(imports.values()):.1f} s of imports in {len(lock)} stage processes "
+              f"= {100 * sum(imports.values()) / clean:.0f} % of the clean run; "
+              f"{len(torch_stages)} stages load torch, "
+              f"{', '.join(n for n in lock if n not in torch_stages)} do not")
         features = walls["extract"] + walls["transfer@features"]
         print(f"extract + transfer@features: {features:.1f} s   (target <= 5 s)")
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import torch"], env=env, check=True)
         print(f"one `import torch` process: {time.perf_counter() - start:.1f} s "
-              f"(x {sum(1 for n in lock if n not in ('check_params', 'download'))} stages)")
+              f"(x {len(torch_stages)} stages)")
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -181,12 +208,16 @@ def main() -> None:
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--samples", type=int, default=9000, help="training samples per loop")
     args = ap.parse_args()
-    import torch
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs, CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+    # torch is imported only after the pipeline runs: a child's peak RSS starts from its
+    # parent's at fork (the kernel carries the high-water mark over exec), so a parent holding
+    # torch would add ~700 MiB to every stage's figure
+    print(f"torch {metadata.version('torch')}, {os.cpu_count()} CPUs")
     if not args.skip_pipeline:
         bench_pipeline()
+    import torch
+
+    print(f"\n{torch.get_num_threads()} torch threads, "
+          f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
     bench_loops(args.samples)
 
 

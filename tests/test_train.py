@@ -88,3 +88,24 @@ def test_frozen_block_keeps_weights_and_batchnorm_statistics():
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not torch.equal(model.encoder.block("block2")[0].weight,
                            Classifier(SmallCNN(1, [8, 8]), 4).encoder.block("block2")[0].weight)
+
+
+def test_make_deterministic_sets_torch_flag_without_loading_inductor():
+    """The flag torch.use_deterministic_algorithms sets, without its 1-2 s import of
+    torch._inductor (in a fresh process: this one may have loaded it already). The flag acts:
+    deterministic mode fills uninitialised memory (torch.empty) with NaN."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from transferlab.train import make_deterministic
+make_deterministic(0)
+assert torch.are_deterministic_algorithms_enabled()
+assert not torch.is_deterministic_algorithms_warn_only_enabled()
+assert torch.empty(64).isnan().all()
+assert "torch._inductor" not in sys.modules, "make_deterministic imported torch._inductor"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -44,9 +45,22 @@ def pick_device() -> torch.device:
 def make_deterministic(seed: int) -> None:
     """Same seed, code and data -> same weights, bit for bit on a given machine."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS determinism
-    torch.use_deterministic_algorithms(True)
+    set_deterministic_algorithms()
     torch.backends.cudnn.benchmark = False
     torch.manual_seed(seed)
+
+
+def set_deterministic_algorithms() -> None:
+    """torch.use_deterministic_algorithms(True) for eager code. That function also imports
+    torch._inductor to set its `deterministic` flag, 1.2-1.9 s in every stage process (a third
+    of a training stage's start-up on the 2-core CPU), for torch.compile, which this project
+    does not use; so when inductor is not loaded already, only the eager flag is set, by the
+    call torch itself makes. torch.are_deterministic_algorithms_enabled() reads it back."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True)
+    else:
+        setter(True, warn_only=False)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
