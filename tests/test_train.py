@@ -3,7 +3,7 @@ import torch
 from tests.conftest import make_images
 from transferlab.models import Classifier, SmallCNN, freeze
 from transferlab.train import (IndexSampler, PhotoAugment, Stream, cosine_lr, fit, photo_batch,
-                               shift_batch, to_float)
+                               photo_boxes, shift_batch, to_float)
 
 
 def test_shift_batch_moves_pixels_and_keeps_shape():
@@ -32,11 +32,30 @@ def test_photo_batch_crops_and_flips_each_image_on_its_own():
     assert torch.equal(out, again)
     # min_scale 1 and no flip: the whole image, resampled onto itself
     whole = photo_batch(x, PhotoAugment(1.0, False), torch.Generator().manual_seed(1))
-    same = (whole - x)[..., 1:-1].abs().amax(dim=(1, 2, 3)) < 1e-5  # (edges: the filter's reach)
+    same = (whole - x).abs().amax(dim=(1, 2, 3)) < 1e-6
     assert same.float().mean() > 0.9  # a box of the whole image (all but near-square ratios)
     grey = torch.full((8, 1, 16, 16), 0.25)
     assert torch.allclose(photo_batch(grey, PhotoAugment(), torch.Generator().manual_seed(2)),
                           grey)
+
+
+def test_photo_batch_is_torchvision_resized_crop_and_flip_per_image():
+    """Each image: torchvision's resized_crop of its own box (antialiased bilinear, as
+    RandomResizedCrop on a tensor), then its flip, from the same random draws."""
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.rand(12, 3, 40, 30)
+    aug = PhotoAugment(0.08, True)
+    out = photo_batch(x, aug, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    boxes = photo_boxes(12, 40, 30, aug, gen)
+    flips = torch.rand(12, generator=gen) < 0.5
+    assert len({tuple(b) for b in boxes}) == 12 and 0 < flips.sum() < 12
+    for i, (top, left, h, w) in enumerate(boxes):
+        assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 30
+        want = TF.resized_crop(x[i], top, left, h, w, [40, 30], antialias=True)
+        want = TF.horizontal_flip(want) if flips[i] else want
+        assert torch.allclose(out[i], want, atol=1e-6), f"image {i}, box {(top, left, h, w)}"
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():

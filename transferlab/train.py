@@ -87,17 +87,17 @@ def shift_batch(x: torch.Tensor, max_px: int, gen: torch.Generator) -> torch.Ten
 @dataclass(frozen=True)
 class PhotoAugment:
     """Photo augmentation of a whole batch on its device, drawn per image: torchvision's
-    RandomResizedCrop(scale=(min_scale, 1), ratio=(3/4, 4/3)) box sampling (10 tries, then the
-    whole image), the box resampled to the batch's size by torchvision.ops.roi_align (bilinear,
-    2x2 samples per output pixel), and a horizontal flip with probability 1/2 when `flip`."""
+    RandomResizedCrop(scale=(min_scale, 1), ratio=(3/4, 4/3)) -- its box sampling (10 tries,
+    then the whole image) and its resampling of the box to the batch's size (bilinear with
+    antialiasing, what transforms.v2.functional.resized_crop does to a tensor) -- and a
+    horizontal flip with probability 1/2 when `flip`."""
     min_scale: float = 0.08
     flip: bool = True
 
 
-def photo_batch(x: torch.Tensor, aug: PhotoAugment, gen: torch.Generator) -> torch.Tensor:
-    from torchvision.ops import roi_align
-
-    n, _, h, w = x.shape
+def photo_boxes(n: int, h: int, w: int, aug: PhotoAugment, gen: torch.Generator) -> list:
+    """n crop boxes (top, left, height, width) in an h x w image, drawn as RandomResizedCrop
+    draws them, all at once."""
     tries = 10
     area = h * w * torch.empty(n, tries).uniform_(aug.min_scale, 1.0, generator=gen)
     ratio = torch.exp(torch.empty(n, tries).uniform_(math.log(3 / 4), math.log(4 / 3),
@@ -109,9 +109,19 @@ def photo_batch(x: torch.Tensor, aug: PhotoAugment, gen: torch.Generator) -> tor
     ch = torch.where(ok.any(1), ch.gather(1, first)[:, 0], torch.tensor(float(h)))
     u = torch.rand(n, 2, generator=gen)
     x0, y0 = (u[:, 0] * (w - cw + 1)).floor(), (u[:, 1] * (h - ch + 1)).floor()
-    boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
-    out = roi_align(x.contiguous(), boxes.to(x.device, x.dtype), output_size=(h, w),
-                    spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return torch.stack([y0, x0, ch, cw], 1).long().tolist()
+
+
+def photo_batch(x: torch.Tensor, aug: PhotoAugment, gen: torch.Generator) -> torch.Tensor:
+    """`x` (N, C, H, W) float, each image cropped to its own box, resized back to H x W and
+    maybe flipped; channels_last out. One antialiased resize per image: on the 2-core CPU,
+    26 ms for 32 images at 224 px, against 171 ms for one torchvision.ops.roi_align over the
+    batch (2 x 2 samples per pixel), this loop's earlier way, about 1/8 of a resnet18 step."""
+    n, _, h, w = x.shape
+    src = x.contiguous()  # NCHW: the antialiased kernel is fastest there (41 ms channels_last)
+    out = torch.cat([F.interpolate(src[i:i + 1, :, top:top + ch, left:left + cw], size=(h, w),
+                                   mode="bilinear", antialias=True, align_corners=False)
+                     for i, (top, left, ch, cw) in enumerate(photo_boxes(n, h, w, aug, gen))])
     if aug.flip:
         flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)[:, None, None, None]
         out = torch.where(flip, out.flip(-1), out)
