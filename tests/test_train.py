@@ -56,6 +56,8 @@ def test_photo_batch_is_torchvision_resized_crop_and_flip_per_image():
         want = TF.resized_crop(x[i], top, left, h, w, [40, 30], antialias=True)
         want = TF.horizontal_flip(want) if flips[i] else want
         assert torch.allclose(out[i], want, atol=1e-6), f"image {i}, box {(top, left, h, w)}"
+    assert photo_batch(torch.rand(0, 3, 8, 8), aug, gen).shape == (0, 3, 8, 8)  # no images
+    assert photo_batch(torch.rand(2, 1, 1, 1), aug, gen).shape == (2, 1, 1, 1)  # one pixel
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
