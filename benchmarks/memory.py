@@ -23,7 +23,7 @@ With --compare the scenario runs a second time with TRANSFERLAB_RESIDENT_MIB=100
 array read into memory, as before this change) for contrast, in the same run.
 
 Usage:  python benchmarks/memory.py fashion60k          (about 6 minutes on 2 cores)
-        python benchmarks/memory.py photos4g            (about 25 minutes, 20 GB of disk)
+        python benchmarks/memory.py photos4g            (about 16 minutes, 20 GB of disk)
         python benchmarks/memory.py photos4g --photos 600 --compare   (a quick look)
 """
 
