@@ -13,6 +13,7 @@ import errno
 import glob
 import json
 import os
+import random
 import shutil
 import signal
 import struct
@@ -518,6 +519,25 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _redeliver_swallowed_interrupt(unraisable, previous=sys.unraisablehook) -> None:
+    """Python drops an exception raised while it runs a finalizer (a __del__, a weakref or GC
+    callback) with an "Exception ignored" line; a Ctrl-C or SIGTERM that lands there would be
+    lost and the stage would run on and write its outputs. Send it again, as SIGTERM, from
+    another thread 10-100 ms later (random, so as not to fall in step with a periodic
+    finalizer), so that it lands outside the finalizer, or again should it land in one once
+    more; anything else goes to the usual hook."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt) and not _finished.is_set():
+        delay = random.SystemRandom().uniform(0.01, 0.1)  # not the seeded global generator
+        threading.Timer(delay, _resend_interrupt).start()
+        return
+    previous(unraisable)
+
+
+def _resend_interrupt() -> None:
+    if not _finished.is_set():  # the stage has not ended meanwhile
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_stage(main: Callable[[list[str] | None], None]) -> None:
     """Entry point of every stage script: bad input becomes one line on stderr and exit code 2.
 
@@ -525,6 +545,7 @@ def run_stage(main: Callable[[list[str] | None], None]) -> None:
     """
     # SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C so atomic_path cleans its temp files.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    sys.unraisablehook = _redeliver_swallowed_interrupt
     watch_launcher()
     _finished.clear()
     if _launchers:
