@@ -45,6 +45,10 @@ PRETRAIN_ARGS = ("data/prepared/source.safetensors", "models/source.safetensors"
 PRETRAIN_OUTPUTS = ("models/source.safetensors", "metrics/pretrain.json", "plots/curves/pretrain.csv")
 
 
+def restore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class TTYStderr:
     """A child process whose stderr is a pseudo-terminal we read from."""
 
@@ -54,8 +58,10 @@ class TTYStderr:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
         self.master, self.buffer = master, b""
         try:
+            # SIGINT as a terminal gives it: pytest run as a shell's background job (`make
+            # test &`, nohup) inherits it ignored, and so would the stage, which is right there
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=slave, **popen)
+                                         stderr=slave, preexec_fn=restore_sigint, **popen)
         finally:
             os.close(slave)
 
@@ -194,7 +200,7 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_stage(tmp_path):
     for trial, signum in enumerate([signal.SIGINT, signal.SIGTERM] * 2):
         proc = subprocess.Popen(  # SIGINT restored: a shell's background job starts ignoring it
             [sys.executable, str(script)], env=environ, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            stderr=subprocess.PIPE, preexec_fn=restore_sigint)
         assert proc.stdout.readline() == b"ready\n"
         time.sleep(0.3 + 0.1 * trial)
         proc.send_signal(signum)
