@@ -34,7 +34,6 @@ import contextlib
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
