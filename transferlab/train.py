@@ -16,6 +16,7 @@ recorded, as the "oracle", for reporting.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -61,6 +62,25 @@ def set_deterministic_algorithms() -> None:
         torch.use_deterministic_algorithms(True)
     else:
         setter(True, warn_only=False)
+
+
+class AdamW(torch.optim.AdamW):
+    """torch.optim.AdamW, the same update, without torch._dynamo: torch wraps `step` and four
+    other Optimizer methods in torch.compile guards (graph breaks, torch._disable_dynamo) that
+    import torch._dynamo on their first call, 1.5-2 s in each training stage process on the
+    2-core CPU. This project never compiles, so it calls the methods those wrappers wrap
+    (inspect.unwrap follows functools.wraps), and `step` runs without autograd, as the wrapper
+    does when `differentiable` is False (its default, and never set here)."""
+
+    add_param_group = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+    zero_grad = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+    state_dict = inspect.unwrap(torch.optim.Optimizer.state_dict)
+    load_state_dict = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
+    _step = inspect.unwrap(torch.optim.AdamW.step)
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        return self._step(closure)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -296,7 +316,7 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
     if label_free is not None:  # the guard: the starting model's source accuracy
         model.eval()
         floor = label_free.scores()["source_val_accuracy"] - label_free.max_source_drop
-    optimizer = torch.optim.AdamW([dict(g, peak_lr=g["lr"]) for g in param_groups],
+    optimizer = AdamW([dict(g, peak_lr=g["lr"]) for g in param_groups],
                                   weight_decay=weight_decay)
     eval_every = eval_every or max(1, steps // EVALUATIONS_PER_RUN)
     val_x, val_y, val_forward = val
