@@ -12,8 +12,9 @@ here). Written once to a temporary folder `<root>/train/<class>/`.
   ours:     the photos decoded once (datasets.load_folder: shorter side 256, centre square,
             as the download stage does; DVC caches the result) and resized to 224 by the
             prepare stage's code, kept as uint8; each step gathers a batch by index, moves it to
-            the device as uint8, crops and flips it there (augment.mode: photo,
-            train.photo_batch) and normalises inside the model, in transferlab.train.fit.
+            the device as uint8, crops and flips it there, still uint8 (augment.mode: photo,
+            train.photo_batch), then converts to float and normalises inside the model, in
+            transferlab.train.fit.
 
 Both train torchvision's resnet18 (random init: no weights download) for --steps steps after
 --warmup steps (the tutorial with SGD, lr 0.001, momentum 0.9, as it is written; ours with its
@@ -24,7 +25,8 @@ torch.autocast, the PyTorch AMP recipe), so the table separates what the input p
 from what the precision gains. The one-time decode of `ours` is printed apart (DVC does it once
 per dataset, not per epoch). On a CPU the model's own compute dominates both loops in fp32; the
 input pipeline's share, and so its ratio, grows as the compute gets faster (bf16 on a CPU with
-AMX, a GPU).
+AMX, a GPU). So the input pipelines are also timed alone, each delivering --input-batches
+normalised float batches on the device with no model: the ceiling of each loop.
 
 Usage:  python benchmarks/photos.py                      (about 8 minutes on 2 CPU cores)
         python benchmarks/photos.py --steps 20 --batch-size 64   (e.g. on a GPU)
@@ -124,10 +126,36 @@ def tutorial_rate(root: Path, steps: int, warmup: int, batch_size: int, device,
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def tutorial_input_rate(root: Path, batches: int, batch_size: int, device) -> float:
+    """Images/s of the tutorial's input pipeline alone: its DataLoader's batches moved to the
+    device, no model (the ceiling of its loop when the model's compute costs nothing)."""
+    import torch
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(0)
+    data = datasets.ImageFolder(root / "train", transforms.Compose([
+        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), transforms.Normalize(MEAN, STD)]))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
+                                         num_workers=2, drop_last=True)
+    done, start = 0, None
+    while done <= batches:
+        for inputs, _ in loader:
+            if done == 1:  # after the first batch: the workers have started
+                sync(device)
+                start = time.perf_counter()
+            inputs.to(device)
+            done += 1
+            if done > batches:
+                break
+    sync(device)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
 def ours_rate(root: Path, steps: int, warmup: int, batch_size: int, device,
-              precisions: list[str]) -> tuple[dict[str, float], float]:
-    """Training images/s of transferlab.train.fit per precision, and the one-time decode +
-    resize seconds."""
+              precisions: list[str], input_batches: int) -> tuple[dict[str, float], float, float]:
+    """Training images/s of transferlab.train.fit per precision, the images/s of its input
+    pipeline alone, and the one-time decode + resize seconds."""
     import torch
 
     from transferlab import compute
@@ -164,13 +192,33 @@ def ours_rate(root: Path, steps: int, warmup: int, batch_size: int, device,
         sync(device)
         return time.perf_counter() - t
 
+    from transferlab.train import IndexSampler, augment_batch
+
+    gen = torch.Generator().manual_seed(0)
+    sampler, photo = IndexSampler(len(x), batch_size, gen), PhotoAugment(0.08, True)
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+    def input_pipeline(n: int) -> float:
+        """fit's batch preparation alone, as in its step: gather, crop/flip (uint8), to float;
+        and the normalisation the model's first layer does."""
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(n):
+            (augment_batch(x[sampler.next().to(device)], 0, photo, gen) - mean) / std
+        sync(device)
+        return time.perf_counter() - t
+
+    input_pipeline(1)
+    input_rate = input_batches * batch_size / input_pipeline(input_batches)
     rates = {}
     for precision in precisions:
         compute.configure(compute.Setup(precision=precision))  # what compute.precision sets
-        run(warmup)
+        if warmup:
+            run(warmup)
         rates[precision] = steps * batch_size / run(steps)
     compute.configure(compute.Setup())
-    return rates, decode_s
+    return rates, input_rate, decode_s
 
 
 def sync(device) -> None:
@@ -186,9 +234,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--input-batches", type=int, default=20,
+                    help="batches timed for the input pipelines alone (no model)")
     ap.add_argument("--precision", default="fp32,bf16",
                     help="comma-separated: fp32, bf16 (autocast; on a CPU fast with AMX)")
     args = ap.parse_args()
+    for name in ("photos", "steps", "batch_size", "input_batches"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.warmup < 0:
+        ap.error(f"--warmup {args.warmup}: must be 0 or more")
+    if args.photos < args.batch_size:
+        ap.error(f"--photos {args.photos} is fewer than one batch (--batch-size "
+                 f"{args.batch_size}): the tutorial's loader drops incomplete batches")
     precisions = args.precision.split(",")
     if not precisions or set(precisions) - {"fp32", "bf16"}:
         ap.error(f"--precision {args.precision}: use fp32, bf16 or fp32,bf16")
@@ -206,8 +264,9 @@ def main() -> None:
         print(f"{args.photos} JPEG photos written in {time.perf_counter() - start:.0f} s")
         tutorial = {p: tutorial_rate(root, args.steps, args.warmup, args.batch_size, device, p)
                     for p in precisions}
-        ours, decode_s = ours_rate(root, args.steps, args.warmup, args.batch_size, device,
-                                   precisions)
+        tutorial_input = tutorial_input_rate(root, args.input_batches, args.batch_size, device)
+        ours, ours_input, decode_s = ours_rate(root, args.steps, args.warmup, args.batch_size,
+                                               device, precisions, args.input_batches)
     print(f"resnet18, 224 px, batch {args.batch_size}, {args.steps} steps after {args.warmup} "
           "warm-up steps, images/s:")
     print(f"  {'precision':9s} {'tutorial':>9s} {'ours':>7s} {'ours/tutorial':>14s}")
@@ -218,6 +277,11 @@ def main() -> None:
     if {"fp32", "bf16"} <= set(precisions):
         print(f"  ours in bf16 / the tutorial as written (fp32): "
               f"{ours['bf16'] / tutorial['fp32']:.2f}x   (target >= 2x)")
+    print(f"input pipeline alone (batches on the device, no model), images/s: tutorial "
+          f"{tutorial_input:.0f}, ours {ours_input:.0f}, ours/tutorial "
+          f"{ours_input / tutorial_input:.1f}x")
+    print("  the ceiling of each loop when the model's compute costs nothing; where the model "
+          "is fast (a GPU) the slower pipeline bounds the loop")
     print(f"  ours, one-time decode + resize of {args.photos} photos: {decode_s:.1f} s "
           "(the download and prepare stages; DVC caches it)")
 

@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 from tests.conftest import make_images
 from transferlab.models import Classifier, SmallCNN, freeze
-from transferlab.train import (AdamW, IndexSampler, PhotoAugment, Stream, cosine_lr, fit, photo_batch,
+from transferlab.train import (AdamW, IndexSampler, augment_batch, PhotoAugment, Stream, cosine_lr, fit, photo_batch,
                                photo_boxes, shift_batch, to_float)
 
 
@@ -59,6 +59,47 @@ def test_photo_batch_is_torchvision_resized_crop_and_flip_per_image():
         assert torch.allclose(out[i], want, atol=1e-6), f"image {i}, box {(top, left, h, w)}"
     assert photo_batch(torch.rand(0, 3, 8, 8), aug, gen).shape == (0, 3, 8, 8)  # no images
     assert photo_batch(torch.rand(2, 1, 1, 1), aug, gen).shape == (2, 1, 1, 1)  # one pixel
+
+
+def test_photo_batch_of_uint8_is_torchvision_on_uint8_and_rounds_the_same_off_the_cpu(
+        monkeypatch):
+    """uint8 in, uint8 out: per image exactly torchvision's resized_crop of a uint8 tensor (+
+    flip) on the CPU; where the resize takes floats only (CUDA), resampled in float32 and
+    rounded, within one level of it. Same draws as from floats."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from transferlab import train
+
+    x = torch.randint(0, 256, (12, 3, 40, 30), dtype=torch.uint8)
+    aug = PhotoAugment(0.08, True)
+    out = photo_batch(x, aug, torch.Generator().manual_seed(3))
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(3)
+    boxes = photo_boxes(12, 40, 30, aug, gen)
+    flips = torch.rand(12, generator=gen) < 0.5
+    for i, (top, left, h, w) in enumerate(boxes):
+        want = TF.resized_crop(x[i], top, left, h, w, [40, 30], antialias=True)
+        want = TF.horizontal_flip(want) if flips[i] else want
+        assert torch.equal(out[i], want), f"image {i}, box {(top, left, h, w)}"
+    as_float = photo_batch(x.float() / 255, aug, torch.Generator().manual_seed(3))
+    assert (as_float * 255 - out.float()).abs().max() < 1.001  # fixed-point weights: 1 level
+    monkeypatch.setattr(train, "uint8_resize_on", lambda device: False)
+    in_float = photo_batch(x, aug, torch.Generator().manual_seed(3))
+    assert in_float.dtype == torch.uint8
+    assert (in_float.int() - out.int()).abs().max() <= 1
+
+
+def test_augment_batch_works_on_uint8_and_hands_out_floats():
+    """A translation of the uint8 pixels is the translation of their floats, bit for bit; the
+    batch comes out as to_float would give it."""
+    x = torch.randint(0, 256, (64, 1, 16, 16), dtype=torch.uint8)
+    out = augment_batch(x, 2, None, torch.Generator().manual_seed(0))
+    want = shift_batch(to_float(x), 2, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32 and torch.equal(out, want)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    photo = augment_batch(x.expand(-1, 3, -1, -1), 0, PhotoAugment(), torch.Generator())
+    assert photo.dtype == torch.float32 and 0 <= photo.min() and photo.max() <= 1
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
