@@ -28,7 +28,7 @@ input pipeline's share, and so its ratio, grows as the compute gets faster (bf16
 AMX, a GPU). So the input pipelines are also timed alone, each delivering --input-batches
 normalised float batches on the device with no model: the ceiling of each loop.
 
-Usage:  python benchmarks/photos.py                      (about 8 minutes on 2 CPU cores)
+Usage:  python benchmarks/photos.py                      (about 4 minutes on 2 CPU cores)
         python benchmarks/photos.py --steps 20 --batch-size 64   (e.g. on a GPU)
 """
 
@@ -231,7 +231,7 @@ def sync(device) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--photos", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--input-batches", type=int, default=20,
