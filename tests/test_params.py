@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from tests.conftest import ROOT, merge, repo_params_dict
 from transferlab.io import UserError
@@ -28,6 +29,14 @@ def test_bad_params_name_the_key(override, expected):
         parse_params(merge(repo_params_dict(), override))
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_bad_value_in_another_file_names_that_file(tmp_path):
+    path = tmp_path / "my params.yml"
+    path.write_text(yaml.safe_dump(merge(repo_params_dict(), {"seed": -1})))
+    with pytest.raises(UserError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: seed=-1 is invalid"), err.value
 
 
 def test_missing_key_is_named():

@@ -460,4 +460,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path} is not valid YAML{where}: fix the syntax") from None
-    return parse_params(raw)
+    try:
+        return parse_params(raw)
+    except UserError as err:
+        message = str(err)
+        if path.name == "params.yaml" or not message.startswith("params.yaml"):
+            raise
+        # another file checked (check_params.py my.yaml): name it, not the repository's
+        raise UserError(f"{path}{message.removeprefix('params.yaml')}") from None
