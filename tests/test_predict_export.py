@@ -119,6 +119,34 @@ def test_any_size_and_mode_is_predicted_and_a_bad_file_is_skipped(pipeline, tmp_
     assert sorted(Path(r[0]).name for r in rows[1:]) == sorted(files)
 
 
+@pytest.mark.parametrize("out", ["folder", "image", "model"])
+def test_the_csv_never_overwrites_what_the_command_reads(pipeline, tmp_path, out, capsys):
+    """--out naming the image folder, an image or the model stops with one line, before
+    predicting, and leaves them as they were."""
+    from transferlab.io import run_stage
+    from transferlab.predict import main
+
+    images = tmp_path / "my photos"
+    images.mkdir()
+    image = images / "three.png"
+    image.write_bytes(sorted((pipeline / "digits/test/3").glob("*.png"))[0].read_bytes())
+    model = tmp_path / "model.safetensors"
+    model.write_bytes((pipeline / "models/transfer/finetune.safetensors").read_bytes())
+    before = {p: p.read_bytes() for p in (image, model)}
+    target = {"folder": images, "image": image, "model": model}[out]
+    with pytest.raises(SystemExit) as exit_:
+        import sys
+        from unittest import mock
+        with mock.patch.object(sys, "argv", ["transferlab-predict", str(model), str(images),
+                                             "--out", str(target)]):
+            run_stage(main)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: --out ") and "give" in err
+    assert {p: p.read_bytes() for p in (image, model)} == before
+    assert sorted(p.name for p in images.iterdir()) == ["three.png"]
+
+
 def test_export_writes_the_validation_choice_and_onnx_matches_torch(pipeline):
     import onnx
     import onnxruntime

@@ -50,6 +50,16 @@ def _unwritable(path: Path, err: OSError) -> UserError:
                      f"make {show_path(path.parent)} writable (and free space), then run again")
 
 
+def _check_same_kind(path: Path, new: Path) -> None:
+    """A folder output replaces a folder, a file output a file: a file written over a folder
+    (`--out photos/`, the folder being read) would delete everything in it."""
+    if not path.exists() or path.is_symlink() or path.is_dir() == new.is_dir():
+        return
+    kind, other = ("a folder", "a file") if path.is_dir() else ("a file", "a folder")
+    raise UserError(f"{show_path(path)} is {kind} and this output is {other}: give another "
+                    "path, or move it away (nothing was written)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; move it into place only if the block succeeds.
@@ -58,7 +68,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     happens: a stage may keep scratch files there (prepare's aligned images too large for
     memory), and they never reach `path`.
 
-    Works for files and directories. An interrupted or failed block leaves `path` as it was;
+    Works for files and directories, each replacing its own kind only (a file never replaces a
+    folder). An interrupted or failed block leaves `path` as it was;
     a temporary left by a killed run (SIGKILL gives no chance to clean up) is removed here.
     Nothing is moved into place once the `dvc` process that launched this stage is gone
     (`launcher_gone`): DVC would not record it. Permission or disk-space errors are one line.
@@ -81,6 +92,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise
         if launcher_gone():
             raise KeyboardInterrupt  # unwinds as an interruption: nothing is published
+        _check_same_kind(path, target)
         try:
             if path.is_dir() and not path.is_symlink():
                 old = tmp / ".old"

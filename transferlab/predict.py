@@ -112,9 +112,16 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k={args.top_k}: give 1 or more")
+    if args.out.is_dir():
+        raise UserError(f"--out {show_path(args.out)} is a folder: give a file path for the CSV, "
+                        f"e.g. {show_path(args.out / 'predictions.csv')}")
     files = collect_images(args.images)
     if not files:
         raise UserError(f"no image files in {', '.join(show_path(p) for p in args.images)}")
+    read = {f.resolve() for f in [args.model, *files]}
+    if args.out.resolve() in read:
+        raise UserError(f"--out {show_path(args.out)} is a file this command reads (the model or "
+                        "an image): give another path for the CSV")
     rows, problems = predict_files(args.model, files, args.top_k)
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
