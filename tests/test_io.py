@@ -52,3 +52,42 @@ def test_a_file_output_never_replaces_a_folder_nor_a_folder_a_file(tmp_path):
             tmp.mkdir()
     assert single.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "photos"]
+
+
+def test_an_output_never_replaces_what_the_command_read(tmp_path, capsys):
+    """A stage run by hand with an output path that is one of its inputs, or the folder of one
+    (`stages/prepare.py data/raw data/raw`), stops with one line and leaves the input as it was;
+    the next command in the same process starts with no inputs."""
+    from transferlab.io import run_stage
+
+    data = tmp_path / "raw"
+    data.mkdir()
+    (data / "images.csv").write_text("1,2,3\n")
+
+    def copy_to(out):
+        def main(argv):
+            text = (data / "images.csv").read_text()
+            if out.suffix:
+                write_json(out, {"copied": text})
+            else:  # a folder output
+                with atomic_path(out) as tmp:
+                    tmp.mkdir()
+                    (tmp / "copied.csv").write_text(text)
+        return main
+
+    for out in (data / "images.csv", data):
+        with pytest.raises(SystemExit) as exit_:
+            run_stage(copy_to(out))
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {out} is also ") and "give the output another path" in err
+        assert [p.name for p in data.iterdir()] == ["images.csv"]
+        assert (data / "images.csv").read_text() == "1,2,3\n"
+    run_stage(copy_to(tmp_path / "copy"))
+    assert (tmp_path / "copy" / "copied.csv").read_text() == "1,2,3\n"
+
+    def rewrite(argv):  # reads nothing: the previous command's reads do not count
+        write_json(data / "images.csv", {"new": True})
+
+    run_stage(rewrite)
+    assert "new" in (data / "images.csv").read_text()

@@ -50,6 +50,41 @@ def _unwritable(path: Path, err: OSError) -> UserError:
                      f"make {show_path(path.parent)} writable (and free space), then run again")
 
 
+_inputs: set[str] = set()  # absolute paths this stage process has opened for reading
+_hooked = False  # whether run_stage installed _record_reads in this process
+_CODE = (".py", ".pyc", ".so", ".pth", ".typed")  # what imports open: never a stage's input
+
+
+def _record_reads(event: str, args: tuple) -> None:
+    """sys.addaudithook callback: note every file opened for reading (Python's open, os.open,
+    np.load, PIL, torch.load; _readable_file notes the safetensors files, which Rust opens)."""
+    if event != "open":
+        return
+    path, mode, flags = args
+    if mode is not None:
+        reading = "r" in mode and "+" not in mode
+    else:  # os.open: flags only; a folder opened to walk it (shutil.rmtree) is not read
+        reading = flags is not None and flags & (os.O_ACCMODE | os.O_DIRECTORY) == os.O_RDONLY
+    if not reading or isinstance(path, int):
+        return
+    path = os.fsdecode(path)
+    if not path.endswith(_CODE):
+        _inputs.add(os.path.abspath(path))
+
+
+def _check_not_an_input(path: Path) -> None:
+    """An output never replaces a file the command read, nor a folder holding one
+    (`stages/extract.py MODEL prepared.safetensors prepared.safetensors` overwrote the data)."""
+    target = os.path.realpath(path)
+    for read in sorted(_inputs):
+        real = os.path.realpath(read)
+        if real == target or real.startswith(target.rstrip(os.sep) + os.sep):
+            what = "an input" if real == target else "the folder of an input"
+            raise UserError(f"{show_path(path)} is also {what} of this command "
+                            f"({show_path(Path(read))}): give the output another path (nothing "
+                            "was written)")
+
+
 def _check_same_kind(path: Path, new: Path) -> None:
     """A folder output replaces a folder, a file output a file: a file written over a folder
     (`--out photos/`, the folder being read) would delete everything in it."""
@@ -93,6 +128,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if launcher_gone():
             raise KeyboardInterrupt  # unwinds as an interruption: nothing is published
         _check_same_kind(path, target)
+        _check_not_an_input(path)
         try:
             if path.is_dir() and not path.is_symlink():
                 old = tmp / ".old"
@@ -231,6 +267,7 @@ def write_history(path: str | os.PathLike, history: Sequence[Mapping]) -> None:
 
 
 def _readable_file(path: Path) -> None:
+    _inputs.add(os.path.abspath(path))
     if path.is_dir():
         raise UserError(f"{show_path(path)} is a folder where a file was expected: delete it and "
                         "run `dvc repro` again")
@@ -557,6 +594,11 @@ def run_stage(main: Callable[[list[str] | None], None]) -> None:
     # SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C so atomic_path cleans its temp files.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     sys.unraisablehook = _redeliver_swallowed_interrupt
+    global _hooked
+    if not _hooked:  # an audit hook cannot be removed: one per process
+        sys.addaudithook(_record_reads)
+        _hooked = True
+    _inputs.clear()
     watch_launcher()
     _finished.clear()
     if _launchers:
