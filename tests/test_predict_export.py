@@ -147,6 +147,37 @@ def test_the_csv_never_overwrites_what_the_command_reads(pipeline, tmp_path, out
     assert sorted(p.name for p in images.iterdir()) == ["three.png"]
 
 
+@pytest.mark.parametrize("given", ["missing", "folder", "image", "data file"])
+def test_a_wrong_model_argument_is_one_line_that_deletes_nothing(pipeline, tmp_path, given,
+                                                                   capsys):
+    """The loaders' advice for a stage ("delete it and run dvc repro") would tell a user to
+    delete the photo or the data given by mistake as the model: predict names the argument."""
+    from safetensors.numpy import save_file
+
+    from transferlab.io import run_stage
+    from transferlab.predict import main
+
+    image = tmp_path / "three.png"
+    image.write_bytes(sorted((pipeline / "digits/test/3").glob("*.png"))[0].read_bytes())
+    data = tmp_path / "data.safetensors"
+    save_file({"x": np.zeros((2, 3), np.uint8)}, str(data))
+    (tmp_path / "folder").mkdir()
+    model = {"missing": tmp_path / "none.safetensors", "folder": tmp_path / "folder",
+             "image": image, "data file": data}[given]
+    with pytest.raises(SystemExit) as exit_:
+        import sys
+        from unittest import mock
+        with mock.patch.object(sys, "argv", ["transferlab-predict", str(model), str(image),
+                                             "--out", str(tmp_path / "out.csv")]):
+            run_stage(main)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: model {model} ")
+    assert err.endswith("give a model file the pipeline wrote, e.g. "
+                        "models/transfer/finetune.safetensors") and "delete" not in err
+    assert image.exists() and data.exists() and not (tmp_path / "out.csv").exists()
+
+
 def test_export_writes_the_validation_choice_and_onnx_matches_torch(pipeline):
     import onnx
     import onnxruntime

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,8 +80,16 @@ def predict_files(model_path: Path, files: Sequence[Path], top_k: int, batch_siz
     from transferlab.models import load_classifier
     from transferlab.train import predict_logits
 
-    model, classes = load_classifier(model_path)
-    prep, decode_size = preprocessing(load_state_dict(model_path)[1], model_path)
+    try:
+        model, classes = load_classifier(model_path)
+        metadata = load_state_dict(model_path)[1]
+    except UserError as err:  # the loaders advise a stage's rerun: here a wrong file was given
+        why = re.sub(r":? (delete it and )?run (the stage that writes it )?\(?`dvc repro`.*$", "",
+                     str(err).removeprefix(show_path(model_path)).strip(" :")
+                     ).replace("is corrupt", "is not a safetensors file", 1)
+        raise UserError(f"model {show_path(model_path)} {why}: give a model file the pipeline "
+                        "wrote, e.g. models/transfer/finetune.safetensors") from None
+    prep, decode_size = preprocessing(metadata, model_path)
     top_k = min(top_k, len(classes))
     aligned, kept, problems = [], [], []
     for path in files:
