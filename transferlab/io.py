@@ -50,15 +50,16 @@ def _unwritable(path: Path, err: OSError) -> UserError:
                      f"make {show_path(path.parent)} writable (and free space), then run again")
 
 
-_inputs: set[str] = set()  # absolute paths this stage process has opened for reading
+_inputs: set[str] = set()  # absolute paths the running command has opened for reading
 _hooked = False  # whether run_stage installed _record_reads in this process
+_recording = threading.Event()  # set while run_stage runs a command
 _CODE = (".py", ".pyc", ".so", ".pth", ".typed")  # what imports open: never a stage's input
 
 
 def _record_reads(event: str, args: tuple) -> None:
     """sys.addaudithook callback: note every file opened for reading (Python's open, os.open,
     np.load, PIL, torch.load; _readable_file notes the safetensors files, which Rust opens)."""
-    if event != "open":
+    if event != "open" or not _recording.is_set():
         return
     path, mode, flags = args
     if mode is not None:
@@ -267,7 +268,8 @@ def write_history(path: str | os.PathLike, history: Sequence[Mapping]) -> None:
 
 
 def _readable_file(path: Path) -> None:
-    _inputs.add(os.path.abspath(path))
+    if _recording.is_set():
+        _inputs.add(os.path.abspath(path))
     if path.is_dir():
         raise UserError(f"{show_path(path)} is a folder where a file was expected: delete it and "
                         "run `dvc repro` again")
@@ -599,6 +601,7 @@ def run_stage(main: Callable[[list[str] | None], None]) -> None:
         sys.addaudithook(_record_reads)
         _hooked = True
     _inputs.clear()
+    _recording.set()
     watch_launcher()
     _finished.clear()
     if _launchers:
@@ -621,3 +624,5 @@ def run_stage(main: Callable[[list[str] | None], None]) -> None:
         sys.exit(130)
     finally:
         _finished.set()
+        _recording.clear()
+        _inputs.clear()
