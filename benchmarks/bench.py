@@ -208,6 +208,8 @@ def main() -> None:
     ap.add_argument("--skip-pipeline", action="store_true")
     ap.add_argument("--samples", type=int, default=9000, help="training samples per loop")
     args = ap.parse_args()
+    if args.samples < 1:
+        ap.error(f"--samples {args.samples}: must be at least 1")
     # torch is imported only after the pipeline runs: a child's peak RSS starts from its
     # parent's at fork (the kernel carries the high-water mark over exec), so a parent holding
     # torch would add ~700 MiB to every stage's figure

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -217,3 +218,10 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_fit_refuses_zero_steps_with_a_clear_error():
+    x, y = make_images(4)
+    model = Classifier(SmallCNN(1, [8, 8]), 4)
+    with pytest.raises(ValueError, match="steps=0: train for at least one step"):
+        _fit(model, x, y, steps=0)

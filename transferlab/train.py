@@ -328,6 +328,8 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
     """Minimise sum_s weight_s * CE(stream_s) + penalty (+ adapt.weight * adapt.term) with AdamW;
     keep the selected weights in `model`. `param_groups` carry their peak `lr`; the schedule
     scales it per step."""
+    if steps < 1:  # params.yaml allows none; a direct caller gets this, not a load_state_dict error
+        raise ValueError(f"fit: steps={steps}: train for at least one step")
     model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     samplers = [IndexSampler(len(s.x), batch_size, gen) for s in streams]
