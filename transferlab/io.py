@@ -54,6 +54,11 @@ _inputs: set[str] = set()  # absolute paths the running command has opened for r
 _hooked = False  # whether run_stage installed _record_reads in this process
 _recording = threading.Event()  # set while run_stage runs a command
 _CODE = (".py", ".pyc", ".so", ".pth", ".typed")  # what imports open: never a stage's input
+# nor is the Python installation (package metadata, data files) or the kernel's /proc: ~200
+# files a training stage opens, each resolved at every output's publication if kept
+_NOT_INPUTS = tuple(sorted({os.path.join(p, "") for p in (sys.prefix, sys.base_prefix,
+                                                           sys.exec_prefix, "/proc", "/sys",
+                                                           "/dev")}))
 
 
 def _record_reads(event: str, args: tuple) -> None:
@@ -68,9 +73,9 @@ def _record_reads(event: str, args: tuple) -> None:
         reading = flags is not None and flags & (os.O_ACCMODE | os.O_DIRECTORY) == os.O_RDONLY
     if not reading or isinstance(path, int):
         return
-    path = os.fsdecode(path)
-    if not path.endswith(_CODE):
-        _inputs.add(os.path.abspath(path))
+    path = os.path.abspath(os.fsdecode(path))
+    if not path.endswith(_CODE) and not path.startswith(_NOT_INPUTS):
+        _inputs.add(path)
 
 
 def _check_not_an_input(path: Path) -> None:
