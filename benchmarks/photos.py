@@ -92,8 +92,8 @@ def autocast(precision: str, device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def tutorial_rate(root: Path, steps: int, warmup: int, batch_size: int, device,
-                  precision: str = "fp32") -> float:
+def tutorial_loader(root: Path, batch_size: int):
+    """The tutorial's data: ImageFolder with per-item transforms, DataLoader with 2 workers."""
     import torch
     from torchvision import datasets, transforms
 
@@ -101,9 +101,16 @@ def tutorial_rate(root: Path, steps: int, warmup: int, batch_size: int, device,
     data = datasets.ImageFolder(root / "train", transforms.Compose([
         transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
         transforms.ToTensor(), transforms.Normalize(MEAN, STD)]))
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
-                                         num_workers=2, drop_last=True)
-    model = resnet18(len(data.classes)).to(device)
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
+                                       num_workers=2, drop_last=True)
+
+
+def tutorial_rate(root: Path, steps: int, warmup: int, batch_size: int, device,
+                  precision: str = "fp32") -> float:
+    import torch
+
+    loader = tutorial_loader(root, batch_size)
+    model = resnet18(len(loader.dataset.classes)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     criterion = torch.nn.CrossEntropyLoss()
     model.train()
@@ -129,15 +136,7 @@ def tutorial_rate(root: Path, steps: int, warmup: int, batch_size: int, device,
 def tutorial_input_rate(root: Path, batches: int, batch_size: int, device) -> float:
     """Images/s of the tutorial's input pipeline alone: its DataLoader's batches moved to the
     device, no model (the ceiling of its loop when the model's compute costs nothing)."""
-    import torch
-    from torchvision import datasets, transforms
-
-    torch.manual_seed(0)
-    data = datasets.ImageFolder(root / "train", transforms.Compose([
-        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), transforms.Normalize(MEAN, STD)]))
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
-                                         num_workers=2, drop_last=True)
+    loader = tutorial_loader(root, batch_size)
     done, start = 0, None
     while done <= batches:
         for inputs, _ in loader:
