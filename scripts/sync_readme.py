@@ -1,6 +1,9 @@
-"""Copy the generated result tables into README.md (tests/test_readme.py checks they agree).
+"""Copy the generated blocks into README.md and docs/*.md (tests/test_readme.py checks they agree).
 
     python scripts/sync_readme.py      (or: make readme)
+
+A block is the text between `<!-- name:start -->` and `<!-- name:end -->`; each name has one
+generator below, and every page that carries the markers gets the same text.
 """
 
 import json
@@ -18,13 +21,18 @@ def blocks() -> dict[str, str]:
             "ranking": (ROOT / "ranking/report.md").read_text()}
 
 
-def sync(readme: str) -> str:
-    for name, text in blocks().items():
+def pages() -> list[Path]:
+    """README.md and every page under docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def sync(text: str) -> str:
+    for name, block in blocks().items():
         pattern = rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)"
-        readme = re.sub(pattern, lambda m: m[1] + text + m[2], readme, flags=re.S)
-    return readme
+        text = re.sub(pattern, lambda m: m[1] + block + m[2], text, flags=re.S)
+    return text
 
 
 if __name__ == "__main__":
-    path = ROOT / "README.md"
-    path.write_text(sync(path.read_text()))
+    for path in pages():
+        path.write_text(sync(path.read_text()))

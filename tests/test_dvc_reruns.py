@@ -1,6 +1,6 @@
 """The rerun table: which stages a plain `dvc repro` reruns after one edit, through the real CLI.
 
-RERUNS is the table (the README's rerun table is a copy of it): for every params.yaml key (one
+RERUNS is the table (docs/experiments.md's rerun table is a copy of it): for every params.yaml key (one
 row per group of keys that behave alike; `section.*` is every key under it) and every module
 of the library, the exact set of stages `dvc repro` runs after that one edit to a fully run
 repository, tiny params. Two mechanisms decide it, and the table needs both:

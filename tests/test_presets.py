@@ -1,5 +1,5 @@
-"""The README's dataset presets: valid params, and each one end to end on fixtures in the real
-file formats, through every stage's main() as dvc.yaml calls it (in-process, so the fixtures'
+"""The dataset presets of docs/datasets.md: valid params, and each one end to end on fixtures in
+the real file formats, through every stage's main() as dvc.yaml calls it (in-process, so the fixtures'
 md5s can stand in for the official ones)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from transferlab.strategies import METHODS
 
 def readme_presets() -> dict[str, dict]:
     """name -> params overrides, from the `dvc exp run -n NAME -S key=value ...` lines."""
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs/datasets.md").read_text()
     block = readme.split("<!-- presets:start -->")[1].split("<!-- presets:end -->")[0]
     presets = {}
     for line in block.splitlines():

@@ -1,24 +1,32 @@
-"""The README's results are the committed metrics, not numbers typed by hand."""
+"""The README's and the docs' results are the committed metrics, not numbers typed by hand."""
 
-import json
+import re
 
+import pytest
+
+from scripts.sync_readme import blocks, pages, sync
 from tests.conftest import ROOT
-from transferlab.evaluation import results_markdown
 
 
-def test_readme_table_is_the_committed_metrics():
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_generated_block_is_the_committed_result(page):
+    text = page.read_text()
+    assert sync(text) == text, f"{page.relative_to(ROOT)} is out of date: run `make readme`"
+
+
+@pytest.mark.parametrize("name", sorted(blocks()))
+def test_every_generated_block_appears_somewhere(name):
+    assert any(f"<!-- {name}:start -->" in p.read_text() for p in pages()), name
+
+
+def test_the_readme_is_a_front_door():
     readme = (ROOT / "README.md").read_text()
-    table = readme.split("<!-- results:start -->\n")[1].split("<!-- results:end -->")[0]
-    assert table == results_markdown(json.loads((ROOT / "metrics/evaluate.json").read_text()))
+    assert len(readme.splitlines()) <= 150
+    for link in re.findall(r"\]\((docs/[^)#]+)", readme):
+        assert (ROOT / link).is_file(), f"README links to {link}, which does not exist"
 
 
-def test_readme_study_section_is_the_committed_study_report():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- study:start -->\n")[1].split("<!-- study:end -->")[0]
-    assert block == (ROOT / "study/report.md").read_text()
-
-
-def test_readme_ranking_section_is_the_committed_ranking_report():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- ranking:start -->\n")[1].split("<!-- ranking:end -->")[0]
-    assert block == (ROOT / "ranking/report.md").read_text()
+def test_links_between_pages_resolve():
+    for page in pages():
+        for link in re.findall(r"\]\(([^)#:]+\.(?:md|png))", page.read_text()):
+            assert (page.parent / link).is_file(), f"{page.name} links to {link}: not found"
