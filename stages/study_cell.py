@@ -31,13 +31,14 @@ def main(argv=None):
     device = pick_device()
     pool = to_device(load_arrays(args.prepared / "target_pool.safetensors", lazy=True), device)
     source_model, source_classes = load_classifier(args.source_model, device)
+    target_classes = read_classes(args.prepared / "target_pool.safetensors")
     target, unlabelled = cell_target(pool, args.shots, args.seed)
     outcomes = train_cell(target, unlabelled, params, args.seed, source_model,
-                          to_device(load_arrays(args.prepared / "source.safetensors", lazy=True), device))
+                          to_device(load_arrays(args.prepared / "source.safetensors", lazy=True), device),
+                          source_classes, target_classes)
 
     test = load_arrays(args.prepared / "target_test.safetensors", lazy=True)  # models are chosen: score
     models = selected_models(outcomes)
-    target_classes = read_classes(args.prepared / "target_test.safetensors")
     if source_classes == target_classes:
         models["source_only"] = source_model  # only where source and target share classes
     scores = score(models, to_device({"x": test["x_test"]}, device)["x"], np.asarray(test["y_test"]))

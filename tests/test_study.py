@@ -16,6 +16,7 @@ from transferlab.models import Classifier, SmallCNN
 from transferlab.params import parse_params
 
 WIDTHS = [4, 8, 8]
+CLASSES = ["0", "1", "2", "3"]
 
 
 @pytest.fixture
@@ -67,7 +68,8 @@ def test_training_never_receives_test_images(pool, params, source_model, monkeyp
     source = {"x_train": make_images(5, seed=7)[0], "y_train": make_images(5, seed=7)[1],
               "x_val": make_images(2, seed=8)[0], "y_val": make_images(2, seed=8)[1]}
     target, unlabelled = study.cell_target(pool, shots, seed=0)
-    outcomes = study.train_cell(target, unlabelled, params, 0, source_model, source)
+    outcomes = study.train_cell(target, unlabelled, params, 0, source_model, source, CLASSES,
+                                CLASSES)
     expected = {n for n, m in strategies.METHODS.items() if shots or not m.needs_labels}
     assert set(outcomes) == expected
     assert seen and not any((x == 7).all(dim=(1, 2, 3)).any() for x in seen)
@@ -76,6 +78,28 @@ def test_training_never_receives_test_images(pool, params, source_model, monkeyp
     oracles = {n for n in scores if n.endswith(study.ORACLE)}
     assert set(scores) == expected | oracles
     assert bool(oracles) == (shots == 0)  # label-free selection reports its oracle apart
+
+
+@pytest.mark.parametrize("shots", [0, 1])
+def test_the_study_skips_exactly_what_the_pipeline_skips(pool, params, source_model,
+                                                         monkeypatch, shots):
+    """Equal-size but different class sets (the cifar10-split preset: source classes 0-4,
+    target 5-9): the pipeline's transfer stage skips the adaptation methods, so must the study.
+    It used to compare class counts and ran them."""
+    from transferlab.transfer import why_skipped
+
+    ran = []
+    monkeypatch.setattr(strategies, "run", lambda name, inputs, cfg: ran.append(name))
+    source_classes, target_classes = ["cat", "dog", "frog", "horse"], CLASSES
+    target, unlabelled = study.cell_target(pool, shots, seed=0)
+    study.train_cell(target, unlabelled, params, 0, source_model, {}, source_classes,
+                     target_classes)
+    pipeline = [name for name, method in strategies.METHODS.items()  # as stages/transfer.py
+                if not why_skipped(method, shots, source_classes if "source_model" in method.reads
+                                   else None, target_classes)]
+    assert ran == pipeline
+    assert not any("unlabelled" in strategies.METHODS[name].reads for name in ran)
+    assert (ran == []) == (shots == 0)
 
 
 def test_layer_grid_covers_every_variant_and_copies_only_from_the_source(pool, params,

@@ -43,15 +43,16 @@ def cell_target(pool: dict[str, torch.Tensor], shots: int, seed: int
 
 
 def train_cell(target: dict[str, torch.Tensor], unlabelled: torch.Tensor, params: Params,
-               seed: int, source_model: Classifier, source: dict
-               ) -> dict[str, strategies.Outcome]:
+               seed: int, source_model: Classifier, source: dict, source_classes: list[str],
+               target_classes: list[str]) -> dict[str, strategies.Outcome]:
     """Every registered method on one cell, each from the same seeded state and with only the
-    inputs it reads; at k = 0 the methods that need target labels are left out."""
+    inputs it reads. A method is left out exactly where the pipeline's `transfer` stage skips
+    it (`why_skipped`, on class names: at k = 0 the methods that need target labels; across
+    different class sets, even of equal size, the adaptation methods)."""
     outcomes = {}
-    num_classes = int(target["y_val"].max()) + 1
-    shots = len(target["y_train"]) // num_classes
+    shots = len(target["y_train"]) // len(target_classes)
     for name, method in strategies.METHODS.items():
-        if why_skipped(method, shots, range(source_model.head.out_features), range(num_classes)):
+        if why_skipped(method, shots, source_classes, target_classes):
             continue
         make_deterministic(seed)
         inputs = make_inputs(method, target, params, seed, source_model=source_model,

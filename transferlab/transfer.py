@@ -23,12 +23,14 @@ from transferlab.train import Adapt, AdaptBatch, FitResult, LabelFree, Stream, f
 
 def why_skipped(method: Method, shots: int, source_classes, target_classes) -> str | None:
     """Why `method` cannot run in this scenario (None: it can): a method that needs labels at 0
-    shots, or domain adaptation (one head shared by both domains) across different classes.
-    `source_classes` is None for a method that does not read the source model."""
+    shots, or domain adaptation (one head shared by both domains) across different classes,
+    compared by name (equal counts are not equal classes). The one rule of the pipeline's
+    `transfer` stage and of the study. `source_classes` may be None for a method that does not
+    read the source model (it is not consulted then)."""
     if method.needs_labels and shots == 0:
         return f"{method.name} needs target labels and prepare.shots=0"
-    if ("unlabelled" in method.reads and source_classes is not None
-            and list(source_classes) != list(target_classes)):
+    if ("unlabelled" in method.reads and "source_model" in method.reads
+            and source_classes is not None and list(source_classes) != list(target_classes)):
         return f"{method.name} adapts one classifier to both domains: their classes differ"
     return None
 
