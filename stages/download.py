@@ -9,8 +9,8 @@ wheels: no network. Others come through torchvision into data.cache_dir (checksu
 import argparse
 from pathlib import Path
 
-from transferlab.datasets import (decode_size, fetch, has_official_split, save_raw,
-                                  target_test_source)
+from transferlab.datasets import (TORCHVISION, check_folder, decode_size, default_cache_dir,
+                                  fetch, has_official_split, save_raw, target_test_source)
 from transferlab.io import atomic_path, run_stage
 from transferlab.params import load_params
 
@@ -21,6 +21,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     data = load_params().data
     cache_dir = Path(data.cache_dir) if data.cache_dir else None
+    # every folder param checked before anything reads below it: a symlink loop, a 300-character
+    # name or a FIFO there is one line naming the param, not an OSError from deep inside
+    if TORCHVISION.keys() & {data.source.name, data.target.name}:
+        check_folder("data.cache_dir", cache_dir or default_cache_dir(), must_exist=False,
+                     fix="a folder (or $TRANSFERLAB_DATA)")
+    for role, spec in (("source", data.source), ("target", data.target)):
+        if spec.name == "folder" and spec.root:
+            check_folder(f"data.{role}.root", spec.root, what="folder dataset ",
+                         fix="a folder of class folders (<root>/<class>/<image>)")
 
     target_root = Path(data.target.root) if data.target.root else None
     test = target_test_source(data.target_test, data.target.name, target_root)
@@ -32,7 +41,8 @@ def main(argv=None):
         tmp.mkdir()
         for name, spec, split in files:
             raw = fetch(spec.name, cache_dir=cache_dir, root=Path(spec.root) if spec.root else None,
-                        split=split, size=data.decode_size, lazy=True)
+                        split=split, size=data.decode_size, lazy=True,
+                        root_key="data.source.root" if name == "source" else "data.target.root")
             save_raw(tmp / f"{name}.safetensors", raw, decode_size(spec.name, data.decode_size))
             print(f"{name}: {spec.name} ({split}), {len(raw.labels)} images "
                   f"{raw.images.shape[1:]}, {len(raw.classes)} classes")

@@ -21,12 +21,14 @@ the same params must give the same bytes, and a truncated download must not beco
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import importlib.util
 import json
 import os
 import socket
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -269,16 +271,52 @@ FOLDER_SIZE = 256
 FOLDER_SPLITS = ("train", "val", "test")  # <root>/<split>/<class>/ when <root>/train/ exists
 
 
-def find_class_folders(root: Path, split: str = "train") -> list[Path]:
+_KINDS = ((stat.S_ISREG, "a file"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def check_folder(key: str, path: str | os.PathLike, must_exist: bool = True, what: str = "",
+                 fix: str = "a folder") -> Path:
+    """A folder param (`key`: data.target.root, data.cache_dir, ...) as an absolute path, or one
+    line naming the key and the path: missing (when it must exist), a symlink loop, a name too
+    long for the filesystem (ENAMETOOLONG: 255 bytes a name on ext4), a file / FIFO / device
+    where the folder belongs, or a folder that cannot be listed. os.stat never opens the path:
+    a FIFO is named, not waited on."""
+    path = Path(path).expanduser().absolute()
+    where = f"{key}: {what}{show_path(path)}"
+    fix = f"point {key} at {fix}"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if must_exist:
+            raise UserError(f"{where} does not exist: {fix}") from None
+        return path  # created when first written (the torchvision cache)
+    except OSError as err:
+        why = {errno.ELOOP: "is a symlink loop (a link that leads back to itself)",
+               errno.ENAMETOOLONG: "has a name too long for the filesystem",
+               errno.ENOTDIR: "goes through something that is not a folder",
+               errno.EACCES: "cannot be reached (permission denied)"}.get(
+                   err.errno, f"cannot be read ({err.strerror or type(err).__name__})")
+        raise UserError(f"{where} {why}: {fix}") from None
+    if not stat.S_ISDIR(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a folder")
+        raise UserError(f"{where} is {kind}, not a folder: {fix}")
+    try:
+        with os.scandir(path):
+            pass
+    except OSError as err:
+        raise UserError(f"{where} cannot be listed ({err.strerror or type(err).__name__}): check "
+                        "its permissions") from None
+    return path
+
+
+def find_class_folders(root: Path, split: str = "train", key: str = "folder dataset root"
+                       ) -> list[Path]:
     """<root>/<class>/ or, when <root>/train/ exists, <root>/<split>/<class>/ (test/ and val/ are
     the official test and validation splits). Hidden folders (.git, ...) and loose files beside
-    the classes are skipped."""
-    if not root.exists():
-        raise UserError(f"folder dataset: {show_path(root)} does not exist: point the root at a "
-                        "folder of class folders (<root>/<class>/<image>)")
-    if not root.is_dir():
-        raise UserError(f"folder dataset: {show_path(root)} is a file, not a folder: point the root "
-                        "at a folder of class folders (<root>/<class>/<image>)")
+    the classes are skipped. `key`: the param that names the root, for messages."""
+    root = check_folder(key, root, what="folder dataset ",
+                        fix="a folder of class folders (<root>/<class>/<image>)")
     base = root / split if (root / "train").is_dir() else root
     if split != "train" and not base.is_dir():
         raise UserError(f"folder dataset: {show_path(root)} has no {split}/ folder: add "
@@ -525,14 +563,14 @@ class FolderImages:
 
 
 def load_folder(root: Path, split: str = "train", size: int = FOLDER_SIZE,
-                lazy: bool = False) -> RawDataset:
+                lazy: bool = False, key: str = "folder dataset root") -> RawDataset:
     """Every image under <root>/<class>/ (or <root>/<split>/<class>/), any size and Pillow format.
 
     Classes are the sorted class folder names. All images become grayscale ("L"), or all become
     RGB if any one has colour; each one's centre square, resized to `size` (read_image).
     lazy: the images are decoded only when read (FolderImages), not here.
     """
-    classes = find_class_folders(root, split)
+    classes = find_class_folders(root, split, key)
     files = [list_images(folder) for folder in classes]
     paths = [path for group in files for path in group]
     mode = "RGB" if any(_folder_is_colour(path) for path in paths) else "L"
@@ -573,14 +611,15 @@ def target_test_source(mode: str, name: str, root: Path | None) -> str:
 
 def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
           download: bool = True, split: str = "train", size: int = FOLDER_SIZE,
-          lazy: bool = False) -> RawDataset:
+          lazy: bool = False, root_key: str = "folder dataset root") -> RawDataset:
     """The `split` ("train", or an official "test" / "val") of dataset `name` (see the module
     docstring for the names).
 
     cache_dir: torchvision's files (default_cache_dir() when None); root: the image folder of
     'folder', ignored by the others; download=False never touches the network; size: what a
     folder's images are decoded to (read_image); lazy: a folder's images are decoded when read
-    (what `download` wants: it writes them a block at a time).
+    (what `download` wants: it writes them a block at a time); root_key: the param naming
+    `root`, for messages (data.target.root).
     """
     if split != "train" and not has_official_split(name, root, split):
         raise UserError(f"dataset '{name}' has no official {split} split: set data.target_test: "
@@ -588,16 +627,14 @@ def fetch(name: str, cache_dir: Path | None = None, root: Path | None = None,
     if name in EMBEDDED:
         return EMBEDDED[name]()
     if name in TORCHVISION:
-        cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser().absolute()
-        if cache.exists() and not cache.is_dir():
-            raise UserError(f"data.cache_dir: {show_path(cache)} is a file, not a folder: point "
-                            "data.cache_dir (or $TRANSFERLAB_DATA) at a folder")
+        cache = check_folder("data.cache_dir", default_cache_dir() if cache_dir is None
+                             else cache_dir, must_exist=False, fix="a folder (or $TRANSFERLAB_DATA)")
         return load_torchvision(name, cache, download, split)
     if name == "folder":
         if root is None:
             raise UserError("dataset 'folder' needs a root: a folder of class folders "
                             "(<root>/<class>/<image>)")
-        return load_folder(Path(root).expanduser().absolute(), split, size, lazy)
+        return load_folder(Path(root).expanduser().absolute(), split, size, lazy, root_key)
     raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
 
 
