@@ -1,24 +1,58 @@
-# Two commands on a fresh clone (Python 3.11, pip, git): `make run` and `make test`.
+# Two commands on a fresh clone (Python 3.11, 3.12 or 3.13, pip, git): `make run` and `make test`.
 # Both create .venv and install the project on first use.
-PYTHON ?= python3.11
-VENV := .venv
+#
+# The interpreter: PYTHON if you set it (`make install PYTHON=python3.13`), else the first of
+# PYTHONS that runs and is 3.11-3.13. 3.11 comes first: the full suite runs on it in CI, and
+# where torch's wheels lie on disk for it (this project's machines) an install takes ~3 minutes
+# instead of a multi-GB download. Each candidate is run, not just looked up: a pyenv shim of a
+# version that is not installed exists on PATH but exits 127.
+# Another interpreter beside .venv: `make test-fast PYTHON=python3.12 VENV=.venv-3.12`.
+PYTHONS := python3.11 python3.12 python3.13 python3
+SUPPORTED := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# offline `dvc plots show` (plots.html_template in .dvc/config), written at install time
-PLOTS_TEMPLATE := .dvc/offline/plots.html
+# offline `dvc plots show`: committed, pointed at by plots.html_template in .dvc/config
+PLOTS_TEMPLATE := .dvc/offline-plots.html
 
-.PHONY: install run test test-fast clean readme study ranking screenshot
+# Sets $$py to the chosen interpreter, or ends the recipe with one line saying what to do.
+FIND_PYTHON = py="$(PYTHON)"; \
+	if [ -n "$$py" ]; then \
+	    "$$py" -c '$(SUPPORTED)' 2>/dev/null || { echo "PYTHON=$$py is not a Python 3.11, 3.12 or 3.13 that runs ($$("$$py" --version 2>&1 | head -n 1)): name another, or unset PYTHON to take the first of $(PYTHONS)" >&2; exit 1; }; \
+	else \
+	    for candidate in $(PYTHONS); do \
+	        if "$$candidate" -c '$(SUPPORTED)' 2>/dev/null; then py=$$candidate; break; fi; \
+	    done; \
+	    [ -n "$$py" ] || { echo "no Python 3.11, 3.12 or 3.13 found (tried $(PYTHONS)): install one, or name it with make install PYTHON=/path/to/python3.12" >&2; exit 1; }; \
+	fi
+
+.PHONY: install python plots-template run test test-fast clean readme study ranking screenshot
 
 install: $(STAMP) $(PLOTS_TEMPLATE)
 
+python:  ## which interpreter `make install` would make a new venv with
+	@$(FIND_PYTHON); "$$py" -c 'import sys; print(sys.argv[1], sys.version.split()[0], sys.executable)' "$$py"
+
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@$(FIND_PYTHON); \
+	if [ -x $(BIN)/python ]; then \
+	    echo "$(VENV): reusing it ($$($(BIN)/python --version)); remove it to start afresh with $$py"; \
+	else \
+	    echo "$(VENV): $$("$$py" -c 'import sys; print(sys.version.split()[0], sys.executable)') ($$py)"; \
+	    "$$py" -m venv $(VENV); \
+	fi
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-$(PLOTS_TEMPLATE): $(STAMP) scripts/plots_template.py
+# Committed, so that every install route (`pip install -e .` included) has it; rewritten only
+# when missing. `make plots-template` rewrites it from the pinned vl-convert-python (a test
+# checks the committed page equals that).
+$(PLOTS_TEMPLATE): | $(STAMP)
 	$(BIN)/python scripts/plots_template.py $@
+
+plots-template: $(STAMP)
+	$(BIN)/python scripts/plots_template.py $(PLOTS_TEMPLATE)
 
 run: install  ## the default experiment: every stage that is out of date, then the results
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro

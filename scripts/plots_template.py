@@ -1,12 +1,14 @@
-"""Write the offline HTML template of `dvc plots show` / `dvc plots diff` (run by `make install`).
+"""Write the offline HTML template of `dvc plots show` / `dvc plots diff` (`make plots-template`).
 
 DVC's own page loads Vega, Vega-Lite and Vega-Embed from a CDN, so without a network it stays
 blank. This template carries the three libraries inline, taken from the vl-convert-python wheel
-(vega 6.2, vega-lite 5.21, vega-embed 7.0: about 0.9 MB, generated here instead of committed),
-and leaves out DVC's `{scripts}` placeholder, where DVC would put its CDN <script> tags.
-`.dvc/config` points `plots.html_template` at the output, so a plain `dvc plots show` uses it.
+(vega 6.2, vega-lite 5.21, vega-embed 7.0: 0.9 MB, 0.3 MB gzipped), and leaves out DVC's
+`{scripts}` placeholder, where DVC would put its CDN <script> tags. `.dvc/config` points
+`plots.html_template` at the output, which is committed: every install route (`pip install -e .`
+included) has it, and a plain `dvc plots show` uses it. tests/test_install.py checks that the
+committed page is what this script writes with the vl-convert-python pinned in pyproject.toml.
 
-    python scripts/plots_template.py [OUT]      # default: .dvc/offline/plots.html
+    python scripts/plots_template.py [OUT]      # default: .dvc/offline-plots.html
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / ".dvc/offline/plots.html"
+DEFAULT_OUT = ROOT / ".dvc/offline-plots.html"
 VEGA_LITE = "5.21"  # DVC's plot templates are Vega-Lite v5 specs
 PLACEHOLDERS = ("{scripts}", "{plot_divs}", "{refresh_tag}")  # what DVC substitutes
 

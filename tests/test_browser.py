@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 MIN_INK = 0.02  # share of pixels that differ from the page's most common colour
-OFFLINE_TEMPLATE = ROOT / ".dvc/offline/plots.html"
+OFFLINE_TEMPLATE = ROOT / ".dvc/offline-plots.html"  # committed (.dvc/config points at it)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,8 @@ def dvc_plots(out: Path, command: str = "show", *args: str) -> Path:
 @pytest.mark.parametrize("command", [["show"], ["diff", "HEAD"]], ids=" ".join)
 def test_dvc_plots_renders_offline(browser, tmp_path, command):
     """The repository's own config (plots.html_template) with its committed plot files."""
-    assert OFFLINE_TEMPLATE.is_file(), ("the offline plots template is missing: `make install` "
-                                        "or `python scripts/plots_template.py` writes it")
+    assert OFFLINE_TEMPLATE.is_file(), ("the offline plots template is missing: `git checkout "
+                                        "-- .dvc/offline-plots.html` or `make plots-template`")
     page = dvc_plots(tmp_path / "plots", *command)
     html = page.read_text()
     assert "cdn.jsdelivr" not in html
