@@ -167,10 +167,11 @@ def rewrite(text: str, generated: list[list[str]]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="*", default=DVC_FILES, help=f"default: {' '.join(DVC_FILES)}")
     ap.add_argument("--check", action="store_true", help="report differences, write nothing")
     args = ap.parse_args(argv)
     stale = []
-    for rel in DVC_FILES:
+    for rel in args.files:
         path = ROOT / rel
         text = path.read_text()
         new = rewrite(text, expected(path))

@@ -14,9 +14,9 @@ import warnings
 
 import numpy as np
 
+from transferlab.metrics import DIGITS
 from transferlab.transferability import SCORES
 
-DIGITS = 4
 OUTCOMES = ("finetune", "features")
 LEVEL = 0.95
 

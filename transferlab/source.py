@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from transferlab.io import UserError, one_line, show_path
+from transferlab.metrics import DIGITS
 from transferlab.models import (Architecture, Classifier, Encoder, load_pretrained,
                                 set_input_normalisation)
 from transferlab.params import Pretrain, is_weights_name
 from transferlab.train import FitResult, Stream, TrainingDiverged, fit, predict_logits
 
-DIGITS = 4
 
 
 def _not_weights(path: Path, err: BaseException | None) -> UserError:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 
-DIGITS = 4  # rounded so study JSON diffs stay readable, as in metrics.py
+from transferlab.metrics import DIGITS
+from transferlab.strategies import NAMES
 LEVEL = 0.95  # the interval level of study_table, and the "95 % CI" study_markdown prints
 CONTROL = "scratch"
 SOURCE_ONLY = "source_only"
-STRATEGY_ORDER = ("source_only", "scratch", "finetune", "features", "structure", "joint",
-                  "coral", "dan", "dann", "mcc", "fixmatch")
+STRATEGY_ORDER = (SOURCE_ONLY, *NAMES)  # the registry's order, the baseline first
 
 
 def t_quantile(df: int, level: float = LEVEL) -> float:

@@ -23,7 +23,8 @@ import numpy as np
 from sklearn.covariance import ledoit_wolf
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-DIGITS = 4
+from transferlab.metrics import DIGITS
+
 SCORES = ("logme", "leep", "nce", "hscore", "hscore_shrunk")
 
 
