@@ -6,9 +6,23 @@ from transferlab.io import UserError
 from transferlab.params import load_params, parse_params
 
 
-def test_repository_params_are_valid():
+def test_repository_params_are_valid_and_every_key_is_read_as_written():
+    """The committed params.yaml parses, and no value is silently replaced by a default."""
     params = load_params(ROOT / "params.yaml")
-    assert params.prepare.shots >= 0 and params.model.widths
+    written = repo_params_dict()
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    parsed = dict(leaves(params.model_dump(mode="json")))
+    assert set(dict(leaves(written))) <= set(parsed)
+    for key, value in leaves(written):
+        if not isinstance(value, str):  # text values may be normalised ('auto', 'DEFAULT')
+            assert parsed[key] == value, f"{key}: params.yaml says {value!r}, parsed {parsed[key]!r}"
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -68,8 +68,8 @@ def test_a_new_options_field_is_validated_through_the_schema():
 
 
 def test_unknown_strategy_is_refused():
-    with pytest.raises(ValueError, match="unknown strategy"):
-        strategies.run("nope", None, None)
+    with pytest.raises(ValueError, match="unknown strategy 'finetuning'"):
+        strategies.run("finetuning", None, None)
 
 
 def test_evaluate_scores_exactly_the_models_the_transfer_stage_writes():

@@ -61,11 +61,6 @@ def test_every_strategy_returns_a_target_classifier(name, inputs, tiny_target):
     check_outputs(outcome, tiny_target["x_val"])
 
 
-def test_unknown_strategy_is_refused(inputs):
-    with pytest.raises(ValueError, match="unknown strategy 'finetuning'"):
-        strategies.run("finetuning", inputs, None)
-
-
 def test_scratch_shares_no_weights_with_the_source(inputs, source_model):
     model = strategies.run("scratch", inputs, cfg("scratch")).model
     src = source_model.state_dict()
