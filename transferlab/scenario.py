@@ -21,8 +21,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,12 +60,15 @@ def crop_to_bbox(image: np.ndarray) -> np.ndarray:
 
 
 def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """(N, C, H, W) with C in {1, 3} -> (N, channels, H, W)."""
+    """(N, C, H, W) with C in {1, 3} -> (N, channels, H, W). A grey image stored as RGB (R = G = B)
+    gives its channel exactly: the float sum of the weights is not exactly 1, and a copy of a
+    grey image re-saved as RGB must align to the same bytes as the original (overlap check)."""
     if x.shape[1] == channels:
         return x
     if channels == 3:
         return x.expand(-1, 3, -1, -1).contiguous()
-    return (x * torch.tensor(LUMINANCE).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    grey = (x == x[:, :1]).flatten(1).all(1).view(-1, 1, 1, 1)
+    return torch.where(grey, x[:, :1], (x * torch.tensor(LUMINANCE).view(1, 3, 1, 1)).sum(1, keepdim=True))
 
 
 ALIGN_CHUNK = 1024  # images aligned at once, at most; and at most ALIGN_BYTES of float32 work
@@ -113,6 +119,58 @@ def _align_chunk(images: np.ndarray, max_value: int, p: Prepare) -> np.ndarray:
     return (x * 255).round_().to(torch.uint8).numpy()
 
 
+# The premises of prepare.crop: bbox and prepare.scale: max, measured per domain. MNIST-5k:
+# 0 % of its images have ink up to all four edges, border level 0; UCI digits: 0.2 %, 0. Digits
+# blended onto photo patches, natural images, noise: ~100 % and 0.3-0.6 of the image's maximum.
+FULL_FRAME_LIMIT = 0.1  # above: bbox keeps most images whole while others get cropped, enlarged
+BACKGROUND_LIMIT = 0.25  # above: not a dark background, the ink is not what `max` scales to 1
+
+
+def framing_stats(raw: RawDataset) -> dict[str, float]:
+    """How a domain's images are framed, on its raw images (a block of rows at a time):
+    full_frame_share: the share whose content box (pixels above 0 in any channel: what
+    crop_to_bbox sees) is the whole frame, so bbox leaves them as they are; background_level:
+    the median over images of their border's median level, as a share of the image's own
+    maximum (0: a dark background, 1: as bright as the brightest pixel)."""
+    full, levels = 0, []
+    for chunk in row_chunks(raw.images):
+        x = chunk.max(axis=3) if chunk.ndim == 4 else chunk
+        ink = x > 0
+        full += int((ink[:, 0].any(1) & ink[:, -1].any(1) & ink[:, :, 0].any(1)
+                     & ink[:, :, -1].any(1)).sum())
+        border = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)
+        peak = x.reshape(len(x), -1).max(1).astype(np.float64)
+        levels.append(np.median(border, axis=1) / np.maximum(peak, 1))
+    n = len(raw.labels)
+    level = float(np.median(np.concatenate(levels))) if n else 0.0
+    return {"full_frame_share": round(full / n, 4) if n else 0.0,
+            "background_level": round(level, 4)}
+
+
+def check_framing(stats: dict[str, dict[str, float]], p: Prepare) -> None:
+    """Stop when a domain breaks the premise of the alignment chosen, naming the knob and what
+    to set: bbox on images with content up to their edges keeps them whole while the other
+    domain is cropped and enlarged (the domains end up at different scales, silently); `max`
+    on a bright background scales the background, not the ink."""
+    for role, s in stats.items():
+        fixes, why = [], []
+        if p.crop == "bbox" and s["full_frame_share"] > FULL_FRAME_LIMIT:
+            fixes.append("prepare.crop: none")
+            why.append(f"{s['full_frame_share']:.0%} of its images have content up to all four "
+                       "edges (prepare.crop: bbox assumes a zero background around each image's "
+                       "content: it would keep them whole while cropping and enlarging images "
+                       "that have a blank border)")
+        if p.scale == "max" and s["background_level"] > BACKGROUND_LIMIT:
+            fixes.append("prepare.scale: none")
+            why.append(f"its background is not dark (median border level "
+                       f"{s['background_level']:.2f} of each image's maximum; prepare.scale: max "
+                       "assumes bright content on a dark background)")
+        if fixes:
+            raise UserError(f"data.{role}: {' and '.join(why)}: set {' and '.join(fixes)} "
+                            "(the same framing for both domains), or give images on a blank "
+                            "background")
+
+
 def preprocess_record(p: Prepare, decode_size: int) -> str:
     """What turns one image file into a model input here, as JSON for the metadata of prepared
     and model files: the alignment knobs, and the size a folder's files were first decoded to
@@ -160,53 +218,100 @@ def split_stratified(labels: np.ndarray, seed: int, **take: float | int) -> dict
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
-def check_sizes(source: RawDataset, target: RawDataset, p: Prepare,
-                test: RawDataset | None = None, val: RawDataset | None = None) -> None:
-    """Every split the scenario cuts, sized per class before any image is aligned or any model
-    trained: an empty split or a class too small for it stops here naming the key, the class
-    and its count, not three stages later as a shape error. `test` / `val`: official splits,
-    which replace the ones carved from the target's training images."""
+class Labelled(NamedTuple):
+    """What check_sizes needs of a dataset: its labels and class names (a RawDataset has both)."""
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+
+def least_fraction(n: int) -> float:
+    """The smallest fraction, in as few significant digits as it takes, of which _take gives at
+    least one of n images. Python's round() rounds half to even: round(0.5 * 1) == 0, so 0.5 is
+    not enough for a class of one image (0.51 is)."""
+    x = 0.5 / n
+    for digits in range(1, 17):
+        step = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+        f = round(math.ceil(x / step) * step, 15)
+        f = f if f > x else round(f + step, 15)
+        if _take(f, n) >= 1:
+            return f
+    return math.nextafter(x, 1.0)
+
+
+def check_sizes(source: Labelled, target: Labelled, p: Prepare,
+                test: Labelled | None = None, val: Labelled | None = None,
+                dropped: dict[tuple[str, int], str] | None = None) -> None:
+    """Every split the scenario cuts, sized per class before any model is trained: an empty
+    split or a class too small for it stops here naming the key, the class and its count, and
+    what actually fixes it, not three stages later as a shape error. `test` / `val`: official
+    splits, which replace the ones carved from the target's training images. `dropped`: (role,
+    class) -> why some of its images were dropped as copies (separate_by_content), said in the
+    message of that class."""
+    def why(role: str, c: int) -> str:
+        return f" ({note})" if (note := (dropped or {}).get((role, c))) else ""
+
     for role, raw in (("source", source), ("target", target)):
         present = np.unique(raw.labels)
         if present.size < 2:
             names = ", ".join(repr(raw.classes[c]) for c in present) or "none"
-            raise UserError(f"data.{role}: {present.size} class with images ({names}): a "
+            notes = "".join(why(role, c) for c in range(len(raw.classes)))
+            raise UserError(f"data.{role}: {present.size} class with images ({names}){notes}: a "
                             "classifier needs at least two: add class folders or widen "
                             f"data.{role}.classes")
-        if absent := [raw.classes[c] for c in range(len(raw.classes)) if c not in present]:
-            raise UserError(f"data.{role}: class {absent[0]!r} has no images: add some or leave "
-                            f"it out with data.{role}.classes")
-    counts = np.bincount(source.labels)
+        if absent := [c for c in range(len(raw.classes)) if c not in present]:
+            raise UserError(f"data.{role}: class {raw.classes[absent[0]]!r} has no images"
+                            f"{why(role, absent[0])}: add some or leave it out with "
+                            f"data.{role}.classes")
+    counts = np.bincount(source.labels, minlength=len(source.classes))
     for c, n in enumerate(counts):
         if n - _take(p.source_val_fraction, n) < 1:
-            raise UserError(f"data.source: class {source.classes[c]!r} has only {n} image(s), none "
-                            f"left for training after prepare.source_val_fraction="
-                            f"{p.source_val_fraction}: lower the fraction or add images")
+            raise UserError(f"data.source: class {source.classes[c]!r} has only {n} image(s)"
+                            f"{why('source', c)}, none left for training after "
+                            f"prepare.source_val_fraction={p.source_val_fraction}: lower the "
+                            "fraction or add images")
     if sum(_take(p.source_val_fraction, n) for n in counts) == 0:
+        f = least_fraction(int(counts.max()))
+        if counts.max() < 2 or any(n - _take(f, n) < 1 for n in counts):
+            raise UserError(f"prepare.source_val_fraction={p.source_val_fraction} leaves the source "
+                            f"validation split empty and no fraction can fill it while every class "
+                            f"keeps a training image (the largest class has {counts.max()} "
+                            "image(s)): add source images")
         raise UserError(f"prepare.source_val_fraction={p.source_val_fraction} leaves the source "
                         f"validation split empty (the largest class has {counts.max()} images): "
-                        f"raise it to at least {1 / counts.max():.3g}")
+                        f"raise it to at least {f:g}")
     test_counts = np.bincount(test.labels, minlength=len(target.classes)) if test else None
     val_counts = np.bincount(val.labels, minlength=len(target.classes)) if val else None
     for c, n in enumerate(np.bincount(target.labels, minlength=len(target.classes))):
         name = repr(target.classes[c])
-        if test_counts is not None:
-            if test_counts[c] < 1:
-                raise UserError(f"data.target: the official test split has no image of class "
-                                f"{name}: add some, or set data.target_test: split")
-            held = 0
-        else:
+        if test_counts is not None and test_counts[c] < 1:
+            raise UserError(f"data.target: the official test split has no image of class "
+                            f"{name}{why('test', c)}: add some, or set data.target_test: split")
+        if val_counts is not None and val_counts[c] < 1:
+            raise UserError(f"data.target: the val/ split has no image of class {name}"
+                            f"{why('val', c)}: add some, or remove val/ to draw "
+                            "prepare.target_val_per_class")
+        # what the class must hold at the least: one carved test image, the carved validation
+        # images, the shots; no fraction can make a smaller class fit
+        needs = [(1, "test image", "prepare.target_test_fraction")] if test_counts is None else []
+        if val_counts is None and p.target_val_per_class:
+            needs.append((p.target_val_per_class, "validation (prepare.target_val_per_class)",
+                          "prepare.target_val_per_class"))
+        if p.shots:
+            needs.append((p.shots, "shots (prepare.shots)", "prepare.shots"))
+        if n < (least := sum(k for k, _, _ in needs)):
+            lower = " or ".join(key for _, _, key in needs[1 if test_counts is None else 0:])
+            raise UserError(f"target class {name} has {n} image(s){why('target', c)} but needs at "
+                            f"least {least}: {' + '.join(f'{k} {what}' for k, what, _ in needs)}:"
+                            f" add images{f', or lower {lower}' if lower else ''}")
+        held = 0
+        if test_counts is None:
             held = _take(p.target_test_fraction, n)
             if held < 1:
                 raise UserError(f"prepare.target_test_fraction={p.target_test_fraction} leaves "
                                 f"target class {name} ({n} images) without test images: raise it "
-                                f"to at least {0.5 / n + 1e-9:.3g}, or add images")
-        if val_counts is not None:
-            if val_counts[c] < 1:
-                raise UserError(f"data.target: the val/ split has no image of class {name}: add "
-                                "some, or remove val/ to draw prepare.target_val_per_class")
-            val_take = 0
-        else:
+                                f"to at least {least_fraction(n):g}")
+        val_take = 0
+        if val_counts is None:
             val_take = p.target_val_per_class
             if n - held < val_take:
                 raise UserError(f"prepare.target_val_per_class={val_take} but target class {name} "
@@ -220,38 +325,98 @@ def check_sizes(source: RawDataset, target: RawDataset, p: Prepare,
                             "prepare.target_val_per_class")
 
 
-def image_digests(raw: RawDataset) -> list[bytes]:
-    """One digest per decoded image (pixels and shape): equal digests are the same image."""
-    return [hashlib.blake2b(image.tobytes() + str(image.shape).encode(), digest_size=16).digest()
-            for chunk in row_chunks(raw.images) for image in chunk]
+def _digest(row: np.ndarray) -> bytes:
+    return hashlib.blake2b(row.tobytes() + str(row.shape).encode(), digest_size=16).digest()
+
+
+def image_digests(images) -> list[bytes]:
+    """One digest per image row (pixels and shape): equal digests are the same image. Given
+    aligned images (align's output), the same model input: what the overlap check compares."""
+    return [_digest(row) for chunk in row_chunks(images) for row in chunk]
+
+
+def grey_digests(raw: RawDataset) -> list[bytes]:
+    """Digests of raw images with a grey image stored as RGB (R = G = B) taken as grey: without
+    the alignment params, the same file re-saved as grey, RGB, RGBA or palette still matches."""
+    out = []
+    for chunk in row_chunks(raw.images):
+        for image in chunk:
+            if image.ndim == 3 and (image == image[..., :1]).all():
+                image = image[..., 0]
+            out.append(_digest(np.ascontiguousarray(image)))
+    return out
+
+
+WHERE = {"test": "the target's official test split", "val": "the target's val/ split",
+         "train": "the target's training images", "source": "the source"}
+
+
+def find_copies(source: tuple[list[bytes], np.ndarray], parts: list[tuple[str, list[bytes], np.ndarray]],
+                source_classes: tuple[str, ...], target_classes: tuple[str, ...]):
+    """Which images to keep, from their digests: `parts` are the target's (name, digests,
+    labels) in priority order (official test, official val, train): a part keeps only images
+    no earlier part has and the first copy of its own repeats (a repeat could otherwise sit in
+    both test and train pool). The source loses every image the target has (a target test
+    image must never be a source training image) and its own repeats (one could sit in both
+    source train and source val). Returns (source keep mask, {part: keep mask}, counts,
+    {(role, class): why its images were dropped}), role being "source" or a part's name."""
+    seen: dict[bytes, tuple[str, int]] = {}
+    origins: dict[tuple[str, int], Counter] = {}
+
+    def keep_mask(role: str, digests: list[bytes], labels: np.ndarray, table: dict) -> np.ndarray:
+        keep = np.ones(len(digests), dtype=bool)
+        for i, digest in enumerate(digests):
+            first = seen.get(digest) or table.get(digest)
+            if first is not None:
+                keep[i] = False
+                origins.setdefault((role, int(labels[i])), Counter())[first] += 1
+            else:
+                table[digest] = (role, int(labels[i]))
+        return keep
+
+    keeps = {name: keep_mask(name, digests, labels, seen) for name, digests, labels in parts}
+    also_in_target = sum(digest in seen for digest in source[0])
+    keep_source = keep_mask("source", *source, {})
+    counts = {"source_images_also_in_target": also_in_target,
+              "source_duplicates_dropped": int((~keep_source).sum()) - also_in_target,
+              "target_duplicates_dropped": int(sum((~k).sum() for k in keeps.values()))}
+    notes = {}
+    for (role, c), where in origins.items():
+        (first_role, first_class), _ = where.most_common(1)[0]
+        names = source_classes if first_role == "source" else target_classes
+        others = " and elsewhere" if len(where) > 1 else ""
+        notes[(role, c)] = (f"{sum(where.values())} of its images were dropped as copies of images "
+                            f"of class {names[first_class]!r} in {WHERE.get(first_role, 'the target')}"
+                            f"{others}: the "
+                            "same pixels once aligned")
+    return keep_source, keeps, counts, notes
+
+
+def subset_labels(data: RawDataset | Labelled, keep: np.ndarray) -> Labelled:
+    return Labelled(data.labels[keep], tuple(data.classes))
 
 
 def subset(raw: RawDataset, keep: np.ndarray) -> RawDataset:
     return RawDataset(take_rows(raw.images, keep), raw.labels[keep], raw.max_value, raw.classes)
 
 
-def separate_by_content(source: RawDataset, *target_parts: RawDataset
+def separate_by_content(source: RawDataset, *target_parts: RawDataset, p: Prepare | None = None
                         ) -> tuple[RawDataset, list[RawDataset], dict[str, int]]:
-    """No image may be in both domains, nor twice in the target, whatever the names say: a
-    folder and its subfolder, MNIST-5k inside MNIST, a file copied into two classes or into
-    both train/ and test/. `target_parts` come in priority order (official test, official val,
-    train): a part keeps only images no earlier part has, and the first copy of its own
-    repeats (a repeat could otherwise sit in both test and train pool). The source loses every
-    image the target has: a target test image must never be a source training image. Returns
-    the source, the target parts and how many images each side lost."""
-    seen: set[bytes] = set()
-    kept_parts, repeats = [], 0
-    for part in target_parts:
-        keep = np.zeros(len(part.labels), dtype=bool)
-        for i, digest in enumerate(image_digests(part)):
-            keep[i] = digest not in seen
-            seen.add(digest)
-        repeats += int((~keep).sum())
-        kept_parts.append(part if keep.all() else subset(part, keep))
-    keep_source = np.array([d not in seen for d in image_digests(source)], dtype=bool)
-    dropped = {"source_images_also_in_target": int((~keep_source).sum()),
-               "target_duplicates_dropped": repeats}
-    return (source if keep_source.all() else subset(source, keep_source)), kept_parts, dropped
+    """find_copies on raw datasets: the target parts in priority order (official test, official
+    val, train). With `p`, images are compared as align(p) turns them into model inputs (what
+    build_scenario does); without, as grey_digests sees them. Returns the source, the target
+    parts and how many images each side lost."""
+    def digests(raw: RawDataset) -> list[bytes]:
+        return grey_digests(raw) if p is None else image_digests(align(raw, p))
+
+    names = [f"part {i}" for i in range(len(target_parts))]
+    keep_source, keeps, counts, _ = find_copies(
+        (digests(source), source.labels),
+        [(name, digests(part), part.labels) for name, part in zip(names, target_parts)],
+        source.classes, target_parts[-1].classes if target_parts else source.classes)
+    parts = [part if keeps[name].all() else subset(part, keeps[name])
+             for name, part in zip(names, target_parts)]
+    return (source if keep_source.all() else subset(source, keep_source)), parts, counts
 
 
 def relabel_by_name(reference: RawDataset, other: RawDataset, where: str) -> RawDataset:
@@ -288,7 +453,7 @@ class Scenario:
     target_pool: dict[str, np.ndarray]  # x_pool, y_pool (the whole train pool), x_val, y_val
     target_unlabelled: dict[str, np.ndarray]  # x_unlabelled: the pool minus the shots, no labels
     target_test: dict[str, np.ndarray]  # x_test, y_test: read by evaluate only
-    summary: dict[str, int]
+    summary: dict[str, int | float]  # sizes and counts; framing statistics (shares, levels)
     source_classes: tuple[str, ...]
     target_classes: tuple[str, ...]
 
@@ -311,21 +476,45 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
         target = select_classes(target, target_spec.classes, "data.target.classes")
         official = {k: select_classes(v, target_spec.classes, "data.target.classes")
                     for k, v in official.items()}
-    source, parts, dropped = separate_by_content(source, *official.values(), target)
-    *held, target = parts
-    official = dict(zip(official, held))
+    # the premises of the alignment, measured on each domain: a wrong one stops here, before
+    # any image is aligned, and the numbers go into the summary either way
+    framing = {"source": framing_stats(source), "target": framing_stats(target)}
+    check_framing(framing, p)
+    test, val = official.get("test"), official.get("val")
+    check_sizes(source, target, p, test, val)  # before the (slow) alignment, on raw counts
+    xs, xt = align(source, p, scratch), align(target, p, scratch)
+    xo = {k: align(v, p, scratch) for k, v in official.items()}
+    # copies are found among what the model sees (aligned bytes): a grey image and its RGB,
+    # RGBA, palette, 16-bit, BMP or TIFF copy, or two sizes that align alike, are one image
+    keep_source, keeps, dropped, notes = find_copies(
+        (image_digests(xs), source.labels),
+        [(k, image_digests(x), official[k].labels) for k, x in xo.items()]
+        + [("train", image_digests(xt), target.labels)], source.classes, target.classes)
+    if not keep_source.all():
+        xs, source = take_rows(xs, keep_source), subset_labels(source, keep_source)
+    if not keeps["train"].all():
+        xt, target = take_rows(xt, keeps["train"]), subset_labels(target, keeps["train"])
+    for k in official:
+        if not keeps[k].all():
+            xo[k], official[k] = take_rows(xo[k], keeps[k]), subset_labels(official[k], keeps[k])
     if dropped["source_images_also_in_target"]:
         print(f"warning: {dropped['source_images_also_in_target']} source images are also target "
-              "images (same pixels): dropped from the source")
+              "images (the same pixels once aligned): dropped from the source")
+    if dropped["source_duplicates_dropped"] or dropped["target_duplicates_dropped"]:
+        print(f"warning: {dropped['source_duplicates_dropped']} source and "
+              f"{dropped['target_duplicates_dropped']} target images repeat an earlier image "
+              "(the same pixels once aligned): each kept once")
     test, val = official.get("test"), official.get("val")
-    check_sizes(source, target, p, test, val)
-    xs, xt = align(source, p, scratch), align(target, p, scratch)
+    if notes:  # counts changed: sized again, each message saying what was dropped from a class
+        check_sizes(source, target, p, test, val,
+                    {("target" if role == "train" else role, c): note
+                     for (role, c), note in notes.items()})
     s = split_stratified(source.labels, p.split_seed, val=p.source_val_fraction)
     t = split_stratified(target.labels, p.split_seed, **({} if test else {"test": p.target_test_fraction}),
                          **({} if val else {"val": p.target_val_per_class}))
-    x_test, y_test = ((align(test, p, scratch), test.labels) if test
+    x_test, y_test = ((xo["test"], test.labels) if test
                       else (take_rows(xt, t["test"]), target.labels[t["test"]]))
-    x_val, y_val = ((align(val, p, scratch), val.labels) if val
+    x_val, y_val = ((xo["val"], val.labels) if val
                     else (take_rows(xt, t["val"]), target.labels[t["val"]]))
     shots = draw_shots(target.labels, t["rest"], p.shots, seed)
     unlabelled = np.setdiff1d(t["rest"], shots)
@@ -335,7 +524,8 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
                "target_val": y_val.size, "target_test": y_test.size,
                "official_test_split": int(test is not None),
                "official_val_split": int(val is not None),
-               "classes": int(np.unique(target.labels).size), "shots": p.shots, **dropped}
+               "classes": int(np.unique(target.labels).size), "shots": p.shots, **dropped,
+               **{f"{role}_{k}": v for role, stats in framing.items() for k, v in stats.items()}}
     return Scenario(
         source={"x_train": take_rows(xs, s["rest"]), "y_train": source.labels[s["rest"]],
                 "x_val": take_rows(xs, s["val"]), "y_val": source.labels[s["val"]]},
@@ -345,6 +535,6 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
                      "x_val": x_val, "y_val": y_val},
         target_unlabelled={"x_unlabelled": take_rows(xt, unlabelled)},
         target_test={"x_test": x_test, "y_test": y_test},
-        summary={k: int(v) for k, v in summary.items()},
+        summary={k: v if isinstance(v, float) else int(v) for k, v in summary.items()},
         source_classes=tuple(source.classes), target_classes=tuple(target.classes),
     )
