@@ -1,6 +1,7 @@
-"""The CI workflow (.github/workflows/pipeline.yml): valid for GitHub Actions (the schema is
-vendored in check-jsonschema: no network), and it really reproduces the pipeline and posts the
-metrics and params diffs against the base branch on the pull request."""
+"""The CI workflows (.github/workflows/): each valid for GitHub Actions (the schema is vendored in
+check-jsonschema: no network); pipeline.yml really reproduces the pipeline and posts the metrics
+and params diffs against the base branch on the pull request. tests.yml (the fast suite on each
+supported Python) is checked against pyproject.toml in tests/test_install.py."""
 
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ def index(steps: list[dict], pattern: str) -> int:
     return found[0]
 
 
-def test_the_workflow_passes_the_github_workflow_schema():
+@pytest.mark.parametrize("path", sorted((ROOT / ".github" / "workflows").glob("*.y*ml")),
+                         ids=lambda path: path.name)
+def test_each_workflow_passes_the_github_workflow_schema(path):
     checker = Path(sys.executable).parent / "check-jsonschema"
     proc = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows",
-                           str(WORKFLOW)], capture_output=True, text=True)
+                           str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
