@@ -9,10 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from transferlab.backbones import BACKBONES
 from transferlab.io import UserError
-from transferlab.models import ZOO, build_encoder, load_pretrained, set_input_normalisation
-from transferlab.params import ZOO_BLOCKS
+from transferlab.models import build_encoder, load_pretrained, set_input_normalisation
 from transferlab.source import read_weights
+
+ZOO = [name for name, b in BACKBONES.items() if b.weights == "torchvision"]
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -37,7 +39,7 @@ def torchvision_reference(arch: str):
 
 
 def size_of(arch: str) -> int:
-    return 224 if arch == "vit_b_16" else 64
+    return BACKBONES[arch].fixed_size or 64
 
 
 @pytest.mark.parametrize("arch", ZOO)
@@ -46,7 +48,7 @@ def test_torchvision_weights_load_by_name_and_give_torchvisions_features(arch, t
     path = tmp_path / f"{arch}.pth"
     torch.save(reference.state_dict(), path)  # the format of torchvision's weights files
     encoder = build_encoder(arch, 3).eval()
-    assert len(encoder.block_names) == ZOO_BLOCKS[arch]
+    assert len(encoder.block_names) == BACKBONES[arch].blocks
     state, normalisation = read_weights(arch, str(path))
     copied, skipped = load_pretrained(encoder, state)
     assert not [s for s in skipped if "head" not in s], skipped  # only the classifier is left

@@ -1,17 +1,10 @@
 """Encoders with named blocks, a linear head, and weight copying that says what it did.
 
-Encoders share one interface (`blocks` with names, `out_features`, forward -> (N, F)):
-    small_cnn  conv blocks `block1`..`blockL`, one per entry of model.widths
-    the torchvision zoo (TorchvisionEncoder): resnet18, resnet50, mobilenet_v3_small,
-               efficientnet_b0, convnext_tiny, vit_b_16, each as named blocks; resnets
-               optionally with a small-input stem (3x3 stride-1 conv, no max-pool) for 16-32 px
-
-small_cnn shapes for the default 16x16 one-channel input and widths (32, 64, 128):
-    block1  (N, 1, 16, 16) -> (N, 32, 8, 8)    conv3x3-BN-ReLU, max-pool 2
-    block2  (N, 32, 8, 8)  -> (N, 64, 4, 4)    conv3x3-BN-ReLU, max-pool 2
-    block3  (N, 64, 4, 4)  -> (N, 128, 4, 4)   conv3x3-BN-ReLU (the last block keeps its size)
-    pool    (N, 128, 4, 4) -> (N, 128)         global average
-    head    (N, 128)       -> (N, classes)     linear
+Encoders share one interface (`blocks` with names, `out_features`, forward -> (N, F)). Which
+architectures exist, their block counts and size limits, and how each is built is the backbone
+registry's (transferlab/backbones/, one module per family); this module holds the nn.Modules
+they are built from and what every model shares: the head, block copying, freezing, model
+files and their metadata, pretrained weights.
 """
 
 from __future__ import annotations
@@ -24,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from transferlab.params import ZOO_BLOCKS
+from transferlab import backbones
 
 
 def conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
@@ -61,9 +54,6 @@ class SmallCNN(Encoder):
         self.out_features = channels[-1]
 
 
-ZOO = tuple(ZOO_BLOCKS)  # the torchvision architectures (params.py holds their block counts)
-
-
 class ViTEmbedding(nn.Module):
     """vit_b_16's input side as one block: 16x16 patches -> tokens, class token, positions.
     (N, C, 224, 224) -> (N, 197, 768)."""
@@ -77,7 +67,8 @@ class ViTEmbedding(nn.Module):
         return torch.cat([self.class_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embedding
 
 
-def _with_in_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+def with_in_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """`conv` itself, or a fresh one like it for `in_channels` inputs (grey images)."""
     if conv.in_channels == in_channels:
         return conv
     return nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
@@ -85,14 +76,9 @@ def _with_in_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 
 
 class TorchvisionEncoder(Encoder):
-    """A torchvision classification model without its classifier, as named blocks, so frozen
-    and copied block counts mean the same in every family:
-
-        resnet18/50         stem (conv1, bn1, relu, maxpool), layer1..layer4          5 blocks
-        mobilenet_v3_small  features0..features12 (torchvision's `features`)         13 blocks
-        efficientnet_b0     features0..features8                                       9 blocks
-        convnext_tiny       features0..features7 (+ the classifier's LayerNorm, kept)  8 blocks
-        vit_b_16            embed, layer0..layer11, norm (the class token's output)   14 blocks
+    """A torchvision classification model without its classifier, as the named blocks its
+    backbone module (transferlab/backbones/) cut it into, so frozen and copied block counts mean
+    the same in every family.
 
     The input is normalised inside the model, by buffers `input_mean` / `input_std` (set from the
     pretrained weights' own transforms; 0 and 1 without weights): the normalisation travels in
@@ -100,58 +86,35 @@ class TorchvisionEncoder(Encoder):
     block (`blocks.layer1.0.conv1.weight`), so a torchvision state dict maps by prefix.
     """
 
-    def __init__(self, arch: str, in_channels: int, small_input_stem: bool = False):
+    def __init__(self, arch: str, in_channels: int, blocks: OrderedDict, out_features: int,
+                 pool_norm: nn.Module | None = None, token_output: bool = False):
         super().__init__()
-        from torchvision.models import get_model
-
-        net = get_model(arch, weights=None)
         self.arch, self.pool_norm = arch, nn.Identity()
         self.register_buffer("input_mean", torch.zeros(1, in_channels, 1, 1))
         self.register_buffer("input_std", torch.ones(1, in_channels, 1, 1))
-        if arch.startswith("resnet"):
-            if small_input_stem:  # 3x3 stride 1, no max-pool: for 16-32 px inputs
-                conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-                pool = nn.Identity()
-            else:
-                conv1, pool = _with_in_channels(net.conv1, in_channels), net.maxpool
-            stem = nn.Sequential(OrderedDict(conv1=conv1, bn1=net.bn1, relu=net.relu, maxpool=pool))
-            blocks = OrderedDict(stem=stem, layer1=net.layer1, layer2=net.layer2, layer3=net.layer3,
-                                 layer4=net.layer4)
-            self.out_features = net.fc.in_features
-        elif arch == "vit_b_16":
-            embed = ViTEmbedding(_with_in_channels(net.conv_proj, in_channels), net.class_token,
-                                 net.encoder.pos_embedding)
-            blocks = OrderedDict(embed=embed, **{f"layer{i}": layer for i, layer in
-                                                 enumerate(net.encoder.layers)}, norm=net.encoder.ln)
-            self.out_features = net.hidden_dim
-        else:  # mobilenet / efficientnet / convnext: `features` is a sequence of stages
-            net.features[0][0] = _with_in_channels(net.features[0][0], in_channels)
-            blocks = OrderedDict((f"features{i}", m) for i, m in enumerate(net.features))
-            if arch.startswith("convnext"):
-                self.pool_norm = net.classifier[0]  # LayerNorm2d on the pooled (N, C, 1, 1)
-            head = net.classifier[0] if arch.startswith("mobilenet") else net.classifier[-1]
-            self.out_features = head.in_features
+        if pool_norm is not None:  # convnext: LayerNorm2d on the pooled (N, C, 1, 1)
+            self.pool_norm = pool_norm
+        self.token_output = token_output
+        self.out_features = out_features
         self.blocks = nn.Sequential(blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks((x - self.input_mean) / self.input_std)
-        if self.arch == "vit_b_16":
+        if self.token_output:
             return x[:, 0]  # the class token, after the final LayerNorm
         return self.pool_norm(x.mean(dim=(2, 3), keepdim=True)).flatten(1)
 
 
 def ResNet18(in_channels: int, small_input_stem: bool) -> "TorchvisionEncoder":  # noqa: N802
     """torchvision's resnet18 as blocks stem, layer1..layer4 (the name earlier code used)."""
-    return TorchvisionEncoder("resnet18", in_channels, small_input_stem)
+    return build_encoder("resnet18", in_channels, (), small_input_stem)
 
 
 def build_encoder(arch: str, in_channels: int, widths: Sequence[int] = (),
                   small_input_stem: bool = False) -> Encoder:
-    if arch == "small_cnn":
-        return SmallCNN(in_channels, widths)
-    if arch in ZOO:
-        return TorchvisionEncoder(arch, in_channels, small_input_stem and arch.startswith("resnet"))
-    raise ValueError(f"unknown architecture '{arch}': choose small_cnn or one of {', '.join(ZOO)}")
+    backbone = backbones.get(arch)  # ValueError naming the registered ones
+    return backbones.family_module(arch).build(arch, in_channels, tuple(widths),
+                                               small_input_stem and backbone.takes_small_stem())
 
 
 class Classifier(nn.Module):
@@ -219,9 +182,10 @@ class Architecture:
 
 def architecture_from(model_cfg, in_channels: int) -> Architecture:
     """From params.yaml's `model` section (arch, widths, small_input_stem)."""
-    widths = tuple(model_cfg.widths) if model_cfg.arch == "small_cnn" else ()
+    backbone = backbones.get(model_cfg.arch)
+    widths = tuple(model_cfg.widths) if backbone.uses_widths() else ()
     return Architecture(model_cfg.arch, in_channels, widths,
-                        model_cfg.small_input_stem if model_cfg.arch.startswith("resnet") else False)
+                        model_cfg.small_input_stem and backbone.takes_small_stem())
 
 
 def model_metadata(architecture: Architecture, classes: Sequence[str],
@@ -249,12 +213,13 @@ def architecture_from_metadata(metadata: dict[str, str]) -> tuple[Architecture, 
         in_channels = int(metadata["in_channels"])
     except ValueError as err:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"its metadata does not parse ({err})") from None
-    if metadata["arch"] not in ("small_cnn", *ZOO) or in_channels not in (1, 3) \
+    backbone = backbones.BACKBONES.get(metadata["arch"])
+    if backbone is None or in_channels not in (1, 3) \
             or not isinstance(widths, list) or not all(type(w) is int and 1 <= w <= 4096
                                                        for w in widths) \
             or not isinstance(stem, bool) or not isinstance(classes, list) \
             or len(classes) < 2 or not all(isinstance(c, str) for c in classes) \
-            or (metadata["arch"] == "small_cnn" and not 1 <= len(widths) <= 6):
+            or (backbone.uses_widths() and not 1 <= len(widths) <= 6):
         raise ValueError("its metadata describes no model this pipeline builds "
                          f"(arch={metadata['arch']!r:.20}, in_channels={metadata['in_channels']!r:.8})")
     return Architecture(metadata["arch"], in_channels, tuple(widths), stem), classes
@@ -300,30 +265,9 @@ def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Classifie
 
 
 def torchvision_to_block_name(arch: str, name: str) -> str | None:
-    """A torchvision tensor name -> ours ('conv1.weight' -> 'blocks.stem.conv1.weight',
-    'features.3.0.block.0.0.weight' -> 'blocks.features3.0.block.0.0.weight'); None for the
-    ImageNet classifier, which transfer always replaces."""
-    if arch.startswith("resnet"):
-        if name.startswith(("conv1.", "bn1.")):
-            return f"blocks.stem.{name}"
-        return f"blocks.{name}" if name.startswith("layer") else None
-    if arch == "vit_b_16":
-        if name.startswith("conv_proj.") or name == "class_token":
-            return f"blocks.embed.{name}"
-        if name == "encoder.pos_embedding":
-            return "blocks.embed.pos_embedding"
-        if name.startswith("encoder.layers.encoder_layer_"):
-            index, rest = name.removeprefix("encoder.layers.encoder_layer_").split(".", 1)
-            return f"blocks.layer{index}.{rest}"
-        if name.startswith("encoder.ln."):
-            return f"blocks.norm.{name.removeprefix('encoder.ln.')}"
-        return None
-    if name.startswith("features."):
-        index, rest = name.removeprefix("features.").split(".", 1)
-        return f"blocks.features{index}.{rest}"
-    if arch.startswith("convnext") and name.startswith("classifier.0."):
-        return f"pool_norm.{name.removeprefix('classifier.0.')}"
-    return None
+    """A torchvision tensor name -> ours ('conv1.weight' -> 'blocks.stem.conv1.weight'), by the
+    backbone's family module; None for the ImageNet classifier, which transfer always replaces."""
+    return backbones.family_module(arch).block_name(arch, name)
 
 
 def load_pretrained(encoder: TorchvisionEncoder, state: dict[str, torch.Tensor]

@@ -1,0 +1,51 @@
+"""The backbone registry: every registered architecture builds with the named blocks, sizes and
+output the registry states, and the registry stays free of torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from transferlab import backbones
+from transferlab.models import Classifier, build_encoder
+
+WIDTHS = (4, 8)
+
+
+@pytest.mark.parametrize("name", backbones.NAMES)
+def test_every_backbone_builds_as_the_registry_says(name):
+    backbone = backbones.get(name)
+    widths = WIDTHS if backbone.uses_widths() else ()
+    encoder = build_encoder(name, 1, widths).eval()
+    assert len(encoder.block_names) == backbone.block_count(widths)
+    size = backbone.fixed_size or backbone.smallest_input(widths, False)
+    with torch.no_grad():
+        features = encoder(torch.rand(2, 1, size, size))
+        logits = Classifier(encoder, 3).eval()(torch.rand(2, 1, size, size))
+    assert features.shape == (2, encoder.out_features) and torch.isfinite(features).all()
+    assert logits.shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", [n for n, b in backbones.BACKBONES.items() if b.takes_small_stem()])
+def test_a_small_input_stem_takes_its_smaller_minimum(name):
+    backbone = backbones.get(name)
+    size = backbone.smallest_input((), True)
+    assert size < backbone.smallest_input((), False)
+    encoder = build_encoder(name, 3, (), small_input_stem=True).eval()
+    with torch.no_grad():
+        assert encoder(torch.rand(1, 3, size, size)).shape == (1, encoder.out_features)
+
+
+def test_an_unknown_architecture_names_the_registered_ones():
+    with pytest.raises(ValueError, match="unknown architecture 'vgg16': choose one of .*small_cnn"):
+        build_encoder("vgg16", 1)
+
+
+def test_the_registry_imports_no_torch():
+    code = ("import sys; from transferlab import backbones; backbones.list_backbones(); "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
