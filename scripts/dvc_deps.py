@@ -8,6 +8,10 @@ directly or through other modules (a package's `__init__.py` included when it ru
 docstring-only one changes no behaviour). Imports inside functions are not followed: they run
 only if the function does, and following them would make `check_params` depend on torch code.
 
+A registry package whose `__init__.py` imports all of its modules at once (`DISCOVERED`: the
+backbones) is depended on as a whole folder: every module of it runs in every stage that
+imports the package.
+
 Entries under `transferlab/strategies/` other than `__init__.py` are declared by hand and kept
 as written: the registry imports method modules by name (`importlib`), which no static reading
 of the imports can see. A stage names the methods it runs (`transferlab/strategies/${key}.py`,
@@ -30,6 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DVC_FILES = ("dvc.yaml", "study/dvc.yaml", "ranking/dvc.yaml")
 HAND_WRITTEN = re.compile(r"transferlab/strategies(/(?!__init__\.py$)[^/]+)?$")
+DISCOVERED = ("transferlab/backbones",)  # packages that import every module of theirs
 
 
 def module_file(dotted: str) -> Path | None:
@@ -88,8 +93,12 @@ def library_deps(script: Path, methods: list[Path], kept: list[str], wdir: Path)
     it runs by name), relative to `wdir`, without what a hand-written entry in `kept` covers."""
     needed = closure(script, *methods) - {script, *methods}
     covered = [wdir / k for k in kept]
-    paths = sorted(p.relative_to(ROOT).as_posix() for p in needed
-                   if runs_code(p) and not any(p == c or c in p.parents for c in covered))
+    paths = {p.relative_to(ROOT).as_posix() for p in needed
+             if runs_code(p) and not any(p == c or c in p.parents for c in covered)}
+    for package in DISCOVERED:
+        if f"{package}/__init__.py" in paths:
+            paths = {p for p in paths if not p.startswith(f"{package}/")} | {package}
+    paths = sorted(paths)
     return [Path(os.path.relpath(ROOT / p, wdir)).as_posix() for p in paths]
 
 
