@@ -30,7 +30,10 @@ def test_auto_threads_share_the_cores_between_stages_and_processes():
     assert compute.threads_for("auto", nproc=1, jobs=2, cores=8) == 4
     assert compute.threads_for("auto", nproc=2, jobs=2, cores=8) == 2
     assert compute.threads_for("auto", nproc=2, jobs=4, cores=2) == 1  # never 0
-    assert compute.threads_for(3, nproc=2, jobs=4, cores=2) == 3  # a number is taken as given
+    assert compute.threads_for(3, nproc=2, jobs=4, cores=8) == 3  # a number is taken as given
+    # ... up to the usable cores: 1000 threads on 2 cores made an epoch 22x slower
+    assert compute.threads_for(1000, nproc=1, jobs=1, cores=2) == 2
+    assert compute.threads_for(3, nproc=2, jobs=4, cores=2) == 2
 
 
 def test_parallel_stages_from_the_environment_or_the_live_queue_workers(tmp_path):

@@ -35,6 +35,12 @@ from torch import nn
 from transferlab.io import UserError
 
 JOBS_ENV = "TRANSFERLAB_JOBS"  # stages running at once on this machine (overrides detection)
+# More stages at once than that is beyond any machine's cores: each would get one thread anyway.
+MAX_JOBS = 1024
+# torchrun's variables, read here to join its process group; a stale one in a shell (from a
+# cluster job, say) must be one line, not a traceback in int()
+TORCHRUN_ENV = ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "LOCAL_RANK")
+MAX_WORLD = 1 << 16  # processes in one group: far above any cluster this pipeline runs on
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,43 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def whole_env(name: str, low: int, high: int, fix: str, environ=None) -> int | None:
+    """$name as a whole number from `low` to `high` (plain decimal digits; surrounding spaces
+    ignored); None when unset or empty. Anything else is one line naming the variable."""
+    raw = (os.environ if environ is None else environ).get(name, "")
+    given = raw.strip()
+    if not given:
+        return None
+    if not (given.isascii() and given.isdigit() and low <= int(given) <= high):
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."
+        raise UserError(f"${name}={shown!r} is not a whole number from {low} to {high}: {fix}")
+    return int(given)
+
+
+def torchrun_env(environ=None) -> dict[str, int]:
+    """WORLD_SIZE, LOCAL_WORLD_SIZE and LOCAL_RANK as torchrun sets them, checked: each a whole
+    number in range, LOCAL_RANK below LOCAL_WORLD_SIZE, LOCAL_WORLD_SIZE at most WORLD_SIZE."""
+    fix = "torchrun sets it; unset it when not running under torchrun"
+    values = {"WORLD_SIZE": whole_env("WORLD_SIZE", 1, MAX_WORLD, fix, environ),
+              "LOCAL_WORLD_SIZE": whole_env("LOCAL_WORLD_SIZE", 1, MAX_WORLD, fix, environ),
+              "LOCAL_RANK": whole_env("LOCAL_RANK", 0, MAX_WORLD - 1, fix, environ)}
+    local, world, rank = values["LOCAL_WORLD_SIZE"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if local is not None and world is not None and local > world:
+        raise UserError(f"$LOCAL_WORLD_SIZE={local} is more than $WORLD_SIZE={world}: {fix}")
+    if rank is not None and local is not None and rank >= local:
+        raise UserError(f"$LOCAL_RANK={rank} is not below $LOCAL_WORLD_SIZE={local}: {fix}")
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def queue_workers(dvc_root: str | os.PathLike) -> int:
     """Live workers of DVC's experiment queue in the repository at `dvc_root`: each writes
     .dvc/tmp/exps/celery/dvc-exp-worker-<n>.json with its pid, and a returncode once it ends."""
     alive = 0
-    for info in Path(dvc_root, ".dvc", "tmp", "exps", "celery").glob("dvc-exp-worker-*.json"):
+    try:  # DVC sets $DVC_ROOT; a folder it cannot list has no workers we could count
+        infos = sorted(Path(dvc_root, ".dvc", "tmp", "exps", "celery").glob("dvc-exp-worker-*.json"))
+    except (OSError, ValueError):
+        return 0
+    for info in infos:
         try:
             worker = json.loads(info.read_text())
         except (OSError, ValueError):
@@ -74,34 +112,37 @@ def queue_workers(dvc_root: str | os.PathLike) -> int:
 def parallel_stages(environ: dict | None = None) -> int:
     """How many pipeline stages run at once on this machine (see the module docstring)."""
     environ = os.environ if environ is None else environ
-    given = environ.get(JOBS_ENV, "").strip()
-    if given:
-        if not given.isdigit() or int(given) < 1:
-            raise UserError(f"${JOBS_ENV}={given!r}: give the number of experiments that run at "
-                            "once, a whole number >= 1 (or unset it)")
-        return int(given)
+    given = whole_env(JOBS_ENV, 1, MAX_JOBS, "give the number of experiments that run at once "
+                      "on this machine (or unset it)", environ)
+    if given is not None:
+        return given
     if environ.get("DVC_EXP_NAME") and environ.get("DVC_ROOT"):
         return max(1, queue_workers(environ["DVC_ROOT"]))
     return 1
 
 
 def threads_for(setting: int | str, nproc: int, jobs: int, cores: int) -> int:
-    """The torch thread count of one process: `setting`, or for auto cores / (jobs x nproc)."""
+    """The torch thread count of one process: `setting` up to `cores`, or for auto
+    cores / (jobs x nproc). A number above the cores is capped: threads beyond them only wait
+    for each other (compute.threads: 1000 on 2 cores: an epoch went from 9 s to 200 s, and a
+    SIGTERM took 36 s to stop it). The params schema allows the same numbers on every machine
+    (params.Compute); only what a number gives depends on the machine, as auto's does."""
     if setting != "auto":
-        return int(setting)
+        return max(1, min(int(setting), cores))
     return max(1, cores // (jobs * nproc))
 
 
 def set_threads(cfg, trains: bool = False) -> int:
     """Apply compute.threads to this process; `trains`: a training stage, which runs
     compute.nproc processes. Says what it chose, and why, on stdout."""
-    nproc = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.nproc if trains else 1))
+    nproc = torchrun_env().get("LOCAL_WORLD_SIZE", cfg.nproc if trains else 1)
     jobs, cores = parallel_stages(), usable_cores()
     threads = threads_for(cfg.threads, nproc, jobs, cores)
     torch.set_num_threads(threads)
     if "LOCAL_RANK" not in os.environ:  # under torchrun, rank 0 reports (launch)
         why = f"auto: {cores} cores / ({jobs} at once x {nproc} processes)" \
-            if cfg.threads == "auto" else "compute.threads"
+            if cfg.threads == "auto" else "compute.threads" if threads == cfg.threads else \
+            f"compute.threads={cfg.threads} capped at the {cores} usable cores"
         print(f"torch threads: {threads} ({why})")
     return threads
 
@@ -146,8 +187,9 @@ def launch(cfg, *, trains: bool = True) -> None:
     precision = cfg.precision if trains else "fp32"
     if precision == "fp16" and not torch.cuda.is_available():
         raise UserError("compute.precision=fp16 needs a CUDA GPU (none found): use bf16 or fp32")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if trains and cfg.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    ranks = torchrun_env()
+    world = ranks.get("WORLD_SIZE", 1)
+    if trains and cfg.nproc > 1 and "LOCAL_RANK" not in ranks:
         if torch.cuda.is_available() and cfg.nproc > torch.cuda.device_count():
             raise UserError(f"compute.nproc={cfg.nproc} but {torch.cuda.device_count()} GPU(s) "
                             f"are visible: use at most {torch.cuda.device_count()}")
@@ -156,7 +198,7 @@ def launch(cfg, *, trains: bool = True) -> None:
     if trains and world > 1:
         import torch.distributed as dist
 
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_rank = ranks.get("LOCAL_RANK", 0)
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)  # torch.device("cuda") is now this rank's GPU
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

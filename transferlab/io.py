@@ -12,10 +12,12 @@ import csv
 import errno
 import glob
 import json
+import math
 import os
 import random
 import shutil
 import signal
+import stat
 import struct
 import sys
 import tempfile
@@ -24,6 +26,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+import transferlab
 
 
 class UserError(Exception):
@@ -45,9 +49,88 @@ def show_path(path: str | os.PathLike) -> str:
     return one_line(str(path))
 
 
+# what to do about an OSError met on a path, by errno (the rest: check the path)
+_PATH_FIXES = {
+    errno.ELOOP: "a symbolic link in it points back to itself: fix or remove that link",
+    errno.ENAMETOOLONG: "a folder or file name in it is longer than the file system allows "
+                        "(255 bytes): use shorter names",
+    errno.ENOTDIR: "a part of it that should be a folder is a file: fix the path",
+    errno.EACCES: "give yourself access to it (permissions), or use another path",
+    errno.EPERM: "give yourself access to it (permissions), or use another path",
+    errno.EROFS: "it is on a read-only file system: use a path on a writable one",
+    errno.ENOSPC: "its disk is full: free space, then run again",
+    errno.EDQUOT: "your disk quota is used up: free space, then run again",
+    errno.EFBIG: "the file is larger than its file system allows: use another disk",
+    errno.ENOENT: "a folder in it does not exist: fix the path",
+    errno.EEXIST: "a part of it that should be a folder is a file: fix the path",
+    errno.EINVAL: "fix the path",
+}
+
+
+def path_error(path: str | os.PathLike, err: OSError, doing: str = "read") -> UserError:
+    """One line for an OSError met while handling `path` (`doing`: read, written): the path, the
+    system's reason and what to do."""
+    fix, why = _PATH_FIXES.get(err.errno, "check the path"), err.strerror or type(err).__name__
+    if doing == "written":  # the words every other write error uses
+        return UserError(f"cannot write {show_path(path)} ({why}): {fix}")
+    return UserError(f"{show_path(path)} cannot be {doing} ({why}): {fix}")
+
+
 def _unwritable(path: Path, err: OSError) -> UserError:
-    return UserError(f"cannot write {show_path(path)} ({err.strerror or type(err).__name__}): "
-                     f"make {show_path(path.parent)} writable (and free space), then run again")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"cannot write {show_path(path)} ({err.strerror or type(err).__name__}): "
+                         f"make {show_path(path.parent)} writable (and free space), then run again")
+    return path_error(path, err, "written")
+
+
+def _check_path_text(path: str | os.PathLike, doing: str) -> None:
+    if "\0" in os.fspath(path):  # a YAML "\0" in a path param: os calls raise ValueError
+        raise path_error(path, OSError(errno.EINVAL, "a NUL character in the path"), doing)
+
+
+# what an output never replaces: nodes of the system, not files of the pipeline
+_SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_output_target(path: Path) -> None:
+    """An output goes to a new path, or replaces a regular file or a folder (checked against
+    its own kind by _check_same_kind). Never a device node (`--out /dev/full` as root turned the
+    device into a file), a FIFO or a socket, and never a symbolic link: replacing the link would
+    lose it, and writing through it would change a file that is not the output's own (DVC's
+    cache, with cache.type symlink, is one)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return  # a new path (its folders are made)
+    except OSError as err:
+        raise path_error(path, err, "written") from None
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise UserError(f"{show_path(path)} is a symbolic link (to {show_path(target)}): give the "
+                        "path of a regular file or a new path; an output never replaces a link "
+                        "nor writes through it (nothing was written)")
+    for test, kind in _SPECIAL:
+        if test(info.st_mode):
+            raise UserError(f"{show_path(path)} is {kind}, not a regular file: give the path of "
+                            "a regular file or a new path (nothing was written)")
+
+
+def check_output(path: str | os.PathLike) -> None:
+    """Refuse, in one line, an output path that atomic_path would refuse: a symbolic link, a
+    device node, a FIFO, a socket, a NUL, or a path the system cannot look up (a link loop, an
+    over-long name, a file where a folder should be). For a command to call before its work."""
+    _check_path_text(path, "written")
+    _check_output_target(Path(path))
+
+
+def _temp_prefix(name: str) -> str:
+    """The name a temporary sibling of `name` starts with, at most 201 bytes: the full name
+    may take all 255 a file system allows, and mkdtemp adds 8 random characters and .tmp."""
+    return "." + os.fsdecode(os.fsencode(name)[:200]) + "."
 
 
 _inputs: set[str] = set()  # absolute paths the running command has opened for reading
@@ -94,9 +177,15 @@ def _check_not_an_input(path: Path) -> None:
 def _check_same_kind(path: Path, new: Path) -> None:
     """A folder output replaces a folder, a file output a file: a file written over a folder
     (`--out photos/`, the folder being read) would delete everything in it."""
-    if not path.exists() or path.is_symlink() or path.is_dir() == new.is_dir():
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
         return
-    kind, other = ("a folder", "a file") if path.is_dir() else ("a file", "a folder")
+    except OSError as err:
+        raise path_error(path, err, "written") from None
+    if stat.S_ISLNK(info.st_mode) or stat.S_ISDIR(info.st_mode) == new.is_dir():
+        return
+    kind, other = ("a folder", "a file") if stat.S_ISDIR(info.st_mode) else ("a file", "a folder")
     raise UserError(f"{show_path(path)} is {kind} and this output is {other}: give another "
                     "path, or move it away (nothing was written)")
 
@@ -116,11 +205,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     (`launcher_gone`): DVC would not record it. Permission or disk-space errors are one line.
     """
     path = Path(path)
+    check_output(path)
+    prefix = _temp_prefix(path.name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
     except OSError as err:
         raise _unwritable(path, err) from None
     target = tmp / path.name
@@ -128,15 +219,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         try:
             yield target
         except OSError as err:
-            if err.errno in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            if err.errno in _PATH_FIXES:
                 raise _unwritable(path, err) from None
             raise
         if launcher_gone():
             raise KeyboardInterrupt  # unwinds as an interruption: nothing is published
+        _check_output_target(path)  # again: it may have changed while the block ran
         _check_same_kind(path, target)
         _check_not_an_input(path)
         try:
-            if path.is_dir() and not path.is_symlink():
+            if stat.S_ISDIR(_lstat_mode(path)):
                 old = tmp / ".old"
                 os.replace(path, old)
             os.replace(target, path)
@@ -146,13 +238,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _lstat_mode(path: Path) -> int:
+    """The mode of `path` itself (0 for none)."""
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
+
+
 def write_json(path: str | os.PathLike, obj: Mapping) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON object from a file (what write_json writes); anything else is one line."""
+    path = Path(path)
+    _readable_file(path)
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise path_error(path, err, "read") from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, ...
+        why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else \
+            "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise UserError(f"{show_path(path)} is not a valid JSON file ({one_line(why)[:200]}): "
+                        "delete it and run the stage that writes it (`dvc repro`)") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{show_path(path)} is not a valid JSON file (it holds a "
+                        f"{type(obj).__name__}, not an object): delete it and run the stage that "
+                        "writes it (`dvc repro`)")
+    return obj
 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence]) -> None:
@@ -275,12 +391,20 @@ def write_history(path: str | os.PathLike, history: Sequence[Mapping]) -> None:
 def _readable_file(path: Path) -> None:
     if _recording.is_set():
         _inputs.add(os.path.abspath(path))
-    if path.is_dir():
+    _check_path_text(path, "read")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"{show_path(path)} is missing: run the stage that writes it "
+                        "(`dvc repro`)") from None
+    except OSError as err:
+        raise path_error(path, err, "read") from None
+    if stat.S_ISDIR(mode):
         raise UserError(f"{show_path(path)} is a folder where a file was expected: delete it and "
                         "run `dvc repro` again")
-    if not path.is_file():
-        what = "is not a regular file" if path.exists() else "is missing"
-        raise UserError(f"{show_path(path)} {what}: run the stage that writes it (`dvc repro`)")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{show_path(path)} is not a regular file: run the stage that writes it "
+                        "(`dvc repro`)")
 
 
 def _corrupt(path: Path, why: str) -> UserError:
@@ -288,7 +412,13 @@ def _corrupt(path: Path, why: str) -> UserError:
                      "`dvc repro` again")
 
 
-TRAIN_VAL = ("x_train", "y_train", "x_val", "y_val")  # the arrays of a prepared train/val file
+def _not_safetensors(path: Path, why: str) -> UserError:
+    return _corrupt(path, f"not a valid safetensors file: {why}")
+
+
+TRAIN_VAL = ("x_train", "y_train", "x_val", "y_val")
+RESIDENT_ENV = "TRANSFERLAB_RESIDENT_MIB"
+MAX_RESIDENT_MIB = 1 << 20  # 1 TiB: above any machine's memory, so "never on disk"  # the arrays of a prepared train/val file
 
 
 def resident_limit() -> int:
@@ -298,13 +428,19 @@ def resident_limit() -> int:
     the data it keeps in memory stays a few hundred MiB whatever the dataset's size; the
     default scenario's arrays (1-2 MB) and CIFAR-10 at 32 px (150 MB) differ only in that the
     latter is read a batch at a time."""
-    raw = os.environ.get("TRANSFERLAB_RESIDENT_MIB", "64")
+    raw = os.environ.get(RESIDENT_ENV, "").strip() or "64"  # empty: as if unset
     try:
-        mib = float(raw)
+        mib = float(raw) if raw.isascii() else None  # float() reads other scripts' digits
     except ValueError:
-        raise UserError(f"TRANSFERLAB_RESIDENT_MIB={one_line(raw)!r} is not a number: set it to "
-                        "the MiB above which arrays are read from disk (e.g. 64)") from None
-    return max(0, int(mib * (1 << 20)))
+        mib = None
+    if mib is None or math.isnan(mib):
+        raise UserError(f"{RESIDENT_ENV}={one_line(raw)!r} is not a number: set it to the MiB "
+                        "above which arrays are read from disk (e.g. 64), or unset it") from None
+    if not 0 <= mib <= MAX_RESIDENT_MIB:
+        raise UserError(f"{RESIDENT_ENV}={one_line(raw)!r} is out of range: give the MiB above "
+                        f"which arrays are read from disk, from 0 (all on disk) to "
+                        f"{MAX_RESIDENT_MIB} (1 TiB, more memory than a machine has), e.g. 64")
+    return int(mib * (1 << 20))
 
 
 class DiskArray:
@@ -357,11 +493,19 @@ class DiskArray:
 
     def _read(self, rows: np.ndarray | None) -> np.ndarray:
         """Stored rows `rows` (None: the whole 0-d array), in that order."""
+        try:
+            return self._read_open(rows)
+        except OSError as err:  # the file removed or made unreadable while a stage runs
+            raise path_error(self.path, err, "read") from None
+
+    def _read_open(self, rows: np.ndarray | None) -> np.ndarray:
         with open(self.path, "rb") as f:
             fd = f.fileno()
             if rows is None:  # a 0-d array
-                return np.frombuffer(os.pread(fd, self.dtype.itemsize, self.offset), self.dtype
-                                     ).reshape(())
+                data = _pread_all(fd, self.dtype.itemsize, self.offset)
+                if len(data) != self.dtype.itemsize:
+                    raise _corrupt(self.path, "the file is shorter than its header says")
+                return np.frombuffer(data, self.dtype).reshape(())
             rows = np.asarray(rows, dtype=np.int64).reshape(-1)
             order = np.argsort(rows, kind="stable")
             ordered = rows[order]
@@ -395,33 +539,110 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _header(path: Path) -> tuple[int, dict]:
-    """(where the data section starts, the parsed header) of a safetensors file, validated
-    against the file's size."""
+# every dtype safetensors names, and its item size in bytes
+SAFETENSORS_ITEM_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2,
+                          "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "C64": 8,
+                          "F64": 8, "I64": 8, "U64": 8}
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json object_pairs_hook: a key given twice is an error (json.loads keeps the last)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _json_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _header(path: Path, dtypes: Mapping[str, int] = SAFETENSORS_ITEM_BYTES) -> tuple[int, dict]:
+    """(where the data section starts, the parsed header) of a safetensors file, every field
+    checked before anything is read by it: the declared header length against the file (a
+    length of 2**64-1 was read as such), a JSON object with unique keys, `__metadata__` a
+    str -> str map, each array's dtype one of `dtypes`, its shape whole numbers >= 0 whose
+    product (Python ints: no overflow) times the item size is the span of its data_offsets,
+    and the spans tiling the data section exactly (no gap, no overlap, no bytes after), as the
+    safetensors library requires."""
     try:
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
             size = os.fstat(f.fileno()).st_size
-    except (struct.error, ValueError, UnicodeDecodeError) as err:
-        raise _corrupt(path, f"unreadable header: {err}") from None
+            head = f.read(8)
+            if len(head) < 8:
+                raise _not_safetensors(path, f"{size} bytes, shorter than its 8-byte header length")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > MAX_HEADER_BYTES:
+                raise _not_safetensors(path, f"its header length ({n} bytes) is longer than the "
+                                       f"file ({size} bytes)" if n > size - 8 else
+                                       f"its header length ({n} bytes) is over the "
+                                       f"{MAX_HEADER_BYTES}-byte limit")
+            blob = f.read(n)
+    except OSError as err:
+        raise path_error(path, err, "read") from None
+    if len(blob) != n:
+        raise _not_safetensors(path, "the file is shorter than its header says")
+    try:
+        header = json.loads(blob.decode("utf-8"), object_pairs_hook=_unique_keys,
+                            parse_constant=_json_constant)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, ...
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise _not_safetensors(path, f"unreadable header: {why}") from None
+    if not isinstance(header, dict):
+        raise _not_safetensors(path, f"its header is a JSON {type(header).__name__}, not an object")
+    metadata = header.get("__metadata__", {})
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise _not_safetensors(path, "its __metadata__ is not a map of strings to strings")
+    data_bytes, spans = size - 8 - n, []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype = NUMPY_DTYPES[entry["dtype"]]
-            start, end = entry["data_offsets"]
-            count = int(np.prod(entry["shape"], dtype=np.int64))
-        except (KeyError, TypeError, ValueError):
-            raise _corrupt(path, f"bad header entry for {name!r}") from None
-        if end - start != count * dtype.itemsize or 8 + n + end > size:
-            raise _corrupt(path, f"array {name!r} does not fit the file")
+        if not isinstance(entry, dict):
+            raise _not_safetensors(path, f"the entry of {name!r} is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in dtypes:
+            raise _not_safetensors(path, f"{name!r} has dtype {one_line(repr(dtype))[:40]}, not "
+                                   f"one of {', '.join(dtypes)}")
+        if not (isinstance(shape, list) and all(_whole(d) and d >= 0 for d in shape)):
+            raise _not_safetensors(path, f"{name!r} has shape {one_line(repr(shape))[:60]}, not a "
+                                   "list of whole numbers >= 0")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_whole, offsets))
+                and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            raise _not_safetensors(path, f"{name!r} has data_offsets "
+                                   f"{one_line(repr(offsets))[:60]} outside the file's "
+                                   f"{data_bytes} data bytes")
+        count = 1
+        for d in shape:
+            count *= d
+        if count * dtypes[dtype] != offsets[1] - offsets[0]:
+            raise _not_safetensors(path, f"array {name!r} ({dtype}, shape {shape}) does not fit "
+                                   f"its {offsets[1] - offsets[0]} bytes")
+        spans.append((offsets[0], offsets[1], name))
+    at = 0
+    for start, end, name in sorted(spans):
+        if start != at:
+            raise _not_safetensors(path, f"array {name!r} " + (
+                "overlaps another" if start < at else "leaves a gap before it"))
+        at = end
+    if at != data_bytes:
+        raise _not_safetensors(path, f"{data_bytes - at} bytes after the last array")
     return 8 + n, header
+
+
+NUMPY_ITEM_BYTES = {code: dtype.itemsize for code, dtype in NUMPY_DTYPES.items()}
 
 
 def load_arrays(path: str | os.PathLike, required: Sequence[str] = (), lazy: bool = False
                 ) -> dict[str, np.ndarray | DiskArray]:
     """Every array of a safetensors file the pipeline wrote; `required` names must be present.
+    Its header is validated first (_header): a malformed file is one line, however it lies.
 
     lazy: arrays larger than resident_limit() come back as DiskArray (read from disk when
     indexed), so a dataset larger than memory can be trained on; smaller ones are in memory."""
@@ -430,37 +651,32 @@ def load_arrays(path: str | os.PathLike, required: Sequence[str] = (), lazy: boo
     path = Path(path)
     _readable_file(path)
     limit = resident_limit() if lazy else None
+    start, header = _header(path, NUMPY_ITEM_BYTES)
+    arrays = {}
     try:
-        start, header = _header(path) if lazy else (0, {})
-        arrays = {}
         with safe_open(str(path), framework="numpy") as f:
-            for key in f.keys():
-                entry = header.get(key)
-                if entry is not None and entry["data_offsets"][1] - entry["data_offsets"][0] > limit:
-                    arrays[key] = DiskArray(path, start + entry["data_offsets"][0],
-                                            NUMPY_DTYPES[entry["dtype"]], tuple(entry["shape"]))
+            for key in sorted(k for k in header if k != "__metadata__"):
+                entry = header[key]
+                begin, end = entry["data_offsets"]
+                if lazy and end - begin > limit:
+                    arrays[key] = DiskArray(path, start + begin, NUMPY_DTYPES[entry["dtype"]],
+                                            tuple(entry["shape"]))
                 else:
                     arrays[key] = f.get_tensor(key)
     except (SafetensorError, ValueError, TypeError) as err:
         raise _corrupt(path, str(err)) from None
     except OSError as err:
-        raise UserError(f"{show_path(path)} cannot be read ({err.strerror}): check its "
-                        "permissions") from None
+        raise path_error(path, err, "read") from None
     if missing := [k for k in required if k not in arrays]:
         raise _corrupt(path, f"no array '{missing[0]}'; it holds {sorted(arrays)[:6]}")
     return arrays
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    from safetensors import SafetensorError, safe_open
-
+    """The str -> str metadata of a safetensors file (validated with the rest of its header)."""
     path = Path(path)
     _readable_file(path)
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, ValueError, TypeError) as err:
-        raise _corrupt(path, str(err)) from None
+    return dict(_header(path)[1].get("__metadata__", {}))
 
 
 def read_classes(path: str | os.PathLike) -> list[str]:
@@ -490,82 +706,71 @@ def save_state_dict(path: str | os.PathLike, state: Mapping, metadata: Mapping[s
 
 
 def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
-    """Tensors and metadata of a model file the pipeline wrote (safetensors: no code runs)."""
+    """Tensors and metadata of a model file the pipeline wrote (safetensors: no code runs);
+    its header validated first (_header)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     _readable_file(path)
+    _, header = _header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(header.get("__metadata__", {}))
     except (SafetensorError, ValueError, TypeError) as err:
         raise _corrupt(path, str(err)) from None
     except OSError as err:
-        raise UserError(f"{show_path(path)} cannot be read ({err.strerror}): check its "
-                        "permissions") from None
+        raise path_error(path, err, "read") from None
 
 
 # --- the process that launched this stage ----------------------------------------------------
+# transferlab/__init__.py notes the launcher chain at the stage's first instruction (see
+# transferlab.take_launchers); here it is checked.
+
+_gone = False  # sticky: a launcher seen gone once stays gone (its pid may be reused later)
+
 
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
     """(state, parent pid, start time in clock ticks) from /proc, None for no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and ')'
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-_launchers: list[tuple[int, int]] = []  # (pid, start time) of every process watched
+    return transferlab._proc_stat(pid)
 
 
 def watch_launcher() -> None:
-    """Remember the `dvc` process that runs this stage (only under DVC: $DVC_STAGE is set), and
-    any shell between it and us (`dvc` runs a stage as `$SHELL -c cmd`).
-
-    A `dvc` that dies of SIGTERM leaves its stage running, orphaned; the stage would write its
-    outputs later, unrecorded in dvc.lock. With this, it stops instead (see launcher_gone).
-    """
-    _launchers.clear()
-    if not os.environ.get("DVC_STAGE") or not Path("/proc/self/stat").exists():
-        return
-    pid = os.getppid()
-    for _ in range(4):  # dvc, or a shell and then dvc; never further than that
-        stat = _proc_stat(pid)
-        if stat is None:
-            return
-        _launchers.append((pid, stat[2]))
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return
-        if b"dvc" in cmdline:
-            return
-        pid = stat[1]
+    """Take the launcher chain again (transferlab.take_launchers; only under DVC: $DVC_STAGE
+    is set). The import of this package already did, at the stage's first instruction."""
+    global _gone
+    _gone = False
+    transferlab.take_launchers()
 
 
 def launcher_gone() -> bool:
-    """True once a watched launcher exited (gone, a zombie, or its pid reused)."""
-    if not _launchers:
-        return False
-    if os.getppid() != _launchers[0][0]:
+    """True once the `dvc` that launched this stage is gone (exited, a zombie, its pid reused,
+    or already gone when the stage started), or any process between it and us."""
+    global _gone
+    if _gone or transferlab.ORPHANED:
+        _gone = True
         return True
-    for pid, start in _launchers:
+    chain = transferlab.LAUNCHERS
+    if not chain:
+        return False
+    if os.getppid() != chain[0][0]:
+        _gone = True
+        return True
+    for pid, start in chain:
         stat = _proc_stat(pid)
         if stat is None or stat[0] in "ZX" or stat[2] != start:
+            _gone = True
             return True
     return False
 
 
+LAUNCHER_GONE = "the dvc process that ran this stage is gone: stopping without writing outputs"
 _finished = threading.Event()  # set once the stage is done, failed or interrupted
 
 
 def _stop_when_launcher_gone(period_s: float = 0.5) -> None:
     while not _finished.wait(period_s):
         if launcher_gone():
-            print("error: the dvc process that ran this stage is gone: stopping without writing "
-                  "outputs", file=sys.stderr)
+            print(f"error: {LAUNCHER_GONE}", file=sys.stderr)
             os.kill(os.getpid(), signal.SIGTERM)  # unwinds the main thread as an interruption
             return
 
@@ -593,11 +798,30 @@ def _resend_interrupt() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+DEBUG_ENV = "TRANSFERLAB_DEBUG"
+_DEBUG_VALUES = {"": False, "0": False, "false": False, "no": False, "off": False,
+                 "1": True, "true": True, "yes": True, "on": True}
+
+
+def debug_tracebacks() -> bool:
+    """$TRANSFERLAB_DEBUG: 1 shows a bad input's traceback; unset, empty or 0: one line."""
+    raw = os.environ.get(DEBUG_ENV, "")
+    if raw.strip().lower() not in _DEBUG_VALUES:
+        raise UserError(f"{DEBUG_ENV}={one_line(raw)!r} is not 1 or 0: set it to 1 to see "
+                        "tracebacks, 0 (or unset it) for one-line errors")
+    return _DEBUG_VALUES[raw.strip().lower()]
+
+
 def run_stage(main: Callable[[list[str] | None], None]) -> None:
     """Entry point of every stage script: bad input becomes one line on stderr and exit code 2.
 
     Set TRANSFERLAB_DEBUG=1 to see the traceback instead.
     """
+    try:
+        debug = debug_tracebacks()
+    except UserError as err:
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
+        sys.exit(2)
     # SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C so atomic_path cleans its temp files.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     sys.unraisablehook = _redeliver_swallowed_interrupt
@@ -607,15 +831,19 @@ def run_stage(main: Callable[[list[str] | None], None]) -> None:
         _hooked = True
     _inputs.clear()
     _recording.set()
-    watch_launcher()
     _finished.clear()
-    if _launchers:
+    if launcher_gone():  # `dvc` died while this stage started (imports): run nothing
+        _finished.set()
+        _recording.clear()
+        print(f"error: {LAUNCHER_GONE}", file=sys.stderr)
+        sys.exit(130)
+    if transferlab.LAUNCHERS:
         threading.Thread(target=_stop_when_launcher_gone, daemon=True).start()
     try:
         main(sys.argv[1:])
     except UserError as err:
         _finished.set()
-        if os.environ.get("TRANSFERLAB_DEBUG"):
+        if debug:
             raise
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         sys.exit(2)

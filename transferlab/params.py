@@ -173,6 +173,13 @@ class Study(Strict):
 
 
 MAX_NPROC, WHY_NPROC = 64, "processes per node: more than a node has GPUs or core pairs"
+# Threads per process. The schema gives the same verdict on every machine (a params.yaml valid
+# on a workstation stays valid in CI), so its ceiling is fixed, not this machine's cores: 256 is
+# above the cores of the largest CPUs (192) and far above where torch's intra-op threads stop
+# paying on this pipeline's models. What depends on the machine is what a number gives:
+# compute.threads_for caps it at the usable cores (1000 threads on 2 cores made an epoch 22x
+# slower and a SIGTERM take 36 s), as `auto` already divides them.
+MAX_THREADS = 256
 
 
 class Augment(Strict):
@@ -200,8 +207,9 @@ class Compute(Strict):
     @classmethod
     def _auto_or_count(cls, value):
         if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool)
-                                    and 1 <= value <= 1024):
-            raise ValueError("use auto or a whole number of threads from 1 to 1024")
+                                    and 1 <= value <= MAX_THREADS):
+            raise ValueError(f"use auto or a whole number of threads from 1 to {MAX_THREADS} "
+                             "(more than the usable cores is capped to them)")
         return value
 
 
