@@ -19,6 +19,7 @@ from transferlab.evaluation import compare, embed_2d, predict, results_markdown
 from transferlab.io import (UserError, atomic_path, load_arrays, read_classes, read_metadata,
                             run_stage, write_csv, write_json)
 from transferlab.models import load_classifier
+from transferlab.records import model_record
 from transferlab.strategies import METHODS
 from transferlab.train import make_deterministic, pick_device, to_device
 
@@ -55,15 +56,18 @@ def main(argv=None):
     models["source_only"] = args.source_model
     predictions, facts, skipped, encoders = {}, {}, {}, {}
     for name, path in models.items():
-        meta = read_metadata(path)
-        if "skipped" in meta:
-            skipped[name] = {"skipped": True, "reason": meta["skipped"].removeprefix("skipped: ")}
+        record = model_record(path, read_metadata(path))  # every key checked: one line if not
+        if record.skipped is not None:
+            skipped[name] = {"skipped": True, "reason": record.skipped.removeprefix("skipped: ")}
             continue
         model, classes = load_classifier(path, device)
+        if classes != target_classes and name != "source_only":  # a stale or foreign model
+            raise UserError(f"{path} classifies {len(classes)} classes {classes[:5]}, the target "
+                            f"test set has {target_classes[:5]} ({len(target_classes)}): run "
+                            "`dvc repro` to retrain it")
         if classes == target_classes:  # source-only needs the very same classes, in order
             predictions[name] = predict(model, x_test)
-            facts[name] = {"target_labels": int(meta.get("target_labels", 0)),
-                           "selection": meta.get("selection", "source-val")}
+            facts[name] = {"target_labels": record.target_labels, "selection": record.selection}
             if name == "source_only" or name in ADAPTATION:
                 encoders["before" if name == "source_only" else name] = model.encoder
     if not set(predictions) - {"source_only"}:

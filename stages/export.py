@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from transferlab.export import choose, export_metadata, onnx_bytes
-from transferlab.io import (UserError, atomic_path, load_arrays, load_state_dict, read_json,
-                            run_stage, write_json)
+from transferlab.io import UserError, atomic_path, load_arrays, read_metadata, run_stage, write_json
 from transferlab.models import load_classifier
+from transferlab.records import RERUN, model_record, read_transfer_metrics
 from transferlab.train import make_deterministic, predict_logits, to_device
 
 TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and torch
@@ -35,7 +35,8 @@ def main(argv=None):
                         " differ: fix the export command in dvc.yaml")
 
     make_deterministic(0)
-    val_metrics = {n: read_json(p) for n, p in zip(names, args.val_metrics)}
+    # each file checked: a NaN, a string or a missing val_accuracy is one line naming it
+    val_metrics = {n: read_transfer_metrics(p) for n, p in zip(names, args.val_metrics)}
     # skipped strategies (prepare.shots: 0) have no model; with 0 shots no target label
     # chooses among the label-free methods (export.choose)
     candidates = {n: m for n, m in val_metrics.items() if not m.get("skipped")}
@@ -46,11 +47,18 @@ def main(argv=None):
     chosen, chosen_by = choose(candidates)
     val_accuracy = {n: float(m["val_accuracy"]) for n, m in candidates.items()}
     path = args.models[names.index(chosen)]
+    record = model_record(path, read_metadata(path))
+    if record.skipped is not None:
+        raise UserError(f"{path} is the placeholder of a skipped strategy ({record.skipped}) but "
+                        f"{args.val_metrics[names.index(chosen)]} records a trained one: run "
+                        f"`dvc repro` to rewrite both")
     model, classes = load_classifier(path)
-    preprocess = load_state_dict(path)[1].get("preprocess", "{}")
+    preprocess = record.preprocess
+    if preprocess is None:  # the ONNX file would not say how to prepare an image
+        raise UserError(f"{path} records no preprocessing (written by an older version): {RERUN}")
     x_val = to_device(load_arrays(args.val, ("x_val",), lazy=True), torch.device("cpu"))["x_val"]
     blob = onnx_bytes(model, tuple(x_val.shape[1:]),
-                      export_metadata(chosen, val_accuracy[chosen], classes, preprocess))
+                      export_metadata(chosen, val_accuracy[chosen], classes, preprocess.record()))
 
     import onnxruntime
     session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])

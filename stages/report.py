@@ -1,54 +1,63 @@
 """Stage report: one self-contained HTML page of the run (results, curves, confusion matrices,
 misclassified target test images; the study's intervals with --study), from the metrics and
-plot files the pipeline wrote. Opens offline: nothing is fetched."""
+plot files the pipeline wrote. Opens offline: nothing is fetched.
+
+Reads exactly the files its command names (dvc.yaml lists each curve file), never whatever
+else lies in a folder: a stray CSV, or the curve of a strategy dvc.yaml no longer runs, is not
+drawn. Every file is checked (transferlab.records): a NaN score or a malformed row is one line."""
 
 import argparse
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
-from transferlab.io import UserError, atomic_path, load_arrays, read_json, read_metadata, run_stage
+from transferlab.io import UserError, atomic_path, load_arrays, read_classes, run_stage
+from transferlab.records import index, read_csv, read_curve, read_scenario, read_scores, read_study
 from transferlab.report import render_report
 
-
-def read_csvs(folder: Path) -> dict[str, list[dict]]:
-    files = sorted(folder.glob("*.csv"))
-    if not files:
-        raise UserError(f"{folder} has no CSV files: run the stages that write it (`dvc repro`)")
-    return {p.stem: list(csv.DictReader(p.open(newline=""))) for p in files}
+FIX_DVC_YAML = "fix the report command in dvc.yaml"
 
 
-def read_existing(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path} is missing: run the stage that writes it (`dvc repro`)")
-    return read_json(path)
+def read_confusion(path: Path, num_images: int, num_classes: int) -> tuple[np.ndarray, ...]:
+    """(actual, predicted) class indices, one row per target test image."""
+    rows = read_csv(path, ("actual", "predicted"))
+    if len(rows) != num_images:
+        raise UserError(f"{path} has {len(rows)} rows for {num_images} test images: run `dvc repro`")
+    return tuple(np.array([index(path, line, c, r[c], num_classes) for line, r in enumerate(rows, 2)],
+                          dtype=np.int64)
+                 for c in ("actual", "predicted"))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--evaluate", type=Path, required=True, help="metrics/evaluate.json")
     ap.add_argument("--scenario", type=Path, required=True, help="metrics/scenario.json")
-    ap.add_argument("--curves", type=Path, required=True, help="directory of curve CSVs")
-    ap.add_argument("--confusion", type=Path, required=True, help="directory of confusion CSVs")
+    ap.add_argument("--curves", type=Path, nargs="+", required=True,
+                    help="the curve CSVs: pretrain.csv and one per strategy of evaluate.json")
+    ap.add_argument("--confusion", type=Path, required=True,
+                    help="evaluate's folder of confusion CSVs: <strategy>.csv of each one scored")
     ap.add_argument("--test", type=Path, required=True, help="prepared target test arrays")
     ap.add_argument("--study", type=Path, help="study/metrics.json (adds the study's intervals)")
     ap.add_argument("--out", type=Path, required=True, help="output: the HTML page")
     args = ap.parse_args(argv)
 
+    if folders := [p for p in args.curves if p.is_dir()]:
+        raise UserError(f"--curves {folders[0]} is a folder: name each curve file (e.g. "
+                        f"{folders[0] / 'pretrain.csv'}), as dvc.yaml's report stage does")
+    scores = read_scores(args.evaluate)
+    curve_names = [p.stem for p in args.curves]
+    strategies = sorted(set(scores) - {"source_only"})
+    if len(set(curve_names)) < len(curve_names) or sorted(set(curve_names) - {"pretrain"}) != strategies:
+        raise UserError(f"report: --curves {sorted(curve_names)} are not pretrain plus the "
+                        f"strategies of {args.evaluate} {strategies}: {FIX_DVC_YAML}")
     test = load_arrays(args.test, ("x_test", "y_test"), lazy=True)  # images: only the tiles are read
-    classes = json.loads(read_metadata(args.test)["classes"])
-    confusions = {}
-    for name, rows in read_csvs(args.confusion).items():
-        if len(rows) != len(test["y_test"]):
-            raise UserError(f"{args.confusion / name}.csv has {len(rows)} rows for "
-                            f"{len(test['y_test'])} test images: run `dvc repro`")
-        confusions[name] = tuple(np.array([int(r[c]) for r in rows])
-                                 for c in ("actual", "predicted"))
-    page = render_report(read_existing(args.evaluate), read_existing(args.scenario),
-                         read_csvs(args.curves), confusions, test["x_test"], classes,
-                         read_existing(args.study) if args.study else None)
+    classes = read_classes(args.test)
+    confusions = {name: read_confusion(args.confusion / f"{name}.csv", len(test["y_test"]),
+                                       len(classes))
+                  for name, s in scores.items() if not s.get("skipped")}
+    page = render_report(scores, read_scenario(args.scenario),
+                         {p.stem: read_curve(p) for p in args.curves}, confusions,
+                         test["x_test"], classes, read_study(args.study) if args.study else None)
     with atomic_path(args.out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     print(f"{args.out}: {len(page) / 1e3:.0f} kB")

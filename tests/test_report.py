@@ -24,6 +24,9 @@ STUDY = {"cells": {f"{name}@k{k}": {"accuracy": acc, "ci_low": acc - 0.05, "ci_h
          "layers": {}}
 
 
+CURVES = ("pretrain", "scratch", "finetune")
+
+
 def make_inputs(root: Path, n: int = 30) -> dict[str, Path]:
     """A run's files on tiny made-up data: 3 classes, n test images, 2 strategies + source."""
     rng = np.random.default_rng(0)
@@ -41,7 +44,7 @@ def make_inputs(root: Path, n: int = 30) -> dict[str, Path]:
                         "gain_over_scratch": round((6 - wrong) / n, 4)}
     write_json(paths["evaluate"], scores)
     write_json(paths["scenario"], {"target_test": n, "shots": 2})
-    for name in ("pretrain", "scratch", "finetune"):
+    for name in CURVES:
         write_csv(paths["curves"] / f"{name}.csv",
                   ["step", "train_loss", "val_loss", "val_accuracy"],
                   [[s, 1 / s, 1 / s, 1 - 1 / (s + 1)] for s in (5, 10, 15)])
@@ -52,9 +55,10 @@ def make_inputs(root: Path, n: int = 30) -> dict[str, Path]:
 
 def run_report(paths: dict[str, Path], out: Path, *extra: str, probe_torch: bool = False):
     """The stage script in a fresh process (as `dvc repro` runs it)."""
-    inputs = ("evaluate", "scenario", "curves", "confusion", "test")
+    inputs = ("evaluate", "scenario", "confusion", "test")
+    curves = [str(paths["curves"] / f"{name}.csv") for name in CURVES]  # as dvc.yaml lists them
     argv = ["stages/report.py", *[a for key in inputs for a in (f"--{key}", str(paths[key]))],
-            "--out", str(out), *extra]
+            "--curves", *curves, "--out", str(out), *extra]
     if probe_torch:  # the same run, then say whether anything imported torch
         code = ("import runpy, sys; sys.argv = " + repr(argv) + "; runpy.run_path(sys.argv[0], "
                 "run_name='__main__'); print('torch imported:', 'torch' in sys.modules)")
@@ -123,7 +127,7 @@ def test_a_one_seed_study_has_means_without_intervals(tmp_path):
 @pytest.mark.parametrize("fault, message", [
     ("confusion_rows", "has 29 rows for 30 test images"),
     ("no_evaluate", "evaluate.json is missing"),
-    ("no_curves", "has no CSV files"),
+    ("no_curves", "finetune.csv is missing"),
     ("no_test", "target_test.safetensors is missing"),
 ])
 def test_bad_input_stops_with_one_line_and_writes_nothing(tmp_path, fault, message):
@@ -134,12 +138,137 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(tmp_path, fault, messa
     elif fault == "no_evaluate":
         paths["evaluate"].unlink()
     elif fault == "no_curves":
-        for p in paths["curves"].glob("*.csv"):
-            p.unlink()
+        (paths["curves"] / "finetune.csv").unlink()
     else:
         paths["test"].unlink()
     out = tmp_path / "report.html"
     proc = run_report(paths, out)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out.exists()
+
+
+# ---- every file it reads is untrusted, and only the files dvc.yaml names are read -------------
+
+def test_a_stray_curve_and_a_removed_strategy_are_not_drawn(tmp_path):
+    """A CSV dropped into plots/curves/, or the curve a strategy left behind when it was removed
+    from dvc.yaml, lies in the folder: the report reads only the files its command names."""
+    paths = make_inputs(tmp_path)
+    for name in ("stray", "dann"):  # dann: once in dvc.yaml's matrix, its curve still there
+        write_csv(paths["curves"] / f"{name}.csv", ["step", "val_accuracy"], [[5, 0.5]])
+    out = tmp_path / "r.html"
+    proc = run_report(paths, out)
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text()
+    assert "finetune" in page and "stray" not in page and "dann" not in page
+
+
+def test_the_curves_must_be_the_strategies_evaluate_scored(tmp_path):
+    """A curve listed for a strategy evaluate.json does not hold (dvc.yaml's report command and
+    its evaluate command disagree): one line, nothing written."""
+    paths = make_inputs(tmp_path)
+    write_csv(paths["curves"] / "dann.csv", ["step", "val_accuracy"], [[5, 0.5]])
+    inputs = ("evaluate", "scenario", "confusion", "test")
+    out = tmp_path / "r.html"
+    proc = subprocess.run(
+        [sys.executable, "stages/report.py",
+         *[a for key in inputs for a in (f"--{key}", str(paths[key]))], "--curves",
+         *[str(paths["curves"] / f"{n}.csv") for n in (*CURVES, "dann")], "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: report: --curves ")
+    assert "fix the report command in dvc.yaml" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_folder_of_curves_is_refused(tmp_path):
+    paths = make_inputs(tmp_path)
+    out = tmp_path / "r.html"
+    proc = subprocess.run(
+        [sys.executable, "stages/report.py", "--evaluate", str(paths["evaluate"]), "--scenario",
+         str(paths["scenario"]), "--curves", str(paths["curves"]), "--confusion",
+         str(paths["confusion"]), "--test", str(paths["test"]), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "is a folder: name each curve file" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def _edit_json(path: Path, edit) -> None:
+    path.write_text(edit(path.read_text()))
+
+
+HOSTILE = [  # (file, how it is damaged, what the one line names)
+    ("evaluate", lambda t: t.replace('"accuracy": 0.9333', '"accuracy": NaN'),
+     "key 'finetune.accuracy'=nan"),
+    ("evaluate", lambda t: t.replace('"accuracy": 0.9333', '"accuracy": Infinity'),
+     "key 'finetune.accuracy'=inf"),
+    ("evaluate", lambda t: t.replace('"accuracy": 0.9333', '"accuracy": "0.9"'),
+     "key 'finetune.accuracy'='0.9'"),
+    ("evaluate", lambda t: t.replace('"accuracy": 0.9333', '"accuracy": [0.9]'),
+     "key 'finetune.accuracy'"),
+    ("evaluate", lambda t: t.replace('"accuracy": 0.9333', '"accuracy": 93.3'),
+     "key 'finetune.accuracy'=93.3"),
+    ("evaluate", lambda t: t.replace('"accuracy": 0.9333,', ''), "one is missing"),
+    ("evaluate", lambda t: t.replace('"gain_over_scratch": 0.1333', '"gain_over_scratch": -Infinity'),
+     "key 'finetune.gain_over_scratch'"),
+    ("evaluate", lambda t: "[1, 2]", "Input should be a valid dictionary"),
+    ("evaluate", lambda t: t[:len(t) // 2], "is not JSON"),
+    ("evaluate", lambda t: "[" * 100_000, "nested too deeply"),
+    ("scenario", lambda t: t.replace('"shots": 2', '"shots": NaN'), "key 'shots"),
+    ("scenario", lambda t: t.replace('"shots": 2', '"shots": {"a": 1}'), "key 'shots"),
+    ("study", lambda t: t.replace('"ci_low": ', '"ci_low": NaN, "was": ', 1), "ci_low"),
+    ("study", lambda t: t.replace('"finetune@k1"', '"finetune@kone"'), "cells.finetune@kone"),
+    ("study", lambda t: '{"layers": {}}', "key 'cells' is missing"),
+]
+
+
+@pytest.mark.parametrize("which, edit, named", HOSTILE,
+                         ids=[f"{w}-{i}" for i, (w, _, _) in enumerate(HOSTILE)])
+def test_a_malformed_metrics_file_is_one_line(tmp_path, which, edit, named):
+    paths = make_inputs(tmp_path)
+    write_json(tmp_path / "study.json", STUDY)
+    path = {"evaluate": paths["evaluate"], "scenario": paths["scenario"],
+            "study": tmp_path / "study.json"}[which]
+    _edit_json(path, edit)
+    out = tmp_path / "r.html"
+    out.write_text("earlier")
+    proc = run_report(paths, out, "--study", str(tmp_path / "study.json"))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(f"error: {path}") and named in proc.stderr, proc.stderr
+    assert out.read_text() == "earlier"
+
+
+CSV_FAULTS = [  # (file, rows written, what the one line names)
+    ("curves/finetune.csv", "step,val_accuracy\n5,abc\n", "line 2: val_accuracy='abc'"),
+    ("curves/finetune.csv", "step,val_accuracy\n5,nan\n", "line 2: val_accuracy='nan'"),
+    ("curves/finetune.csv", "step,val_accuracy\ninf,0.5\n", "line 2: step='inf'"),
+    ("curves/finetune.csv", "step,val_accuracy\n5,1.5\n", "line 2: val_accuracy='1.5'"),
+    ("curves/finetune.csv", "step,loss\n5,0.5\n", "has no column step, val_accuracy"),
+    ("curves/finetune.csv", "step,val_accuracy\n5\n", "line 2 has 1 fields for 2 columns"),
+    ("curves/finetune.csv", b"step,val_accuracy\n5,\xff\n", "is not a CSV file"),
+    ("curves/finetune.csv", "", "has no column"),
+    ("confusion/scratch.csv", "actual,predicted\n" + "0,7\n" * 30, "line 2: predicted='7'"),
+    ("confusion/scratch.csv", "actual,predicted\n" + "0,-1\n" * 30, "line 2: predicted='-1'"),
+    ("confusion/scratch.csv", "actual,predicted\n" + "x,1\n" * 30, "line 2: actual='x'"),
+    ("confusion/scratch.csv", "actual,predicted\n" + "0.5,1\n" * 30, "line 2: actual='0.5'"),
+    ("confusion/scratch.csv", None, "scratch.csv is missing"),
+]
+
+
+@pytest.mark.parametrize("name, content, named", CSV_FAULTS,
+                         ids=[f"{n.split('/')[0]}-{i}" for i, (n, _, _) in enumerate(CSV_FAULTS)])
+def test_a_malformed_curve_or_confusion_file_is_one_line(tmp_path, name, content, named):
+    paths = make_inputs(tmp_path)
+    path = tmp_path / "plots" / name
+    if content is None:
+        path.unlink()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    out = tmp_path / "r.html"
+    proc = run_report(paths, out)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert named in proc.stderr and str(path) in proc.stderr, proc.stderr
     assert not out.exists()

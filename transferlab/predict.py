@@ -14,7 +14,7 @@ that cannot be read gets one line on stderr and the rest are still predicted (ex
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -22,25 +22,82 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.io import UserError, run_stage, show_path, write_csv
+from transferlab.io import UserError, one_line, run_stage, show_path, write_csv
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
+GIVE_MODEL = "give a model file the pipeline wrote, e.g. models/transfer/finetune.safetensors"
+
+
 def preprocessing(metadata: dict[str, str], path: Path):
     """(the `prepare` params a model was trained with, the folder decode size or 0), as
-    recorded in its file by the prepare stage."""
-    from transferlab.params import Prepare
+    recorded in its file by the prepare stage, checked (records.Preprocess): a malformed
+    record is one line naming the file and the key."""
+    from transferlab.records import model_record
 
-    if "preprocess" not in metadata:
-        raise UserError(f"{show_path(path)} records no preprocessing (written by an older "
-                        "version): run `dvc repro` to rebuild it")
-    fields = json.loads(metadata["preprocess"])
-    decode_size = fields.pop("decode_size")
-    # the split knobs play no part in preprocessing one image: any valid value will do
-    return Prepare.model_validate({**fields, "source_val_fraction": 0.5, "target_test_fraction": 0.5,
-                                   "target_val_per_class": 1, "split_seed": 0,
-                                   "shots": 1}), decode_size
+    record = model_record(path, metadata, fix=GIVE_MODEL).preprocess
+    if record is None:
+        raise UserError(f"model {show_path(path)} records no preprocessing (written by an older "
+                        "version): run `dvc repro` to rebuild it, or " + GIVE_MODEL)
+    return record.prepare(), record.decode_size
+
+
+def is_onnx(path: Path) -> bool:
+    """An ONNX file (the export stage's): named so, or a protobuf starting with ir_version
+    (field 1, tag 0x08) where a safetensors file has its 8-byte header length and then '{'."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False  # the loader names what is wrong with it
+    return head[:1] == b"\x08" and head[8:9] != b"{"
+
+
+def _given_as_model(path: Path, err: UserError) -> UserError:
+    """A loader's fault, phrased for a file given as MODEL: the loaders advise a stage's rerun
+    ("delete it and run dvc repro"), which here would delete whatever was given by mistake."""
+    why = re.sub(r":? (delete it and )?run (the stage that writes it )?\(?`dvc repro`.*$", "",
+                 str(err).removeprefix(show_path(path)).strip(" :")
+                 ).replace("is corrupt", "is not a safetensors file", 1)
+    return UserError(f"model {show_path(path)} {why}: {GIVE_MODEL}")
+
+
+def load_model(path: Path):
+    """(Classifier, class names, prepare params, decode size) of a model file given to predict;
+    one line for anything else: the ONNX export, the placeholder of a skipped strategy, a file
+    whose metadata does not fit the schema, a data file, an image."""
+    from transferlab.io import read_metadata
+    from transferlab.models import load_classifier
+
+    if path.is_file() and is_onnx(path):
+        raise UserError(f"model {show_path(path)} is an ONNX file (the export stage writes "
+                        "models/export/model.onnx): predict reads the .safetensors model, e.g. "
+                        "models/transfer/finetune.safetensors, or run the ONNX file with "
+                        "onnxruntime (its metadata records the classes and the preprocessing)")
+    try:
+        metadata = read_metadata(path)
+    except UserError as err:
+        raise _given_as_model(path, err) from None
+    from transferlab.records import model_record
+
+    record = model_record(path, metadata, fix=GIVE_MODEL)
+    if record.skipped is not None:
+        raise UserError(f"model {show_path(path)} holds no weights: the transfer stage skipped "
+                        f"this strategy ({one_line(record.skipped)[:300]}): give the model of a "
+                        "strategy that ran (metrics/evaluate.json lists them)")
+    try:
+        model, classes = load_classifier(path)
+    except UserError as err:
+        raise _given_as_model(path, err) from None
+    prep, decode_size = preprocessing(metadata, path)
+    if str(prep.channels) != metadata.get("in_channels", str(prep.channels)):
+        raise UserError(f"model {show_path(path)}: metadata key 'preprocess.channels'="
+                        f"{prep.channels} disagrees with the model's in_channels="
+                        f"{metadata['in_channels']}: {GIVE_MODEL}")
+    return model, classes, prep, decode_size
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:
@@ -48,9 +105,10 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     found = []
     for path in inputs:
         if path.is_dir():
+            # a broken link, a FIFO or a link loop named .png is listed: reported, not ignored
             found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                            and p.is_file() and not any(part.startswith(".") for part in
-                                                        p.relative_to(path).parts))
+                            and not p.is_dir() and not any(part.startswith(".") for part in
+                                                           p.relative_to(path).parts))
         else:
             found.append(path)
     return found
@@ -64,7 +122,9 @@ def preprocess_file(path: Path, prep, decode_size: int) -> np.ndarray:
     from transferlab.scenario import align
 
     if not path.is_file():
-        raise UserError(f"{show_path(path)}: {'not found' if not path.exists() else 'not a regular file'}")
+        raise UserError(f"{show_path(path)}: " + (
+            "not a regular file" if path.exists() else
+            "a symbolic link to nothing (or a loop of links)" if path.is_symlink() else "not found"))
     mode = "L" if prep.channels == 1 else "RGB"
     image = read_image(path, mode, decode_size or None)  # UserError for an unreadable file
     return align(RawDataset(image[None], np.zeros(1, np.int64), 255, ("?",)), prep)[0]
@@ -76,27 +136,17 @@ def predict_files(model_path: Path, files: Sequence[Path], top_k: int, batch_siz
     message per file that could not be read."""
     import torch
 
-    from transferlab.io import load_state_dict
-    from transferlab.models import load_classifier
     from transferlab.train import predict_logits
 
-    try:
-        model, classes = load_classifier(model_path)
-        metadata = load_state_dict(model_path)[1]
-    except UserError as err:  # the loaders advise a stage's rerun: here a wrong file was given
-        why = re.sub(r":? (delete it and )?run (the stage that writes it )?\(?`dvc repro`.*$", "",
-                     str(err).removeprefix(show_path(model_path)).strip(" :")
-                     ).replace("is corrupt", "is not a safetensors file", 1)
-        raise UserError(f"model {show_path(model_path)} {why}: give a model file the pipeline "
-                        "wrote, e.g. models/transfer/finetune.safetensors") from None
-    prep, decode_size = preprocessing(metadata, model_path)
+    model, classes, prep, decode_size = load_model(model_path)
     top_k = min(top_k, len(classes))
     aligned, kept, problems = [], [], []
     for path in files:
         try:
             aligned.append(preprocess_file(path, prep, decode_size))
-        except UserError as err:
-            problems.append(str(err))
+        except UserError as err:  # one line per file; the others are still predicted
+            why = one_line(str(err))
+            problems.append(why if show_path(path) in why else f"{show_path(path)}: {why}")
             continue
         kept.append(path)
     if not kept:
@@ -127,8 +177,8 @@ def main(argv=None):
     files = collect_images(args.images)
     if not files:
         raise UserError(f"no image files in {', '.join(show_path(p) for p in args.images)}")
-    read = {f.resolve() for f in [args.model, *files]}
-    if args.out.resolve() in read:
+    read = {os.path.realpath(f) for f in [args.model, *files]}  # a symlink loop: no error here
+    if os.path.realpath(args.out) in read:
         raise UserError(f"--out {show_path(args.out)} is a file this command reads (the model or "
                         "an image): give another path for the CSV")
     rows, problems = predict_files(args.model, files, args.top_k)

@@ -1,7 +1,7 @@
 """The run's report: one self-contained HTML page built from the files the pipeline wrote.
 
-Nothing is recomputed from a model: scores come from metrics/evaluate.json, curves from
-plots/curves/*.csv, confusion matrices and misclassified images from plots/confusion/<name>.csv
+Nothing is recomputed from a model: scores come from metrics/evaluate.json, curves from the
+curve CSVs dvc.yaml names (pretrain's and one per strategy), confusion matrices and misclassified images from plots/confusion/<name>.csv
 (one (actual, predicted) row per target test image, in the order of target_test.safetensors),
 the study's intervals from study/metrics.json when the study has run. Charts are matplotlib
 SVG written into the page and images are PNG data URIs, so the page fetches nothing and opens
