@@ -8,8 +8,13 @@ generator below, and every page that carries the markers gets the same text.
 
 import json
 import re
+import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: the repository's root is not on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.params_reference import table as params_table
 from transferlab.evaluation import results_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def blocks() -> dict[str, str]:
     return {"results": results_markdown(json.loads((ROOT / "metrics/evaluate.json").read_text())),
             "study": (ROOT / "study/report.md").read_text(),
-            "ranking": (ROOT / "ranking/report.md").read_text()}
+            "ranking": (ROOT / "ranking/report.md").read_text(),
+            "params": params_table()}
 
 
 def pages() -> list[Path]:
