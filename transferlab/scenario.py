@@ -156,18 +156,16 @@ def check_framing(stats: dict[str, dict[str, float]], p: Prepare) -> None:
         fixes, why = [], []
         if p.crop == "bbox" and s["full_frame_share"] > FULL_FRAME_LIMIT:
             fixes.append("prepare.crop: none")
-            why.append(f"{s['full_frame_share']:.0%} of its images have content up to all four "
-                       "edges (prepare.crop: bbox assumes a zero background around each image's "
-                       "content: it would keep them whole while cropping and enlarging images "
-                       "that have a blank border)")
+            why.append(f"prepare.crop: bbox assumes a zero background around each image's "
+                       f"content, but {s['full_frame_share']:.0%} of its images have content up "
+                       "to all four edges (bbox keeps those whole and crops and enlarges the rest)")
         if p.scale == "max" and s["background_level"] > BACKGROUND_LIMIT:
             fixes.append("prepare.scale: none")
-            why.append(f"its background is not dark (median border level "
-                       f"{s['background_level']:.2f} of each image's maximum; prepare.scale: max "
-                       "assumes bright content on a dark background)")
+            why.append("prepare.scale: max assumes a dark background, but its median border "
+                       f"level is {s['background_level']:.2f} of each image's maximum")
         if fixes:
-            raise UserError(f"data.{role}: {' and '.join(why)}: set {' and '.join(fixes)} "
-                            "(the same framing for both domains), or give images on a blank "
+            raise UserError(f"data.{role}: {'; '.join(why)}: set {' and '.join(fixes)} (both "
+                            "domains are then framed alike), or give it images on a blank "
                             "background")
 
 
@@ -299,10 +297,14 @@ def check_sizes(source: Labelled, target: Labelled, p: Prepare,
         if p.shots:
             needs.append((p.shots, "shots (prepare.shots)", "prepare.shots"))
         if n < (least := sum(k for k, _, _ in needs)):
-            lower = " or ".join(key for _, _, key in needs[1 if test_counts is None else 0:])
-            raise UserError(f"target class {name} has {n} image(s){why('target', c)} but needs at "
-                            f"least {least}: {' + '.join(f'{k} {what}' for k, what, _ in needs)}:"
-                            f" add images{f', or lower {lower}' if lower else ''}")
+            count, _, key = max(needs, key=lambda need: need[0])
+            lowerable = [k for _, _, k in needs if k != "prepare.target_test_fraction"]
+            lower = f", or lower {' or '.join(lowerable)}" if lowerable else ""
+            raise UserError(f"{key}={count if key != 'prepare.target_test_fraction' else p.target_test_fraction}"
+                            f" but class {name} has only {n} image(s){why('target', c)}, "
+                            f"fewer than the {least} it needs ("
+                            f"{' + '.join(f'{k} {what}' for k, what, _ in needs)}): no fraction "
+                            f"makes it fit: add images{lower}")
         held = 0
         if test_counts is None:
             held = _take(p.target_test_fraction, n)
