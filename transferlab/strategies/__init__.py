@@ -92,8 +92,27 @@ def run(name: str, inputs: Inputs, cfg) -> Outcome:
     from transferlab.io import UserError
     from transferlab.train import TrainingDiverged  # torch: imported only when a method runs
 
+    module = importlib.import_module(f"{__name__}.{name}")
     try:
-        return importlib.import_module(f"{__name__}.{name}").run(inputs, cfg)
+        return module.run(inputs, cfg)
     except TrainingDiverged as err:
-        raise UserError(f"transfer.{name}: {err}: lower transfer.{name}.lr or "
-                        f"transfer.{name}.weight_decay") from None
+        raise UserError(f"transfer.{name}: {err}: {divergence_advice(name, cfg)}") from None
+
+
+# The options of any method that scale its steps: too large, and the loss becomes NaN. A method
+# whose own option can diverge in another way says so in `why_diverged(cfg)` (mcc: temperature).
+STEP_KNOBS = ("lr", "weight_decay", "backbone_lr_mult", "loss_weight", "l2sp_weight",
+              "target_weight")
+
+
+def divergence_advice(name: str, cfg) -> str:
+    """What to change when `name` diverged with options `cfg`: the method's own diagnosis of its
+    values first (module-level `why_diverged(cfg) -> str | None`), else the step-scaling
+    options it has, with their values (one at 0 cannot be the cause: not named)."""
+    own = getattr(importlib.import_module(f"{__name__}.{name}"), "why_diverged", None)
+    if own is not None and (hint := own(cfg)):
+        return hint
+    knobs = [f"transfer.{name}.{k} (now {getattr(cfg, k):g})" for k in STEP_KNOBS
+             if k in type(cfg).model_fields and (k == "lr" or getattr(cfg, k) > 0)]
+    return "lower " + (" or ".join(knobs) if len(knobs) < 3 else
+                       ", ".join(knobs[:-1]) + " or " + knobs[-1])

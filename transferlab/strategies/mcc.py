@@ -25,6 +25,21 @@ METHOD = Method("domain adaptation", "MCC: minimum class confusion on target pre
                 reads=frozenset({"source_model", "source_data", "unlabelled"}))
 
 
+# Below this T, softmax(logits / T) in float32 saturates to exact 0s and 1s for typical logit
+# gaps (a few units): a class no image of the batch predicts has a zero row in C, and C~ = 0/0.
+# Measured on the tests' tiny data: T = 0.02 trained, T = 0.001 diverged at step 1.
+MIN_STABLE_TEMPERATURE = 0.05
+
+
+def why_diverged(cfg: Options) -> str | None:
+    """The knob at fault when training diverged (strategies.divergence_advice): a tiny T."""
+    if cfg.temperature < MIN_STABLE_TEMPERATURE:
+        return (f"transfer.mcc.temperature={cfg.temperature:g} is too small: the softmax of "
+                "logits / T saturates to exact 0s and 1s and the class-confusion matrix divides "
+                f"0 by 0: raise it to {MIN_STABLE_TEMPERATURE} or more (the paper uses 2.5)")
+    return None
+
+
 def class_confusion(logits, temperature: float):
     probs = (logits / temperature).softmax(1)  # (B, K)
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
