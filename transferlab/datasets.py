@@ -12,7 +12,10 @@ under `cache_dir` (default_cache_dir):
     cifar10        50,000 objects, 32x32 colour, classes "airplane", "automobile", ...
 Your own images:
     folder         <root>/<class>/<image> or <root>/{train,val,test}/<class>/<image>, shorter
-                   side resized to data.decode_size (default 256), centre square cropped
+                   side resized to data.decode_size (default 256), centre square cropped; every
+                   file through read_image (also transferlab-predict's reader): PNG, JPEG, BMP,
+                   GIF, TIFF, WebP, PPM/PGM, each Pillow mode converted by a stated rule (see
+                   GREY_MODES) or the file refused with one line naming it
 
 Every torchvision file is checked against the md5 torchvision lists before anything is loaded:
 the same params must give the same bytes, and a truncated download must not become a dataset.
