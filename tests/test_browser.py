@@ -112,6 +112,19 @@ def test_the_checks_catch_dvcs_stock_cdn_page(browser, tmp_path):
     assert seen["ink"] < MIN_INK
 
 
+def report_command(test: Path, out: Path) -> list[str]:
+    """dvc.yaml's report command (its inputs named as the pipeline names them), reading `test`
+    and writing `out`."""
+    import shlex
+
+    import yaml
+
+    args = shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]["cmd"])
+    for flag, value in (("--test", test), ("--out", out)):
+        args[args.index(flag) + 1] = str(value)
+    return args
+
+
 def test_the_report_renders_offline(browser, tmp_path):
     """The report stage on the committed metrics and plots; test images made up here (the
     prepared test set exists only after a run), one per row of the confusion files."""
@@ -125,11 +138,8 @@ def test_the_report_renders_offline(browser, tmp_path):
     save_arrays(test, {"x_test": x, "y_test": actual},
                 {"classes": json.dumps([str(c) for c in range(10)])})
     out = tmp_path / "report.html"
-    proc = subprocess.run([sys.executable, "stages/report.py",
-                           "--evaluate", "metrics/evaluate.json",
-                           "--scenario", "metrics/scenario.json", "--curves", "plots/curves",
-                           "--confusion", "plots/confusion", "--test", str(test),
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *report_command(test, out)[1:]], cwd=ROOT,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     seen = render(browser, out, tmp_path)
     assert seen["requests"] == [], f"the report asked the network for {seen['requests']}"
