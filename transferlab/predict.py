@@ -86,7 +86,7 @@ def load_model(path: Path):
     record = model_record(path, metadata, fix=GIVE_MODEL)
     if record.skipped is not None:
         raise UserError(f"model {show_path(path)} holds no weights: the transfer stage skipped "
-                        f"this strategy ({one_line(record.skipped)[:300]}): give the model of a "
+                        f"this strategy ({one_line(record.skipped).removeprefix('skipped: ')[:300]}): give the model of a "
                         "strategy that ran (metrics/evaluate.json lists them)")
     try:
         model, classes = load_classifier(path)

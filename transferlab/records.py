@@ -42,6 +42,8 @@ class Open(Checked):
 
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
+# how a checkpoint was chosen (train.fit, transfer.selection_metrics; source-val: the source model)
+Selection = Literal["target-val", "source-val+SND", "source-val", "none"]
 Gain = Annotated[float, Field(ge=-1, le=1)]  # accuracy points / 100 between two strategies
 
 
@@ -112,7 +114,7 @@ class TransferMetrics(Open):
     """metrics/transfer/<strategy>.json: what export chooses by."""
     skipped: bool = False
     val_accuracy: Fraction | None = None
-    selection: str | None = None
+    selection: Selection | None = None
     snd: float | None = None  # soft neighbourhood density: label-free selection only
 
     @model_validator(mode="after")
@@ -137,7 +139,7 @@ class Score(Open):
     gain_over_source_only: Gain | None = None
     negative_transfer: bool | None = None
     best_baseline: str | None = None
-    selection: str | None = None
+    selection: Selection | None = None
 
     @model_validator(mode="after")
     def _scored(self):
@@ -304,7 +306,7 @@ def model_record_schema() -> type[BaseModel]:
         "ModelRecord", __base__=Checked, __config__=None,
         skipped=(Annotated[str, Field(min_length=1, max_length=2000)] | None, None),
         preprocess=(preprocess_schema() | None, None),
-        selection=(Annotated[str, Field(pattern=r"^[a-z+-]{1,40}$")], "source-val"),
+        selection=(Selection, "source-val"),
         target_labels=(Annotated[int, Field(ge=0, le=10 ** 9)], 0))
 
 
