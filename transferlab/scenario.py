@@ -25,7 +25,6 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -216,12 +215,6 @@ def split_stratified(labels: np.ndarray, seed: int, **take: float | int) -> dict
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
-class Labelled(NamedTuple):
-    """What check_sizes needs of a dataset: its labels and class names (a RawDataset has both)."""
-    labels: np.ndarray
-    classes: tuple[str, ...]
-
-
 def least_fraction(n: int) -> float:
     """The smallest fraction, in as few significant digits as it takes, of which _take gives at
     least one of n images. Python's round() rounds half to even: round(0.5 * 1) == 0, so 0.5 is
@@ -236,8 +229,8 @@ def least_fraction(n: int) -> float:
     return math.nextafter(x, 1.0)
 
 
-def check_sizes(source: Labelled, target: Labelled, p: Prepare,
-                test: Labelled | None = None, val: Labelled | None = None,
+def check_sizes(source: RawDataset, target: RawDataset, p: Prepare,
+                test: RawDataset | None = None, val: RawDataset | None = None,
                 dropped: dict[tuple[str, int], str] | None = None) -> None:
     """Every split the scenario cuts, sized per class before any model is trained: an empty
     split or a class too small for it stops here naming the key, the class and its count, and
@@ -327,95 +320,91 @@ def check_sizes(source: Labelled, target: Labelled, p: Prepare,
                             "prepare.target_val_per_class")
 
 
-def _digest(row: np.ndarray) -> bytes:
-    return hashlib.blake2b(row.tobytes() + str(row.shape).encode(), digest_size=16).digest()
+def _digest(image: np.ndarray, max_value: int) -> bytes:
+    return hashlib.blake2b(image.tobytes() + f"{image.shape} {max_value}".encode(),
+                           digest_size=16).digest()
 
 
-def image_digests(images) -> list[bytes]:
-    """One digest per image row (pixels and shape): equal digests are the same image. Given
-    aligned images (align's output), the same model input: what the overlap check compares."""
-    return [_digest(row) for chunk in row_chunks(images) for row in chunk]
-
-
-def grey_digests(raw: RawDataset) -> list[bytes]:
-    """Digests of raw images with a grey image stored as RGB (R = G = B) taken as grey: without
-    the alignment params, the same file re-saved as grey, RGB, RGBA or palette still matches."""
+def image_digests(raw: RawDataset, channels: int = 1) -> list[bytes]:
+    """One digest per image, of the picture rather than of how its file stored it: converted to
+    the scenario's `channels` in uint8 (grey from RGB by Pillow's integer luma, (19595 R + 38470 G
+    + 7471 B + 2^15) >> 16, exact for R = G = B; grey to RGB by repeating it), with its shape and
+    full-intensity value. So a grey image and its RGB, RGBA, LA, palette, 16-bit, BMP, TIFF or
+    lossless WebP copy (the reader decodes them all to the same uint8 pixels) are one image,
+    whichever mode their folder split was decoded in. Compared before alignment, on purpose:
+    alignment makes distinct pictures equal (bbox crop: translations; scale max: ink
+    intensities; 8x8 bottleneck: small differences), and dropping those would empty classes of
+    legitimate images; copies at another size or after lossy compression are not found."""
     out = []
     for chunk in row_chunks(raw.images):
-        for image in chunk:
-            if image.ndim == 3 and (image == image[..., :1]).all():
-                image = image[..., 0]
-            out.append(_digest(np.ascontiguousarray(image)))
+        if chunk.ndim == 4 and channels == 1:  # (N, H, W, 3) -> (N, H, W)
+            weights = np.array([19595, 38470, 7471], np.uint32)
+            chunk = ((chunk.astype(np.uint32) @ weights + (1 << 15)) >> 16).astype(np.uint8)
+        elif chunk.ndim == 3 and channels == 3:
+            chunk = np.repeat(chunk[..., None], 3, axis=3)
+        out += [_digest(np.ascontiguousarray(image), raw.max_value) for image in chunk]
     return out
 
 
 WHERE = {"test": "the target's official test split", "val": "the target's val/ split",
-         "train": "the target's training images", "source": "the source"}
+         "train": "the target's training images"}
 
 
-def find_copies(source: tuple[list[bytes], np.ndarray], parts: list[tuple[str, list[bytes], np.ndarray]],
-                source_classes: tuple[str, ...], target_classes: tuple[str, ...]):
+def find_copies(source: tuple[list[bytes], np.ndarray],
+                parts: list[tuple[str, list[bytes], np.ndarray]], target_classes: tuple[str, ...]):
     """Which images to keep, from their digests: `parts` are the target's (name, digests,
     labels) in priority order (official test, official val, train): a part keeps only images
     no earlier part has and the first copy of its own repeats (a repeat could otherwise sit in
     both test and train pool). The source loses every image the target has (a target test
-    image must never be a source training image) and its own repeats (one could sit in both
-    source train and source val). Returns (source keep mask, {part: keep mask}, counts,
+    image must never be a source training image); its own repeats are counted, not dropped
+    (`source_repeats`: one may sit in both source train and source val, which only flatters the
+    source validation score). Returns (source keep mask, {part: keep mask}, counts,
     {(role, class): why its images were dropped}), role being "source" or a part's name."""
-    seen: dict[bytes, tuple[str, int]] = {}
+    seen: dict[bytes, tuple[str, int]] = {}  # digest -> (part, class) of its first copy
     origins: dict[tuple[str, int], Counter] = {}
-
-    def keep_mask(role: str, digests: list[bytes], labels: np.ndarray, table: dict) -> np.ndarray:
-        keep = np.ones(len(digests), dtype=bool)
-        for i, digest in enumerate(digests):
-            first = seen.get(digest) or table.get(digest)
-            if first is not None:
+    keeps = {}
+    for role, digests, labels in parts:
+        keep = keeps[role] = np.ones(len(digests), dtype=bool)
+        for i, (digest, label) in enumerate(zip(digests, labels)):
+            if digest in seen:
                 keep[i] = False
-                origins.setdefault((role, int(labels[i])), Counter())[first] += 1
+                origins.setdefault((role, int(label)), Counter())[seen[digest]] += 1
             else:
-                table[digest] = (role, int(labels[i]))
-        return keep
-
-    keeps = {name: keep_mask(name, digests, labels, seen) for name, digests, labels in parts}
-    also_in_target = sum(digest in seen for digest in source[0])
-    keep_source = keep_mask("source", *source, {})
-    counts = {"source_images_also_in_target": also_in_target,
-              "source_duplicates_dropped": int((~keep_source).sum()) - also_in_target,
+                seen[digest] = (role, int(label))
+    keep_source = np.array([digest not in seen for digest in source[0]], dtype=bool)
+    for digest, label in zip(source[0], source[1]):
+        if digest in seen:
+            origins.setdefault(("source", int(label)), Counter())[seen[digest]] += 1
+    counts = {"source_images_also_in_target": int((~keep_source).sum()),
+              "source_repeats": len(source[0]) - len(set(source[0])),
               "target_duplicates_dropped": int(sum((~k).sum() for k in keeps.values()))}
     notes = {}
     for (role, c), where in origins.items():
         (first_role, first_class), _ = where.most_common(1)[0]
-        names = source_classes if first_role == "source" else target_classes
         others = " and elsewhere" if len(where) > 1 else ""
         notes[(role, c)] = (f"{sum(where.values())} of its images were dropped as copies of images "
-                            f"of class {names[first_class]!r} in {WHERE.get(first_role, 'the target')}"
-                            f"{others}: the "
-                            "same pixels once aligned")
+                            f"of class {target_classes[first_class]!r} in "
+                            f"{WHERE.get(first_role, 'the target')}{others}: the same picture, "
+                            "however saved")
     return keep_source, keeps, counts, notes
-
-
-def subset_labels(data: RawDataset | Labelled, keep: np.ndarray) -> Labelled:
-    return Labelled(data.labels[keep], tuple(data.classes))
 
 
 def subset(raw: RawDataset, keep: np.ndarray) -> RawDataset:
     return RawDataset(take_rows(raw.images, keep), raw.labels[keep], raw.max_value, raw.classes)
 
 
-def separate_by_content(source: RawDataset, *target_parts: RawDataset, p: Prepare | None = None
+def separate_by_content(source: RawDataset, *target_parts: RawDataset, channels: int = 1
                         ) -> tuple[RawDataset, list[RawDataset], dict[str, int]]:
-    """find_copies on raw datasets: the target parts in priority order (official test, official
-    val, train). With `p`, images are compared as align(p) turns them into model inputs (what
-    build_scenario does); without, as grey_digests sees them. Returns the source, the target
-    parts and how many images each side lost."""
-    def digests(raw: RawDataset) -> list[bytes]:
-        return grey_digests(raw) if p is None else image_digests(align(raw, p))
-
+    """find_copies on raw datasets, compared as image_digests(channels) sees them (pass
+    prepare.channels: what build_scenario does); the target parts in priority order (official
+    test, official val, train). Returns the source, the target parts and how many images each
+    side lost."""
     names = [f"part {i}" for i in range(len(target_parts))]
     keep_source, keeps, counts, _ = find_copies(
-        (digests(source), source.labels),
-        [(name, digests(part), part.labels) for name, part in zip(names, target_parts)],
-        source.classes, target_parts[-1].classes if target_parts else source.classes)
+        (image_digests(source, channels), source.labels),
+        [(name, image_digests(part, channels), part.labels)
+         for name, part in zip(names, target_parts)],
+        target_parts[-1].classes if target_parts else source.classes)
     parts = [part if keeps[name].all() else subset(part, keeps[name])
              for name, part in zip(names, target_parts)]
     return (source if keep_source.all() else subset(source, keep_source)), parts, counts
@@ -482,41 +471,29 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
     # any image is aligned, and the numbers go into the summary either way
     framing = {"source": framing_stats(source), "target": framing_stats(target)}
     check_framing(framing, p)
-    test, val = official.get("test"), official.get("val")
-    check_sizes(source, target, p, test, val)  # before the (slow) alignment, on raw counts
-    xs, xt = align(source, p, scratch), align(target, p, scratch)
-    xo = {k: align(v, p, scratch) for k, v in official.items()}
-    # copies are found among what the model sees (aligned bytes): a grey image and its RGB,
-    # RGBA, palette, 16-bit, BMP or TIFF copy, or two sizes that align alike, are one image
     keep_source, keeps, dropped, notes = find_copies(
-        (image_digests(xs), source.labels),
-        [(k, image_digests(x), official[k].labels) for k, x in xo.items()]
-        + [("train", image_digests(xt), target.labels)], source.classes, target.classes)
-    if not keep_source.all():
-        xs, source = take_rows(xs, keep_source), subset_labels(source, keep_source)
-    if not keeps["train"].all():
-        xt, target = take_rows(xt, keeps["train"]), subset_labels(target, keeps["train"])
-    for k in official:
-        if not keeps[k].all():
-            xo[k], official[k] = take_rows(xo[k], keeps[k]), subset_labels(official[k], keeps[k])
+        (image_digests(source, p.channels), source.labels),
+        [(k, image_digests(v, p.channels), v.labels) for k, v in official.items()]
+        + [("train", image_digests(target, p.channels), target.labels)], target.classes)
+    source = source if keep_source.all() else subset(source, keep_source)
+    target = target if keeps["train"].all() else subset(target, keeps["train"])
+    official = {k: v if keeps[k].all() else subset(v, keeps[k]) for k, v in official.items()}
     if dropped["source_images_also_in_target"]:
         print(f"warning: {dropped['source_images_also_in_target']} source images are also target "
-              "images (the same pixels once aligned): dropped from the source")
-    if dropped["source_duplicates_dropped"] or dropped["target_duplicates_dropped"]:
-        print(f"warning: {dropped['source_duplicates_dropped']} source and "
-              f"{dropped['target_duplicates_dropped']} target images repeat an earlier image "
-              "(the same pixels once aligned): each kept once")
+              "images (the same picture, however saved): dropped from the source")
+    if dropped["target_duplicates_dropped"] or dropped["source_repeats"]:
+        print(f"warning: {dropped['target_duplicates_dropped']} target images repeat an earlier "
+              f"one (each kept once); {dropped['source_repeats']} source images repeat one")
     test, val = official.get("test"), official.get("val")
-    if notes:  # counts changed: sized again, each message saying what was dropped from a class
-        check_sizes(source, target, p, test, val,
-                    {("target" if role == "train" else role, c): note
-                     for (role, c), note in notes.items()})
+    check_sizes(source, target, p, test, val,
+                {("target" if role == "train" else role, c): note for (role, c), note in notes.items()})
+    xs, xt = align(source, p, scratch), align(target, p, scratch)
     s = split_stratified(source.labels, p.split_seed, val=p.source_val_fraction)
     t = split_stratified(target.labels, p.split_seed, **({} if test else {"test": p.target_test_fraction}),
                          **({} if val else {"val": p.target_val_per_class}))
-    x_test, y_test = ((xo["test"], test.labels) if test
+    x_test, y_test = ((align(test, p, scratch), test.labels) if test
                       else (take_rows(xt, t["test"]), target.labels[t["test"]]))
-    x_val, y_val = ((xo["val"], val.labels) if val
+    x_val, y_val = ((align(val, p, scratch), val.labels) if val
                     else (take_rows(xt, t["val"]), target.labels[t["val"]]))
     shots = draw_shots(target.labels, t["rest"], p.shots, seed)
     unlabelled = np.setdiff1d(t["rest"], shots)
