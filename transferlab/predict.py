@@ -5,8 +5,12 @@ Pillow reads, of any size and mode, goes through the preprocessing recorded in t
 (the `prepare` alignment the model was trained on: channels, bounding-box crop, bottleneck,
 size, scaling), so a file exported from the target dataset gives the very tensor it gave in
 training. One CSV row per image: the top-k classes by name with their probabilities. A file
-that cannot be read gets one line on stderr and the rest are still predicted (exit code 2 then,
-0 when every file was predicted).
+that cannot be read gets its own line on stderr ("skipped: <file>: <why>") and the rest are still
+predicted: the CSV holds the readable ones, and the exit code is 2 when any file was skipped (a
+script must not take a partial CSV for a whole one), 0 when every file was predicted. None
+readable: one "error:" line and no CSV. The model's metadata (preprocessing, classes) is checked
+before any image is read (transferlab.records); the ONNX export and the placeholder of a skipped
+strategy are named as such.
 
     transferlab-predict models/transfer/finetune.safetensors photos/ extra.png --out predictions.csv --top-k 3
 """
