@@ -312,6 +312,25 @@ def test_copies_are_found_whatever_the_channels(channels, tmp_path, capsys):
     assert summary["source_images_also_in_target"] == 2
 
 
+def test_a_colour_target_saved_as_grey_is_the_same_picture_in_a_grey_scenario(tmp_path, capsys):
+    """prepare.channels: 1 turns the colour target grey by luma: the target's colour images
+    converted to grey by Pillow (as an image editor does) are the same picture. (Only where the
+    folder decode does not resize them, here data.decode_size = their size: resizing in colour
+    then taking luma differs by rounding from resizing the grey copy.)"""
+    target = tmp_path / "tgt"
+    for k, name in enumerate(("a", "b")):
+        for i in range(5):
+            save(target / name / f"{i}.png", np.stack([digit(10 * k + i), digit(40 + 10 * k + i),
+                                                      digit(80 + 10 * k + i)], -1))
+    source = digit_folder(tmp_path / "src", {"a": 4, "b": 4}, seed=5)
+    for path in sorted(target.glob("*/*.png"))[::2]:
+        save(source / path.parent.name / f"grey-{path.name}", Image.open(path).convert("L"))
+    params = merge(folders(source, target), {"data": {"decode_size": SIZE}})
+    code, err, summary = run_stages(tmp_path / "work", params, capsys)
+    assert code == 0, err
+    assert summary["source_images_also_in_target"] == 5
+
+
 def test_repeats_inside_the_source_are_counted_whatever_their_mode(tmp_path, capsys):
     """A source image twice (once as RGB, once as TIFF in another class): counted in the summary
     (source_repeats), not dropped: it can only flatter the source validation score."""
@@ -505,6 +524,26 @@ def test_a_folder_param_that_is_no_folder_is_one_line_naming_it(fault, tmp_path,
     code, _, err = run_entry(work, "download", "data/raw", capsys=capsys)
     assert_one_line_error(code, err, key, fragments=[f"point {key} at"])
     assert str(bad)[:200] in err
+    assert_untouched(work, before)
+
+
+def test_a_root_that_cannot_be_listed_is_one_line(tmp_path, work, capsys, monkeypatch):
+    """chmod 000 stops no root user (these tests run as root in CI): the listing is refused the
+    way the kernel refuses it to anyone else."""
+    root = digit_folder(tmp_path / "locked", {"a": 3, "b": 3})
+    scandir = os.scandir
+
+    def refuse(path="."):
+        if Path(path) == root:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+    monkeypatch.setattr(os, "scandir", refuse)
+    (work / "params.yaml").write_text(yaml.safe_dump(merge(tiny_params_dict(), {
+        "data": {"target": {"name": "folder", "root": str(root)}}})))
+    before = snapshot(work, *OUTPUT_DIRS)
+    code, _, err = run_entry(work, "download", "data/raw", capsys=capsys)
+    assert_one_line_error(code, err, "data.target.root", str(root),
+                          fragments=["cannot be listed", "Permission denied"])
     assert_untouched(work, before)
 
 
