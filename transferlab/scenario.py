@@ -67,7 +67,8 @@ def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 3:
         return x.expand(-1, 3, -1, -1).contiguous()
     grey = (x == x[:, :1]).flatten(1).all(1).view(-1, 1, 1, 1)
-    return torch.where(grey, x[:, :1], (x * torch.tensor(LUMINANCE).view(1, 3, 1, 1)).sum(1, keepdim=True))
+    luminance = (x * torch.tensor(LUMINANCE).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return torch.where(grey, x[:, :1], luminance)
 
 
 ALIGN_CHUNK = 1024  # images aligned at once, at most; and at most ALIGN_BYTES of float32 work
@@ -283,21 +284,22 @@ def check_sizes(source: RawDataset, target: RawDataset, p: Prepare,
                             "prepare.target_val_per_class")
         # what the class must hold at the least: one carved test image, the carved validation
         # images, the shots; no fraction can make a smaller class fit
-        needs = [(1, "test image", "prepare.target_test_fraction")] if test_counts is None else []
+        needs = []  # (images, what they are for, the knob, its value)
+        if test_counts is None:
+            needs.append((1, "test image", "prepare.target_test_fraction", p.target_test_fraction))
         if val_counts is None and p.target_val_per_class:
             needs.append((p.target_val_per_class, "validation (prepare.target_val_per_class)",
-                          "prepare.target_val_per_class"))
+                          "prepare.target_val_per_class", p.target_val_per_class))
         if p.shots:
-            needs.append((p.shots, "shots (prepare.shots)", "prepare.shots"))
-        if n < (least := sum(k for k, _, _ in needs)):
-            count, _, key = max(needs, key=lambda need: need[0])
-            lowerable = [k for _, _, k in needs if k != "prepare.target_test_fraction"]
+            needs.append((p.shots, "shots (prepare.shots)", "prepare.shots", p.shots))
+        if n < (least := sum(need[0] for need in needs)):
+            _, _, key, value = max(needs, key=lambda need: need[0])
+            lowerable = [need[2] for need in needs if need[2] != "prepare.target_test_fraction"]
             lower = f", or lower {' or '.join(lowerable)}" if lowerable else ""
-            raise UserError(f"{key}={count if key != 'prepare.target_test_fraction' else p.target_test_fraction}"
-                            f" but class {name} has only {n} image(s){why('target', c)}, "
-                            f"fewer than the {least} it needs ("
-                            f"{' + '.join(f'{k} {what}' for k, what, _ in needs)}): no fraction "
-                            f"makes it fit: add images{lower}")
+            parts = " + ".join(f"{k} {what}" for k, what, _, _ in needs)
+            raise UserError(f"{key}={value} but class {name} has only {n} image(s)"
+                            f"{why('target', c)}, fewer than the {least} it needs ({parts}): no "
+                            f"fraction makes it fit: add images{lower}")
         held = 0
         if test_counts is None:
             held = _take(p.target_test_fraction, n)
@@ -485,8 +487,8 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
         print(f"warning: {dropped['target_duplicates_dropped']} target images repeat an earlier "
               f"one (each kept once); {dropped['source_repeats']} source images repeat one")
     test, val = official.get("test"), official.get("val")
-    check_sizes(source, target, p, test, val,
-                {("target" if role == "train" else role, c): note for (role, c), note in notes.items()})
+    check_sizes(source, target, p, test, val, {("target" if role == "train" else role, c): note
+                                               for (role, c), note in notes.items()})
     xs, xt = align(source, p, scratch), align(target, p, scratch)
     s = split_stratified(source.labels, p.split_seed, val=p.source_val_fraction)
     t = split_stratified(target.labels, p.split_seed, **({} if test else {"test": p.target_test_fraction}),
