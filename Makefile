@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 	if [ -x $(BIN)/python ]; then \
 	    echo "$(VENV): reusing it ($$($(BIN)/python --version)); remove it to start afresh with $$py"; \
 	else \
-	    echo "$(VENV): $$("$$py" -c 'import sys; print(sys.version.split()[0], sys.executable)') ($$py)"; \
+	    "$$py" -c 'import sys; name, exe = sys.argv[1], sys.executable; print(f"$(VENV): Python {sys.version.split()[0]}, {exe}" + ("" if name == exe else f" ({name})"))' "$$py"; \
 	    "$$py" -m venv $(VENV); \
 	fi
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -55,25 +55,25 @@ plots-template: $(STAMP)
 	$(BIN)/python scripts/plots_template.py $(PLOTS_TEMPLATE)
 
 run: install  ## the default experiment: every stage that is out of date, then the results
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@$(BIN)/python -c "import json; from transferlab.evaluation import results_markdown as t; \
 	print(t(json.load(open('metrics/evaluate.json'))), end='')"
 	@echo "report: $(CURDIR)/report.html (open it in a browser)"
 
 test: install  ## the whole suite, end-to-end dvc runs included (what CI runs)
-	PATH="$(CURDIR)/$(BIN):$$PATH" pytest
+	PATH="$(abspath $(BIN)):$$PATH" pytest
 
 test-fast: install  ## without the end-to-end dvc runs
-	PATH="$(CURDIR)/$(BIN):$$PATH" pytest -m "not slow"
+	PATH="$(abspath $(BIN)):$$PATH" pytest -m "not slow"
 
 clean:  ## remove the pipeline's cached outputs (the DVC cache keeps them: `dvc checkout`)
 	rm -rf data/raw data/prepared data/features models
 
 study: install  ## the label-budget x seed study and the layer grid (about 6 minutes on 2 cores)
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro study/dvc.yaml
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro study/dvc.yaml
 
 ranking: install  ## transferability scores vs real outcomes of candidate sources (ranking/dvc.yaml)
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro ranking/dvc.yaml
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro ranking/dvc.yaml
 
 readme:  ## copy the committed result tables into README.md (a test checks they agree)
 	$(BIN)/python scripts/sync_readme.py
