@@ -285,3 +285,78 @@ def test_dvc_repro_killed_during_pretrain_recovers_on_the_next_repro(tmp_path, m
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["pretrain"]
     assert lock["params"]["params.yaml"]["pretrain.epochs"] == 40  # the rerun, not the old lock
     assert (repo / "models/source.safetensors").is_file()
+
+
+# ---- c. `dvc` alone killed while its stage starts (issue 23, class 2) -------------------------
+
+PRETRAIN_OUTS = ("models/source.safetensors", "metrics/pretrain.json", "plots/curves/pretrain.csv")
+
+
+@pytest.fixture(scope="module")
+def prepared_repo(tmp_path_factory):
+    """A project copy whose prepare ran under dvc, with 300 pretraining epochs (30 s or more on
+    one core): a stage that survives its `dvc` would still be training when the test looks."""
+    from tests.dvc_helpers import copy_project, git
+
+    repo = copy_project(tmp_path_factory.mktemp("launcher") / "repo",
+                        tiny_params_dict(pretrain={"epochs": 300}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    dvc(repo, "repro", "prepare")
+    return repo
+
+
+def torch_loaded(process: psutil.Process) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{process.pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signum, after_s, shell", [
+    (signal.SIGKILL, 0.0, "/bin/bash"), (signal.SIGTERM, 0.0, "/bin/bash"),
+    (signal.SIGKILL, 0.5, "/bin/bash"), (signal.SIGTERM, 0.5, "/bin/bash"),
+    (signal.SIGKILL, 0.0, "/bin/sh"), (signal.SIGTERM, 1.0, "/bin/sh"),
+    (signal.SIGKILL, 5.0, "/bin/sh"), (signal.SIGTERM, 5.0, "/bin/bash")],
+    ids=["KILL-at-exec-bash", "TERM-at-exec-bash", "KILL-0.5s-bash", "TERM-0.5s-bash",
+         "KILL-at-exec-sh", "TERM-1s-sh", "KILL-5s-sh", "TERM-5s-bash"])
+def test_a_stage_whose_dvc_dies_at_any_moment_stops_and_publishes_nothing(
+        prepared_repo, tmp_path, signum, after_s, shell):
+    """SIGTERM or SIGKILL to `dvc` alone (a CI timeout, a process manager, the OOM killer) the
+    moment its stage process exists (before `transferlab` or torch is imported), during the
+    imports, or in training; `dvc` running the stage through bash (which execs it: the stage's
+    parent is dvc) or dash (which stays between them). The stage must be gone within seconds
+    (not train on as an orphan: 300 epochs here), publish nothing dvc.lock does not record,
+    and leave no temporary."""
+    repo = tmp_path / "repo"
+    shutil.copytree(prepared_repo, repo, symlinks=True)
+    lock = (repo / "dvc.lock").read_bytes()
+    environ = {**env(repo), **ONE_THREAD, "SHELL": shell}
+    environ.pop("TRANSFERLAB_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=repo,
+                            env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        launcher, deadline, stage = psutil.Process(proc.pid), time.monotonic() + 120, None
+        while stage is None:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+            stage = process_running(launcher, "stages/pretrain.py")
+            time.sleep(0.005)
+        time.sleep(after_s)
+        early = not torch_loaded(stage)
+        proc.send_signal(signum)  # dvc alone, not its process group
+        killed = time.monotonic()
+        proc.wait(timeout=30)
+        wait_gone(stage, timeout=20)
+        took = time.monotonic() - killed
+        output = proc.stdout.read().decode(errors="replace")
+    finally:
+        if proc.poll() is None or (stage is not None and stage.is_running()):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if after_s == 0.0:
+        assert early, "the kill landed after torch was loaded: the start-up window was missed"
+    assert took < 15, f"the stage lived {took:.1f} s after its dvc: {output}"
+    time.sleep(1.0)  # nothing may appear late either
+    assert [p for p in PRETRAIN_OUTS if (repo / p).exists()] == [], output
+    assert (repo / "dvc.lock").read_bytes() == lock
+    assert temporaries(repo, "data", "models", "metrics", "plots") == []

@@ -17,11 +17,13 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -560,3 +562,89 @@ def test_the_errno_of_every_path_error_has_a_fix():
         assert str(err).startswith(f"cannot write some/file ({os.strerror(code)}): ")
         err = path_error(Path("some/file"), OSError(code, os.strerror(code)), "read")
         assert str(err).startswith(f"some/file cannot be read ({os.strerror(code)}): ")
+
+
+# ---- class 2: the launcher, known from the stage's first instruction --------------------------
+
+FAKE_DVC = """import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+CHILD = """import sys, time
+import transferlab
+print(transferlab.ORPHANED, len(transferlab.LAUNCHERS), flush=True)
+from transferlab import io
+print(io.launcher_gone(), flush=True)
+time.sleep(60)
+"""
+
+
+def launched(tmp_path: Path, launcher_name: str):
+    """CHILD run by a python script named `launcher_name` (a stand-in for `dvc`), $DVC_STAGE
+    set: (the launcher's Popen, the child's pid, the child's first two lines)."""
+    script = tmp_path / launcher_name
+    script.write_text(FAKE_DVC)
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_STAGE": "pretrain"}
+    proc = subprocess.Popen([sys.executable, str(script), CHILD], env=environ,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = int(proc.stdout.readline())
+    lines = [proc.stdout.readline().strip() for _ in range(2)]
+    return proc, child, lines
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["KILL", "TERM"])
+def test_a_stage_dies_with_the_dvc_that_launched_it(tmp_path, signum):
+    """The parent-death signal asked for at import: `dvc` killed, its stage gets SIGTERM at
+    once, whatever it is doing (here: sleeping before any run_stage, as during `import torch`)."""
+    proc, child, lines = launched(tmp_path, "dvc")
+    try:
+        assert lines == ["False 1", "False"]  # dvc found, not gone
+        proc.send_signal(signum)
+        deadline = time.monotonic() + 5
+        while alive(child):
+            assert time.monotonic() < deadline, "the stage outlived its dvc"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_stage_with_no_dvc_above_it_never_publishes(tmp_path):
+    """$DVC_STAGE set but no `dvc` in the chain (it died before the stage's first instruction,
+    or the variable was set by hand): orphaned from the start, launcher_gone() from then on."""
+    proc, child, lines = launched(tmp_path, "not-dvc")
+    try:
+        assert lines == ["True 0", "True"]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_stage_run_by_hand_with_dvc_stage_set_runs_nothing(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_STAGE": "check_params"}
+    environ.pop("TRANSFERLAB_DEBUG", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/check_params.py"), "params.yaml",
+                           "params.ok"], cwd=tmp_path, env=environ, capture_output=True,
+                          text=True, timeout=120)
+    assert_one_line_error(proc.returncode, proc.stderr, "DVC_STAGE",
+                          fragments=["no dvc process launched this stage"])
+    assert not (tmp_path / "params.ok").exists()
+
+
+def test_importing_the_package_outside_dvc_does_nothing(monkeypatch):
+    import transferlab
+
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    transferlab.take_launchers()
+    assert transferlab.LAUNCHERS == [] and transferlab.ORPHANED is False

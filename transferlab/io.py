@@ -764,6 +764,9 @@ def launcher_gone() -> bool:
 
 
 LAUNCHER_GONE = "the dvc process that ran this stage is gone: stopping without writing outputs"
+NO_LAUNCHER = ("$DVC_STAGE is set but no dvc process launched this stage (it died as the stage "
+               "started, or the variable was set by hand): nothing was run; run it with "
+               "`dvc repro`, or unset DVC_STAGE")
 _finished = threading.Event()  # set once the stage is done, failed or interrupted
 
 
@@ -835,8 +838,8 @@ def run_stage(main: Callable[[list[str] | None], None]) -> None:
     if launcher_gone():  # `dvc` died while this stage started (imports): run nothing
         _finished.set()
         _recording.clear()
-        print(f"error: {LAUNCHER_GONE}", file=sys.stderr)
-        sys.exit(130)
+        print(f"error: {NO_LAUNCHER if transferlab.ORPHANED else LAUNCHER_GONE}", file=sys.stderr)
+        sys.exit(2)
     if transferlab.LAUNCHERS:
         threading.Thread(target=_stop_when_launcher_gone, daemon=True).start()
     try:
