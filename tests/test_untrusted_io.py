@@ -201,6 +201,21 @@ def test_every_reader_refuses_a_malformed_safetensors_file_in_one_line(
             assert INVALID in message, (name, message)
 
 
+def test_a_file_changed_under_a_lazy_array_is_one_line(pipeline_files, tmp_path, monkeypatch):
+    """Validated at load, then truncated or removed while a stage reads it row by row."""
+    monkeypatch.setenv("TRANSFERLAB_RESIDENT_MIB", "0")
+    path = tmp_path / "source.safetensors"
+    blob = (pipeline_files / "data/prepared/source.safetensors").read_bytes()
+    path.write_bytes(blob)
+    arrays = load_arrays(path, lazy=True)
+    path.write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(UserError, match="is corrupt .*shorter than its header says"):
+        [np.asarray(a) for a in arrays.values()]
+    path.unlink()
+    with pytest.raises(UserError, match=r"cannot be read \(No such file or directory\): .*dvc repro"):
+        [np.asarray(a) for a in arrays.values()]
+
+
 def test_the_unmutated_files_load(pipeline_files, monkeypatch):
     """The checks refuse nothing the pipeline itself writes, lazily or not."""
     monkeypatch.setenv("TRANSFERLAB_RESIDENT_MIB", "0")
@@ -333,6 +348,17 @@ def test_long_names_loops_and_files_for_folders_are_one_line(tmp_path):
         with pytest.raises(UserError, match=why):
             read_json(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_a_hard_linked_output_is_replaced_not_written_into(tmp_path):
+    """The other name of the file (a DVC cache entry with cache.type hardlink, say) keeps its
+    bytes: an output is a new file moved into place, never the old inode rewritten."""
+    cache = tmp_path / "cache"
+    cache.write_text("cached\n")
+    out = tmp_path / "out.json"
+    os.link(cache, out)
+    write_json(out, {"a": 1})
+    assert cache.read_text() == "cached\n" and read_json(out) == {"a": 1}
 
 
 def test_a_name_of_255_bytes_is_written(tmp_path):
@@ -648,3 +674,17 @@ def test_importing_the_package_outside_dvc_does_nothing(monkeypatch):
     monkeypatch.delenv("DVC_STAGE", raising=False)
     transferlab.take_launchers()
     assert transferlab.LAUNCHERS == [] and transferlab.ORPHANED is False
+
+
+def test_an_input_error_inside_an_output_block_names_the_input(tmp_path):
+    """A missing input met while an output is being written is about the input, not 'cannot
+    write <output>'; a full disk while writing is about the output."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(UserError, match=rf"^{loop}/x cannot be read \(Too many levels"):
+        with atomic_path(tmp_path / "out.json") as tmp:
+            tmp.write_text((loop / "x").read_text())
+    with pytest.raises(UserError, match=r"^cannot write .*out.json \(No space left on device\)"):
+        with atomic_path(tmp_path / "out.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert list(tmp_path.iterdir()) == [loop]

@@ -61,7 +61,8 @@ _PATH_FIXES = {
     errno.ENOSPC: "its disk is full: free space, then run again",
     errno.EDQUOT: "your disk quota is used up: free space, then run again",
     errno.EFBIG: "the file is larger than its file system allows: use another disk",
-    errno.ENOENT: "a folder in it does not exist: fix the path",
+    errno.ENOENT: "it, or a folder in it, does not exist (removed while this ran?): fix the "
+                  "path, or run the stage that writes it (`dvc repro`)",
     errno.EEXIST: "a part of it that should be a folder is a file: fix the path",
     errno.EINVAL: "fix the path",
 }
@@ -219,7 +220,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         try:
             yield target
         except OSError as err:
-            if err.errno in _PATH_FIXES:
+            named = os.fsdecode(err.filename) if isinstance(err.filename, (str, bytes)) else None
+            if named is not None and not os.path.abspath(named).startswith(str(tmp.absolute())):
+                if err.errno in _PATH_FIXES:  # about another path the block used: an input
+                    raise path_error(named, err, "read") from None
+                raise
+            if err.errno in _PATH_FIXES:  # the temporary output itself, or a write (ENOSPC)
                 raise _unwritable(path, err) from None
             raise
         if launcher_gone():
