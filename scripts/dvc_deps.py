@@ -1,7 +1,15 @@
-"""Write every stage's library dependencies in the project's dvc.yaml files from the import graph.
+"""Write the declarations of the project's dvc.yaml files that follow from code: every stage's
+library dependencies (from the import graph) and every list of the default strategies (from the
+one list there is: the keys of dvc.yaml's `transfer` foreach).
 
     python scripts/dvc_deps.py           rewrite dvc.yaml, study/dvc.yaml, ranking/dvc.yaml
-    python scripts/dvc_deps.py --check   exit 1 and name the stages whose lists differ
+    python scripts/dvc_deps.py --check   exit 1 and name the files that differ
+
+Strategy lists: wherever a command or a deps list names several strategies' files in a row
+(`models/transfer/<s>.safetensors`, `metrics/transfer/<s>.json`, `plots/curves/<s>.csv`), the
+row is rewritten to name exactly the default strategies, in their order. Adding a method to the
+default pipeline is then: its module, its params section, one entry in the `transfer` foreach,
+and this script.
 
 A stage depends on its script and on every `transferlab` file that importing the script runs,
 directly or through other modules (a package's `__init__.py` included when it runs code; a
@@ -32,6 +40,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: the repository's root is not on the path
+    sys.path.insert(0, str(ROOT))
 DVC_FILES = ("dvc.yaml", "study/dvc.yaml", "ranking/dvc.yaml")
 HAND_WRITTEN = re.compile(r"transferlab/strategies(/(?!__init__\.py$)[^/]+)?$")
 DISCOVERED = ("transferlab/backbones",)  # packages that import every module of theirs
@@ -78,13 +88,27 @@ def runs_code(path: Path) -> bool:
     return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
 
 
+def registry_modules(package: Path) -> list[Path]:
+    """The modules a registry package imports by name when it is imported (pkgutil)."""
+    return sorted(p for p in package.parent.glob("*.py") if p.name != "__init__.py")
+
+
 def closure(*scripts: Path) -> set[Path]:
-    """Every file importing `scripts` runs, the scripts included."""
-    needed, todo = set(scripts), list(scripts)
+    """Every file importing `scripts` runs, the scripts included. A registry's __init__ imports
+    all its modules by name: what they import is followed too (the strategies' options.py), but
+    the method modules themselves are left to the hand-written entries."""
+    needed, todo, followed = set(scripts), list(scripts), set()
     while todo:
-        for path in imports_of(todo.pop()) - needed:
-            needed.add(path)
-            todo.append(path)
+        path = todo.pop()
+        found = imports_of(path)
+        if path == ROOT / "transferlab/strategies/__init__.py":
+            for module in registry_modules(path):
+                if module not in followed:
+                    followed.add(module)
+                    found |= imports_of(module) - {module}
+        for new in found - needed:
+            needed.add(new)
+            todo.append(new)
     return needed
 
 
@@ -174,6 +198,98 @@ def rewrite(text: str, generated: list[list[str]]) -> str:
     return "".join(out)
 
 
+STRATEGY_FILES = ("models/transfer/{}.safetensors", "metrics/transfer/{}.json",
+                  "plots/curves/{}.csv")
+
+
+def default_strategies() -> list[str]:
+    """The keys of dvc.yaml's `transfer` foreach: the strategies of the default pipeline."""
+    return list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["transfer"]["foreach"])
+
+
+def _file_pattern(template: str, names: list[str]) -> str:
+    alternatives = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
+    return re.escape(template).replace(r"\{\}", f"(?:{alternatives})")
+
+
+def rewrite_strategy_lists(text: str, keys: list[str], names: list[str]) -> str:
+    """`text` with every run of two or more strategy files of one kind, in a folded command or
+    a deps list, replaced by the files of `keys`; a command that changed is wrapped anew."""
+    lines, out, i = text.splitlines(keepends=True), [], 0
+    while i < len(lines):
+        line = lines[i]
+        if re.match(r"^\s+cmd:\s*>-?\s*$", line):  # a folded command: lines until a key
+            j = i + 1
+            indent = re.match(r"^(\s*)", lines[j])[1] if j < len(lines) else ""
+            while j < len(lines) and lines[j].startswith(indent) and lines[j].strip() \
+                    and not re.match(r"^\s*[\w-]+:(\s|$)", lines[j]):
+                j += 1
+            tokens = " ".join(lines[i + 1:j]).split()
+            new = _replace_runs(tokens, keys, names)
+            out.append(line)
+            out.extend(lines[i + 1:j] if new == tokens else _wrap(new, indent))
+            i = j
+            continue
+        item = re.match(r"^(\s*)- (\S+)(\s+#.*)?$", line)
+        kind = item and _kind(item[2], names)
+        if kind is not None:
+            j = i
+            while j < len(lines) and (m := re.match(r"^(\s*)- (\S+)", lines[j])) \
+                    and m[1] == item[1] and _kind(m[2], names) == kind:
+                j += 1
+            if j - i >= 2:
+                comment = (item[3] or "").rstrip("\n")
+                out.extend(f"{item[1]}- {STRATEGY_FILES[kind].format(k)}{comment if n == 0 else ''}\n"
+                           for n, k in enumerate(keys))
+                i = j
+                continue
+        out.append(line)
+        i += 1
+    return "".join(out)
+
+
+def _kind(token: str, names: list[str]) -> int | None:
+    for n, template in enumerate(STRATEGY_FILES):
+        if re.fullmatch(_file_pattern(template, names), token):
+            return n
+    return None
+
+
+def _replace_runs(tokens: list[str], keys: list[str], names: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(tokens):
+        kind = _kind(tokens[i], names)
+        j = i
+        while kind is not None and j < len(tokens) and _kind(tokens[j], names) == kind:
+            j += 1
+        if kind is not None and j - i >= 2:
+            out.extend(STRATEGY_FILES[kind].format(k) for k in keys)
+            i = j
+        else:
+            out.append(tokens[i])
+            i += 1
+    return out
+
+
+def _wrap(tokens: list[str], indent: str, width: int = 96) -> list[str]:
+    lines, current = [], ""
+    for token in tokens:
+        if current and len(indent) + len(current) + 1 + len(token) > width:
+            lines.append(f"{indent}{current}\n")
+            current = token
+        else:
+            current = f"{current} {token}" if current else token
+    return lines + [f"{indent}{current}\n"]
+
+
+def generate(path: Path) -> str:
+    """The file at `path` as the generator writes it."""
+    from transferlab.strategies import NAMES
+
+    text = rewrite(path.read_text(), expected(path))
+    return rewrite_strategy_lists(text, default_strategies(), list(NAMES))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", default=DVC_FILES, help=f"default: {' '.join(DVC_FILES)}")
@@ -183,7 +299,7 @@ def main(argv=None) -> int:
     for rel in args.files:
         path = ROOT / rel
         text = path.read_text()
-        new = rewrite(text, expected(path))
+        new = generate(path)
         if new != text:
             stale.append(rel)
             if not args.check:

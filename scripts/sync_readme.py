@@ -14,6 +14,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: the repository's root is not on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scripts.dvc_deps import default_strategies
 from scripts.params_reference import table as params_table
 from transferlab.evaluation import results_markdown
 
@@ -24,7 +25,16 @@ def blocks() -> dict[str, str]:
     return {"results": results_markdown(json.loads((ROOT / "metrics/evaluate.json").read_text())),
             "study": (ROOT / "study/report.md").read_text(),
             "ranking": (ROOT / "ranking/report.md").read_text(),
-            "params": params_table()}
+            "params": params_table(),
+            "pipeline": pipeline_picture()}
+
+
+def pipeline_picture() -> str:
+    """The default pipeline's stages as one picture (its strategies from dvc.yaml)."""
+    head = "download ─► prepare ─► pretrain ─► extract ─► "
+    transfer = f"transfer@{{{','.join(default_strategies())}}} ─► "
+    return (f"```\n{head}{transfer}evaluate ─► report\n"
+            f"{' ' * (len(head) + len(transfer) - 2)}└► export\n```\n")
 
 
 def pages() -> list[Path]:

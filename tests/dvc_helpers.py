@@ -12,9 +12,14 @@ import yaml
 
 from tests.conftest import ROOT
 
-STAGES = ["check_params", "download", "prepare", "pretrain", "extract", "transfer@scratch", "transfer@finetune",
-          "transfer@features", "transfer@structure", "transfer@joint", "transfer@mcc", "evaluate",
-          "export", "report"]
+def _stage_names() -> list[str]:
+    """dvc.yaml's stages as `dvc repro` names them, in order (the transfer foreach expanded)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return [name if key is None else f"{name}@{key}" for name, stage in stages.items()
+            for key in (stage.get("foreach") or [None])]
+
+
+STAGES = _stage_names()
 PROJECT_FILES = ["dvc.yaml", "study/dvc.yaml", "ranking/dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore",
                  ".dvc/plots", "data/.gitignore", "stages", "transferlab"]
 
@@ -162,7 +167,7 @@ def _resolved_stages(root: Path) -> dict[str, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp).resolve()
         for folder, subfolders, files in os.walk(root):
-            subfolders[:] = [d for d in subfolders if d not in skip]
+            subfolders[:] = [d for d in subfolders if d not in skip and not d.startswith(".venv")]
             for name in files:
                 if name.endswith(".yaml") and name != "dvc.lock":
                     rel = Path(folder, name).relative_to(root)

@@ -316,7 +316,7 @@ CASES = [
                  id="cross-image-too-small-for-small_cnn"),
     pytest.param({"model": {"arch": "resnet18"}, "prepare": {"image_size": 16}}, "prepare.image_size",
                  ["use >= 32"], id="cross-image-too-small-for-resnet18"),
-    pytest.param({"model": {"weights": "imagenet"}}, "model.weights", ["needs a torchvision model.arch"],
+    pytest.param({"model": {"weights": "imagenet"}}, "model.weights", ["needs a model.arch with published weights"],
                  id="cross-weights-with-small_cnn"),
     pytest.param({"model": {"weights": "/tmp/backbone.pth"}}, "model.weights", ["use none"],
                  id="cross-weights-path-with-small_cnn"),

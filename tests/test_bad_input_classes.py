@@ -195,15 +195,17 @@ def test_splits_that_cannot_be_cut_stop_prepare_naming_key_and_class(override, k
 
 
 def image_folder(root: Path, classes: dict[str, int], seed: int = 0, size: int = 12) -> Path:
-    """<root>/<class>/<i>.png: `classes` maps a name to its image count; distinct random images."""
+    """<root>/<class>/<i>.png: `classes` maps a name to its image count; distinct random images,
+    ink on a blank 2-pixel border (the default framing's premise, which prepare checks)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     for name, count in classes.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
-                root / name / f"{i:03d}.png")
+            pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
+            pixels[:2], pixels[-2:], pixels[:, :2], pixels[:, -2:] = 0, 0, 0, 0
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
     return root
 
 

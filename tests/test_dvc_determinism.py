@@ -169,7 +169,8 @@ def test_every_params_key_is_tracked_by_a_stage():
               for key in s["params"].get("params.yaml", [])}
     whole_file = [name for name, s in resolved_stages().items()
                   if s["params"].get("params.yaml") == []]
-    templated = {m for path in ROOT.rglob("dvc.yaml") if ".venv" not in path.parts
+    templated = {m for path in ROOT.rglob("dvc.yaml")
+                 if not any(p.startswith(".venv") for p in path.relative_to(ROOT).parts)
                  for m in re.findall(r"\$\{\s*([\w.]+)\s*\}", path.read_text())
                  if not m.startswith("item") and m != "key"}
     tracked = {key for _, key in listed} | templated

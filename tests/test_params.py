@@ -120,7 +120,7 @@ def test_task_transfer_on_one_dataset_with_disjoint_classes_is_accepted():
 
 
 @pytest.mark.parametrize("model, prepare, expected", [
-    ({"weights": "imagenet"}, {}, "model.weights='imagenet' needs a torchvision model.arch"),
+    ({"weights": "imagenet"}, {}, "model.weights='imagenet' needs a model.arch with published weights"),
     ({"arch": "vit_b_16"}, {"image_size": 64}, "model.arch=vit_b_16 takes 224 x 224 images"),
     ({"arch": "mobilenet_v3_small", "weights": "IMAGENET1K_V1"}, {"image_size": 32},
      "model.weights=IMAGENET1K_V1 expects colour input"),

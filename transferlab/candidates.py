@@ -45,7 +45,7 @@ def candidate_source(raw: RawDataset, target: RawDataset, name: str, cand: Candi
     held = [select_classes(relabel_by_name(target, part, split), classes, "data.target.classes")
             for split, part in sorted((official or {}).items())]
     target = select_classes(target, classes, "data.target.classes")
-    raw = separate_by_content(raw, *held, target)[0]
+    raw = separate_by_content(raw, *held, target, channels=params.prepare.channels)[0]
     x = align(raw, p)
     split = split_stratified(raw.labels, p.split_seed, val=p.source_val_fraction)
     train = split["rest"]

@@ -33,6 +33,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
+class Encoder(BaseModel):
+    """What a method's options may check themselves against (`Options.check_encoder`): the
+    encoder of `model.arch`, as the backbone registry describes it."""
+    arch: str
+    blocks: int  # named blocks: what frozen / copied block counts range over
+
+
 class Optim(Strict):
     batch_size: int = Field(ge=1, le=MAX_BATCH, description=WHY_BATCH)
     lr: float = Field(gt=0, le=10)

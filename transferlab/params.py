@@ -15,34 +15,22 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from transferlab import backbones
 from transferlab.io import UserError
 from transferlab.options import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGES_PER_CLASS, MAX_LIST,
                                  MAX_WIDTH, SEED_LIMIT, WHY_BATCH, WHY_IMAGES, WHY_LIST,
-                                 WHY_STEPS, Optim, Strict)
+                                 WHY_STEPS, Encoder, Optim, Strict)
 from transferlab.strategies import METHODS
-
-
-# The torchvision classification zoo (transferlab/models.py TorchvisionEncoder): named blocks
-# per architecture, what frozen/copied block counts range over.
-ZOO_BLOCKS = {"resnet18": 5, "resnet50": 5, "mobilenet_v3_small": 13, "efficientnet_b0": 9,
-              "convnext_tiny": 8, "vit_b_16": 14}
-VIT_SIZE = 224  # vit_b_16's position embedding is learnt for 14 x 14 patches of 16 px
 
 
 def encoder_blocks(arch: str, widths: Sequence[int]) -> int:
     """How many named blocks an architecture has (what frozen/copied block counts range over)."""
-    return len(widths) if arch == "small_cnn" else ZOO_BLOCKS[arch]
+    return backbones.get(arch).block_count(widths)
 
 
 def min_image_size(arch: str, widths: Sequence[int], small_input_stem: bool) -> int:
     """The smallest input that every downsampling of the encoder still leaves >= 1 pixel."""
-    if arch == "small_cnn":
-        return 2 ** (len(widths) - 1)  # every block but the last halves the image
-    if arch == "vit_b_16":
-        return VIT_SIZE
-    if arch.startswith("resnet") and small_input_stem:
-        return 8  # x8 (layer2..4)
-    return 32  # x32: the stem's x4 and three more halvings
+    return backbones.get(arch).smallest_input(widths, small_input_stem)
 
 
 def is_weights_name(weights: str) -> bool:
@@ -128,8 +116,7 @@ class Prepare(Strict):
 
 
 class Model(Strict):
-    arch: Literal["small_cnn", "resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0",
-                  "convnext_tiny", "vit_b_16"]
+    arch: Literal[backbones.NAMES]  # the backbone registry: transferlab/backbones/
     widths: list[int] = Field(min_length=1, max_length=6)  # small_cnn: channels per block
     small_input_stem: bool  # resnets: 3x3 stride-1 stem, no max-pool, for small images
     weights: str  # source init: none | a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...;
@@ -267,17 +254,18 @@ class Params(Strict):
     @model_validator(mode="after")
     def _fits_the_model(self):
         m = self.model
-        if m.weights != "none" and m.arch == "small_cnn":
-            raise ValueError(f"model.weights={m.weights!r} needs a torchvision model.arch "
-                             f"({', '.join(ZOO_BLOCKS)}; small_cnn has no published weights): use "
-                             "none")
+        backbone = backbones.get(m.arch)
+        if m.weights != "none" and backbone.weights is None:
+            with_weights = [n for n, b in backbones.BACKBONES.items() if b.weights is not None]
+            raise ValueError(f"model.weights={m.weights!r} needs a model.arch with published "
+                             f"weights ({', '.join(with_weights)}; {m.arch} has none): use none")
         if is_weights_name(m.weights) and self.prepare.channels != 3:
             raise ValueError(f"model.weights={m.weights} expects colour input: set "
                              "prepare.channels=3")
-        if m.arch == "vit_b_16" and self.prepare.image_size != VIT_SIZE:
-            raise ValueError(f"prepare.image_size={self.prepare.image_size}: model.arch=vit_b_16 "
-                             f"takes {VIT_SIZE} x {VIT_SIZE} images: set prepare.image_size="
-                             f"{VIT_SIZE}")
+        size = backbone.fixed_size
+        if size is not None and self.prepare.image_size != size:
+            raise ValueError(f"prepare.image_size={self.prepare.image_size}: model.arch={m.arch} "
+                             f"takes {size} x {size} images: set prepare.image_size={size}")
         folders = [r for r in ("source", "target") if getattr(self.data, r).name == "folder"]
         if folders and self.prepare.image_size > self.data.decode_size:
             raise ValueError(f"prepare.image_size={self.prepare.image_size} is larger than "
@@ -288,11 +276,11 @@ class Params(Strict):
         if self.prepare.image_size < smallest:
             raise ValueError(f"prepare.image_size={self.prepare.image_size} is too small for "
                              f"model.arch={m.arch} with these blocks: use >= {smallest}")
-        n = encoder_blocks(m.arch, m.widths)
-        for key, value in (("transfer.finetune.frozen_blocks", self.transfer.finetune.frozen_blocks),
-                           ("transfer.structure.copied_blocks", self.transfer.structure.copied_blocks)):
-            if value > n:
-                raise ValueError(f"{key}={value} but the encoder has {n} blocks; use 0..{n}")
+        encoder = Encoder(arch=m.arch, blocks=encoder_blocks(m.arch, m.widths))
+        for name in METHODS:  # each method checks its own options against the encoder
+            options = getattr(self.transfer, name)
+            if hasattr(options, "check_encoder"):
+                options.check_encoder(f"transfer.{name}", encoder)
         return self
 
 
