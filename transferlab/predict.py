@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.io import UserError, one_line, run_stage, show_path, write_csv
+from transferlab.io import UserError, check_output, one_line, run_stage, show_path, write_csv
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -175,6 +175,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k={args.top_k}: give 1 or more")
+    check_output(args.out)  # a link, device, FIFO, loop or over-long name: one line, before work
     if args.out.is_dir():
         raise UserError(f"--out {show_path(args.out)} is a folder: give a file path for the CSV, "
                         f"e.g. {show_path(args.out / 'predictions.csv')}")
