@@ -10,6 +10,7 @@ PCA of source-val and unlabelled-target features, before adaptation (the source 
 after it (every label-free method evaluated): `dvc plots show` draws the domains aligning.
 """
 
+import transferlab  # noqa: F401  first: notes the dvc process that launched this stage
 import argparse
 from pathlib import Path
 

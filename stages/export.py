@@ -5,6 +5,7 @@ its class names and preprocessing in the ONNX metadata, and checks onnxruntime a
 the target validation images before writing anything.
 """
 
+import transferlab  # noqa: F401  first: notes the dvc process that launched this stage
 import argparse
 from pathlib import Path
 

@@ -4,6 +4,7 @@ Training and model selection see the draw and the target validation set only; th
 test set is read after every model has been chosen.
 """
 
+import transferlab  # noqa: F401  first: notes the dvc process that launched this stage
 import argparse
 from pathlib import Path
 

@@ -2,6 +2,7 @@
 budget: n = 0..L source blocks copied and frozen (AnB), copied and fine-tuned (AnB+), and a
 control with n blocks frozen at a random initialisation. Test scores after selection."""
 
+import transferlab  # noqa: F401  first: notes the dvc process that launched this stage
 import argparse
 from pathlib import Path
 

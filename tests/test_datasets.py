@@ -330,3 +330,12 @@ def test_save_and_load_keep_images_labels_and_class_names(tmp_path):
 def test_raw_dataset_rejects_labels_outside_its_classes():
     with pytest.raises(ValueError, match="labels span 0..3 but there are 2 classes"):
         RawDataset(np.zeros((4, 2, 2), np.uint8), np.arange(4), 255, ("a", "b"))
+
+
+def test_a_data_folder_whose_tilde_names_no_user_is_one_line(monkeypatch):
+    from transferlab.datasets import default_cache_dir
+    from transferlab.io import UserError
+
+    monkeypatch.setenv("TRANSFERLAB_DATA", "~nosuchuser_transferlab/x")
+    with pytest.raises(UserError, match="TRANSFERLAB_DATA='~nosuchuser_transferlab/x': its ~"):
+        default_cache_dir()

@@ -590,7 +590,12 @@ DATASETS = (*EMBEDDED, *TORCHVISION, "folder")
 
 def default_cache_dir() -> Path:
     """Where torchvision's files live: $TRANSFERLAB_DATA, else ~/.cache/transferlab."""
-    return Path(os.environ.get("TRANSFERLAB_DATA") or "~/.cache/transferlab").expanduser().absolute()
+    given = os.environ.get("TRANSFERLAB_DATA") or "~/.cache/transferlab"
+    try:
+        return Path(given).expanduser().absolute()
+    except RuntimeError:  # ~nosuchuser/..., or no home directory to expand ~ to
+        raise UserError(f"TRANSFERLAB_DATA={given!r}: its ~ names no home directory: give a "
+                        "folder path (or unset it for ~/.cache/transferlab)") from None
 
 
 def has_official_split(name: str, root: Path | None, split: str) -> bool:
