@@ -69,7 +69,7 @@ test-fast: install  ## without the end-to-end dvc runs
 clean:  ## remove the pipeline's cached outputs (the DVC cache keeps them: `dvc checkout`)
 	rm -rf data/raw data/prepared data/features models
 
-study: install  ## the label-budget x seed study and the layer grid (about 6 minutes on 2 cores)
+study: install  ## the label-budget x seed study and the layer grid (about 25 minutes on 2 cores)
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro study/dvc.yaml
 
 ranking: install  ## transferability scores vs real outcomes of candidate sources (ranking/dvc.yaml)
