@@ -274,7 +274,9 @@ def render_report(scores: Mapping[str, Mapping], scenario: Mapping[str, int],
     if study is not None:
         parts += ["<h2>Study: label budget and seeds (95 % intervals)</h2>",
                   "<p>Target-test accuracy %, mean over seeds [95 % Student-t interval]; "
-                  "&#9888; = negative transfer (gain over scratch entirely below zero).</p>",
+                  "&#9888; = negative transfer: the interval of the gain over the best baseline that "
+                  "uses no more target labels (source-only at k = 0; the better of source-only "
+                  "and scratch from k = 1) lies entirely below zero, as in study/report.md.</p>",
                   study_table(study["cells"]), study_chart(study["cells"], colors)]
     parts += ["<h2>Training curves</h2>", curves_chart(curves, colors),
               "<h2>Confusion matrices (target test)</h2>",
