@@ -7,7 +7,8 @@ one list there is: the keys of dvc.yaml's `transfer` foreach).
 
 Strategy lists: wherever a command or a deps list names several strategies' files in a row
 (`models/transfer/<s>.safetensors`, `metrics/transfer/<s>.json`, `plots/curves/<s>.csv`), the
-row is rewritten to name exactly the default strategies, in their order. Adding a method to the
+row is rewritten to name exactly the default strategies, in their order (a row is two or more
+files: keep at least two strategies in the default pipeline, or one file is not seen as a list). Adding a method to the
 default pipeline is then: its module, its params section, one entry in the `transfer` foreach,
 and this script.
 
@@ -143,6 +144,8 @@ def expected(dvc_file: Path) -> list[list[str]]:
     spec = yaml.safe_load(dvc_file.read_text())
     result = []
     for body, keys in stage_bodies(spec).values():
+        if "deps" not in body:  # rewrite() numbers the `deps:` lists: skip stages without one
+            continue
         wdir = (dvc_file.parent / body.get("wdir", ".")).resolve()
         script = wdir / next(t for t in body["cmd"].split() if t.endswith(".py"))
         kept = [d for d in body.get("deps", []) if isinstance(d, str) and HAND_WRITTEN.match(d)]
@@ -191,8 +194,8 @@ def rewrite(text: str, generated: list[list[str]]) -> str:
         kept = [b for k, b in enumerate(block) if k not in library]
         if library:
             at = sum(1 for k in range(library[0]) if k not in library)
-        else:
-            at = max(k for k, b in enumerate(kept) if b.lstrip().startswith("- ")) + 1
+        else:  # after the last entry (an empty list: at its start)
+            at = max((k + 1 for k, b in enumerate(kept) if b.lstrip().startswith("- ")), default=0)
         kept[at:at] = entries
         out.extend(kept)
     return "".join(out)

@@ -5,8 +5,10 @@ and what params.yaml's comment says, as one markdown table (docs/params.md's gen
     make readme                               writes it into docs/params.md (scripts/sync_readme.py)
 
 Allowed values come from the schema itself (transferlab/params.py's pydantic models, through
-their JSON schema), so they cannot drift from what check_params accepts; descriptions are the
-comments beside each key in params.yaml, so they are written once, where users edit values.
+their JSON schema): each field's type, choices and bounds. Rules a validator checks (a value
+against another key, compute.threads' ceiling, a block count against model.arch) are not in the
+table; they stop check_params with one line naming both keys. Descriptions are the comments
+beside each key in params.yaml, so they are written once, where users edit values.
 """
 
 from __future__ import annotations

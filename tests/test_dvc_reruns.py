@@ -75,7 +75,7 @@ RERUNS: dict[str, frozenset[str]] = {
     # every stage script's first import: it notes the launching `dvc` (io.py's watchdog)
     "transferlab/__init__.py": EVERY,
     # the backbone registry imports every family module: the schema and every model builder
-    **{f"transferlab/backbones/{m}.py": EVERY - {"report"}
+    **{f"transferlab/backbones/{m}.py": EVERY
        for m in ("__init__", "resnet", "small_cnn", "staged", "vit")},
     "transferlab/candidates.py": frozenset(),  # ranking only
     "transferlab/compute.py": EVERY - {"check_params", "download", "prepare", "report"},  # as train.py
@@ -86,8 +86,9 @@ RERUNS: dict[str, frozenset[str]] = {
     # evaluate's scores; its rounding (DIGITS) in every metrics file the training stages write
     "transferlab/metrics.py": EVERY - {"check_params", "download", "prepare", "export", "report"},
     "transferlab/models.py": EVERY - {"check_params", "download", "prepare", "report"},
-    "transferlab/options.py": EVERY - {"export", "report"},
-    "transferlab/params.py": EVERY - {"evaluate", "export", "report"},
+    "transferlab/options.py": EVERY,
+    # every stage: the schema, and the preprocessing records evaluate, export and report check
+    "transferlab/params.py": EVERY,
     "transferlab/predict.py": frozenset(),  # the transferlab-predict command: no stage
     "transferlab/ranking.py": frozenset(),  # ranking only
     "transferlab/records.py": frozenset({"evaluate", "export", "report"}),  # files they read
@@ -101,9 +102,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/transfer.py": TRANSFER,
     "transferlab/transferability.py": frozenset({"extract"}),
     # the registry: the params schema and evaluate's table are built from it, so every stage
-    # but export and report lists it; check_params lists the whole folder (every method's
-    # options are the schema)
-    "transferlab/strategies/__init__.py": EVERY - {"export", "report"},
+    # lists it; check_params lists the whole folder (every method's options are the schema)
+    "transferlab/strategies/__init__.py": EVERY,
     **{f"transferlab/strategies/{s.removeprefix('transfer@')}.py": frozenset({"check_params", s})
        for s in sorted(TRANSFER)},
     **{f"transferlab/strategies/{m}.py": frozenset({"check_params"}) for m in OUTSIDE},

@@ -324,3 +324,27 @@ def test_divergence_advice_names_the_step_knobs_a_method_has():
     assert "transfer.joint.target_weight" in divergence_advice("joint", transfer.joint)
     mcc = divergence_advice("mcc", transfer.mcc)  # the default temperature: not the cause
     assert "transfer.mcc.loss_weight" in mcc and "temperature" not in mcc
+
+
+def test_an_image_argument_with_an_over_long_name_is_one_line_not_a_traceback():
+    """Path.is_dir / is_file raise ENAMETOOLONG on Python 3.11: predict asks os.path instead."""
+    from transferlab.io import UserError
+    from transferlab.predict import collect_images, preprocess_file
+
+    long = Path("y" * 300 + ".png")
+    assert collect_images([long]) == [long]  # listed as given, then refused by name
+    with pytest.raises(UserError, match="File name too long"):
+        preprocess_file(long, None, 0)
+
+
+def test_a_metrics_file_with_an_over_long_name_or_a_loop_is_one_line(tmp_path):
+    from transferlab.io import UserError
+    from transferlab.records import _read_bytes
+
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    for path, why in ((tmp_path / ("m" * 300 + ".json"), "File name too long"),
+                      (loop, "Too many levels of symbolic links"),
+                      (tmp_path / "absent.json", "is missing")):
+        with pytest.raises(UserError, match=why):
+            _read_bytes(path, 1 << 20, "fix")

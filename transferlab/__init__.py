@@ -1,14 +1,22 @@
 """Transfer learning as a reproducible DVC pipeline.
 
 Modules, in the order the pipeline uses them:
-    params      the typed schema of params.yaml
-    datasets    raw datasets (embedded, no network)
-    scenario    domain alignment, splits and k-shot draws
-    models      encoder with named blocks + linear head
-    train       the one training loop
-    strategies  scratch, finetune, features, structure, joint
-    metrics     accuracy, macro-F1, per-class accuracy, confusion
-    io          atomic, deterministic files; the stage entry-point wrapper
+    params        the typed schema of params.yaml (its lists come from the registries)
+    datasets      raw datasets (embedded, torchvision, folders) and the one image reader
+    scenario      domain alignment, framing checks, copies by content, splits, k-shot draws
+    backbones/    the backbone registry: one module per encoder family
+    models        encoders with named blocks + linear head, model files, pretrained weights
+    compute       threads, processes (torchrun), precision
+    train         the one training loop
+    source        pretraining and frozen features
+    transferability  scores of a source before any target training
+    strategies/   the method registry: one module per transfer method
+    transfer      what the methods share (inputs, adaptation, selection)
+    evaluation, metrics  target-test scores
+    records       the pipeline's own files (metrics, model metadata) read back, validated
+    export, predict, report  ONNX export, transferlab-predict, the HTML report
+    study, stats, ranking, candidates  the study and the ranking pipelines
+    io            atomic outputs, validated arrays and files, the stage entry-point wrapper
 
 Importing the package does one thing, and only under DVC ($DVC_STAGE set): it notes the `dvc`
 process that launched this stage (see take_launchers). Elsewhere (tests, notebooks) nothing.
@@ -40,10 +48,11 @@ def _proc_stat(pid: int):
 
 
 def _is_dvc(pid: int) -> bool:
-    """`dvc ...` (the console script, a frozen binary) or `python -m dvc ...`."""
+    """`dvc ...` (the console script, a frozen binary) or `python [options] -m dvc ...`
+    (`python -X dev -W ignore -m dvc` too: the interpreter's options come first)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")[:4]
+            argv = f.read().split(b"\0")[:16]
     except OSError:
         return False
     names = [_os.path.basename(a) for a in argv]

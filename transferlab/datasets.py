@@ -486,6 +486,10 @@ def decode_image(path: Path, mode: str) -> np.ndarray:
                                 " outside 16 bits: save it as an 8- or 16-bit image")
             img = Image.fromarray(((values * 2 + 257) // 514).astype(np.uint8))  # round(v / 257)
         elif img.mode not in ("L", "RGB"):  # palette, alpha, CMYK, YCbCr, 1-bit: alpha dropped
+            if img.mode == "P" and "transparency" in img.info:
+                # PNG-8 with alpha: Pillow warns on a direct convert; through RGBA it does not,
+                # and the colours are the same (the alpha is dropped below, as for RGBA files)
+                img = img.convert("RGBA")
             img = img.convert("RGB" if _has_colour(img) else "L")
         image = np.asarray(img.convert(mode), dtype=np.uint8)
     want = (3,) if mode == "RGB" else ()

@@ -73,6 +73,8 @@ def path_error(path: str | os.PathLike, err: OSError, doing: str = "read") -> Us
     system's reason and what to do."""
     fix, why = _PATH_FIXES.get(err.errno, "check the path"), err.strerror or type(err).__name__
     if doing == "written":  # the words every other write error uses
+        if err.errno == errno.ENOENT:  # the writer is the stage: no stage to run first
+            fix = "a folder in it does not exist, or was removed while this ran: fix the path"
         return UserError(f"cannot write {show_path(path)} ({why}): {fix}")
     return UserError(f"{show_path(path)} cannot be {doing} ({why}): {fix}")
 
@@ -735,19 +737,6 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
 _gone = False  # sticky: a launcher seen gone once stays gone (its pid may be reused later)
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time in clock ticks) from /proc, None for no such process."""
-    return transferlab._proc_stat(pid)
-
-
-def watch_launcher() -> None:
-    """Take the launcher chain again (transferlab.take_launchers; only under DVC: $DVC_STAGE
-    is set). The import of this package already did, at the stage's first instruction."""
-    global _gone
-    _gone = False
-    transferlab.take_launchers()
-
-
 def launcher_gone() -> bool:
     """True once the `dvc` that launched this stage is gone (exited, a zombie, its pid reused,
     or already gone when the stage started), or any process between it and us."""
@@ -762,7 +751,7 @@ def launcher_gone() -> bool:
         _gone = True
         return True
     for pid, start in chain:
-        stat = _proc_stat(pid)
+        stat = transferlab._proc_stat(pid)
         if stat is None or stat[0] in "ZX" or stat[2] != start:
             _gone = True
             return True

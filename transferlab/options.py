@@ -39,6 +39,12 @@ class Encoder(BaseModel):
     arch: str
     blocks: int  # named blocks: what frozen / copied block counts range over
 
+    def check_block_count(self, key: str, value: int) -> None:
+        """A count of this encoder's blocks (frozen, copied) that it cannot have: ValueError."""
+        if value > self.blocks:
+            raise ValueError(f"{key}={value} but the encoder has {self.blocks} blocks; "
+                             f"use 0..{self.blocks}")
+
 
 class Optim(Strict):
     batch_size: int = Field(ge=1, le=MAX_BATCH, description=WHY_BATCH)

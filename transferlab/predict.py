@@ -108,7 +108,7 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     """Files as given; folders searched recursively for image files, each folder sorted."""
     found = []
     for path in inputs:
-        if path.is_dir():
+        if os.path.isdir(path):  # False, not an OSError, for an over-long name or a loop
             # a broken link, a FIFO or a link loop named .png is listed: reported, not ignored
             found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
                             and not p.is_dir() and not any(part.startswith(".") for part in
@@ -125,10 +125,15 @@ def preprocess_file(path: Path, prep, decode_size: int) -> np.ndarray:
     from transferlab.datasets import RawDataset, read_image
     from transferlab.scenario import align
 
-    if not path.is_file():
-        raise UserError(f"{show_path(path)}: " + (
-            "not a regular file" if path.exists() else
-            "a symbolic link to nothing (or a loop of links)" if path.is_symlink() else "not found"))
+    if not os.path.isfile(path):  # os.path: False, not an OSError, for an over-long name
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise UserError(f"{show_path(path)}: " + ("a symbolic link to nothing"
+                            if os.path.islink(path) else "not found")) from None
+        except OSError as err:  # the system's reason: a loop of links, a name too long
+            raise UserError(f"{show_path(path)}: {err.strerror}") from None
+        raise UserError(f"{show_path(path)}: not a regular file")
     mode = "L" if prep.channels == 1 else "RGB"
     image = read_image(path, mode, decode_size or None)  # UserError for an unreadable file
     return align(RawDataset(image[None], np.zeros(1, np.int64), 255, ("?",)), prep)[0]

@@ -15,13 +15,15 @@ import functools
 import io
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from transferlab.io import UserError, one_line, show_path
+from transferlab.io import UserError, one_line, path_error, show_path
+from transferlab.params import Prepare
 
 RERUN = "delete it and run `dvc repro` again"
 # The pipeline's JSON files are a few kB (study/metrics.json of a 100-cell study: ~20 kB) and
@@ -78,16 +80,20 @@ def parse_json(text: str | bytes, limit: int = MAX_JSON_BYTES) -> object:
 
 
 def _read_bytes(path: Path, limit: int, fix: str) -> bytes:
-    if not path.is_file():
-        what = "is a folder where a file was expected" if path.is_dir() else (
-            "is not a regular file" if path.exists() else "is missing")
-        raise UserError(f"{show_path(path)} {what}: run the stage that writes it (`dvc repro`)")
     try:
+        if not os.path.isfile(path):  # False, not an OSError, for a loop or an over-long name
+            os.stat(path)  # the system's own reason, when there is one (ELOOP, ENAMETOOLONG)
+            what = "is a folder where a file was expected" if os.path.isdir(path) else (
+                "is not a regular file")
+            raise UserError(f"{show_path(path)} {what}: run the stage that writes it "
+                            "(`dvc repro`)")
         with open(path, "rb") as f:
             blob = f.read(limit + 1)
+    except FileNotFoundError:
+        raise UserError(f"{show_path(path)} is missing: run the stage that writes it "
+                        "(`dvc repro`)") from None
     except OSError as err:
-        raise UserError(f"{show_path(path)} cannot be read ({err.strerror}): check its "
-                        "permissions") from None
+        raise path_error(path, err) from None
     if len(blob) > limit:
         raise UserError(f"{show_path(path)} is larger than {limit >> 20} MiB, more than any file "
                         f"of this pipeline holds: {fix}")
@@ -270,8 +276,6 @@ class PreprocessBase(Checked):
     def prepare(self):
         """As the `prepare` params section `scenario.align` takes (the split knobs play no part
         in preprocessing one image: any valid value does)."""
-        from transferlab.params import Prepare
-
         return Prepare.model_validate({**self.model_dump(exclude={"decode_size"}),
                                        "source_val_fraction": 0.5, "target_test_fraction": 0.5,
                                        "target_val_per_class": 1, "split_seed": 0, "shots": 1})
@@ -285,11 +289,11 @@ class PreprocessBase(Checked):
 def preprocess_schema() -> type[PreprocessBase]:
     """The `preprocess` metadata of a prepared or model file (scenario.preprocess_record): the
     prepare params that turn one image into a model input, with the params schema's own types
-    and ranges, and the size a folder's files were first decoded to. Built on first use: the
-    report stage reads no model and does not import the params schema."""
+    and ranges, and the size a folder's files were first decoded to. Built on first use. The
+    params schema is imported at the top, not here: the stages that read model metadata
+    (evaluate, export) then depend on params.py in dvc.yaml (scripts/dvc_deps.py follows
+    module-level imports only), as their verdicts do."""
     from pydantic import create_model
-
-    from transferlab.params import Prepare
 
     return create_model("Preprocess", __base__=PreprocessBase,
                         **{k: (Prepare.model_fields[k].annotation, Prepare.model_fields[k])

@@ -273,7 +273,8 @@ def check_sizes(source: RawDataset, target: RawDataset, p: Prepare,
                         f"raise it to at least {f:g}")
     test_counts = np.bincount(test.labels, minlength=len(target.classes)) if test else None
     val_counts = np.bincount(val.labels, minlength=len(target.classes)) if val else None
-    for c, n in enumerate(np.bincount(target.labels, minlength=len(target.classes))):
+    target_counts = np.bincount(target.labels, minlength=len(target.classes))
+    for c, n in enumerate(target_counts):
         name = repr(target.classes[c])
         if test_counts is not None and test_counts[c] < 1:
             raise UserError(f"data.target: the official test split has no image of class "
@@ -306,7 +307,8 @@ def check_sizes(source: RawDataset, target: RawDataset, p: Prepare,
             if held < 1:
                 raise UserError(f"prepare.target_test_fraction={p.target_test_fraction} leaves "
                                 f"target class {name} ({n} images) without test images: raise it "
-                                f"to at least {least_fraction(n):g}")
+                                # the smallest class's least fraction: enough for every class
+                                f"to at least {least_fraction(int(target_counts.min())):g}")
         val_take = 0
         if val_counts is None:
             val_take = p.target_val_per_class

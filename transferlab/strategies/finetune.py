@@ -21,12 +21,9 @@ class Options(Steps):
                                     "10x the head's rate is already far past useful")
     l2sp_weight: float = Field(ge=0, le=MAX_WEIGHT, description=WHY_WEIGHT)
 
-
     def check_encoder(self, section: str, encoder: Encoder) -> None:
-        """A block count the encoder cannot have (the schema calls this, naming the section)."""
-        if self.frozen_blocks > encoder.blocks:
-            raise ValueError(f"{section}.frozen_blocks={self.frozen_blocks} but the encoder has "
-                             f"{encoder.blocks} blocks; use 0..{encoder.blocks}")
+        encoder.check_block_count(f"{section}.frozen_blocks", self.frozen_blocks)
+
 
 METHOD = Method("parameter transfer", "source weights, new head, fine-tuned", Options,
                 needs_labels=True, reads=frozenset({"source_model"}))

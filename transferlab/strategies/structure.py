@@ -17,12 +17,9 @@ class Options(Steps):
     copied_blocks: int = Field(ge=0, le=MAX_BLOCKS, description=WHY_BLOCKS)
     freeze_copied: bool  # true: AnB (frozen), false: AnB+ (fine-tuned)
 
-
     def check_encoder(self, section: str, encoder: Encoder) -> None:
-        """A block count the encoder cannot have (the schema calls this, naming the section)."""
-        if self.copied_blocks > encoder.blocks:
-            raise ValueError(f"{section}.copied_blocks={self.copied_blocks} but the encoder has "
-                             f"{encoder.blocks} blocks; use 0..{encoder.blocks}")
+        encoder.check_block_count(f"{section}.copied_blocks", self.copied_blocks)
+
 
 METHOD = Method("structural transfer", "first blocks copied, rest re-initialised", Options,
                 needs_labels=True, reads=frozenset({"source_model"}))
