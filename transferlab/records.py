@@ -15,14 +15,13 @@ import functools
 import io
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from transferlab.io import UserError, one_line, path_error, show_path
+from transferlab.io import UserError, _readable_file, one_line, path_error, show_path
 from transferlab.params import Prepare
 
 RERUN = "delete it and run `dvc repro` again"
@@ -80,18 +79,12 @@ def parse_json(text: str | bytes, limit: int = MAX_JSON_BYTES) -> object:
 
 
 def _read_bytes(path: Path, limit: int, fix: str) -> bytes:
+    # io's one check of an input: missing, a folder, a FIFO, a link loop, an over-long name are
+    # one line each, and the read is noted (no output of the command may replace this file)
+    _readable_file(Path(path))
     try:
-        if not os.path.isfile(path):  # False, not an OSError, for a loop or an over-long name
-            os.stat(path)  # the system's own reason, when there is one (ELOOP, ENAMETOOLONG)
-            what = "is a folder where a file was expected" if os.path.isdir(path) else (
-                "is not a regular file")
-            raise UserError(f"{show_path(path)} {what}: run the stage that writes it "
-                            "(`dvc repro`)")
         with open(path, "rb") as f:
             blob = f.read(limit + 1)
-    except FileNotFoundError:
-        raise UserError(f"{show_path(path)} is missing: run the stage that writes it "
-                        "(`dvc repro`)") from None
     except OSError as err:
         raise path_error(path, err) from None
     if len(blob) > limit:
