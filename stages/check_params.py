@@ -12,7 +12,8 @@ Also the command to check params.yaml without running anything:
 import argparse
 from pathlib import Path
 
-from transferlab.io import atomic_path, run_stage
+from transferlab.io import atomic_path
+from transferlab.launcher import run_stage
 from transferlab.params import load_params
 
 VERDICT = "params.yaml passed the checks of transferlab/params.py\n"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from transferlab.datasets import (TORCHVISION, check_folder, decode_size, default_cache_dir,
                                   fetch, has_official_split, save_raw, target_test_source)
-from transferlab.io import atomic_path, run_stage
+from transferlab.io import atomic_path
+from transferlab.launcher import run_stage
 from transferlab.params import load_params
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.evaluation import compare, embed_2d, predict, results_markdown
-from transferlab.io import (UserError, atomic_path, load_arrays, read_classes, read_metadata,
-                            run_stage, write_csv, write_json)
+from transferlab.errors import UserError
+from transferlab.io import (atomic_path, load_arrays, read_classes, read_metadata, write_csv,
+                            write_json)
+from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
 from transferlab.records import model_record
 from transferlab.strategies import METHODS

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from transferlab.export import choose, export_metadata, onnx_bytes
-from transferlab.io import UserError, atomic_path, load_arrays, read_metadata, run_stage, write_json
+from transferlab.errors import UserError
+from transferlab.io import atomic_path, load_arrays, read_metadata, write_json
+from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
 from transferlab.records import RERUN, model_record, read_transfer_metrics
 from transferlab.train import make_deterministic, predict_logits, to_device

@@ -5,7 +5,8 @@ transferability scores (LogME, LEEP, NCE, H-score) of the source model on those 
 import argparse
 from pathlib import Path
 
-from transferlab.io import TRAIN_VAL, load_arrays, run_stage, save_arrays, write_json
+from transferlab.io import TRAIN_VAL, load_arrays, save_arrays, write_json
+from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.source import feature_diagnostics, target_features

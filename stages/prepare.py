@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from transferlab.datasets import load_raw
-from transferlab.io import atomic_path, read_metadata, run_stage, save_arrays, write_json
+from transferlab.io import atomic_path, read_metadata, save_arrays, write_json
+from transferlab.launcher import run_stage
 from transferlab.params import load_params
 from transferlab.scenario import build_scenario, preprocess_record
 

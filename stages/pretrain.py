@@ -4,9 +4,9 @@ import argparse
 from pathlib import Path
 
 from transferlab import compute
-from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, run_stage,
-                            save_state_dict,
+from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, save_state_dict,
                             write_history, write_json)
+from transferlab.launcher import run_stage
 from transferlab.models import architecture_from, model_metadata
 from transferlab.params import load_params
 from transferlab.source import pretrain

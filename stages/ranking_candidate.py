@@ -10,7 +10,9 @@ from pathlib import Path
 
 from transferlab.candidates import candidate_source, evaluate_candidate, train_candidate
 from transferlab.datasets import load_raw
-from transferlab.io import UserError, load_arrays, run_stage, write_json
+from transferlab.errors import UserError
+from transferlab.io import load_arrays, write_json
+from transferlab.launcher import run_stage
 from transferlab.params import load_params
 from transferlab.train import make_deterministic, pick_device, to_device
 

@@ -11,7 +11,9 @@ score (score against outcome, one point per candidate).
 import argparse
 from pathlib import Path
 
-from transferlab.io import UserError, atomic_path, read_json, run_stage, write_csv, write_json
+from transferlab.errors import UserError
+from transferlab.io import atomic_path, read_json, write_csv, write_json
+from transferlab.launcher import run_stage
 from transferlab.params import load_params
 from transferlab.ranking import (agreement_table, best_score, candidate_row, cost_summary,
                                  ranking_markdown, recommend)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.io import UserError, atomic_path, load_arrays, read_classes, run_stage
+from transferlab.errors import UserError
+from transferlab.io import atomic_path, load_arrays, read_classes
+from transferlab.launcher import run_stage
 from transferlab.records import index, read_csv, read_curve, read_scenario, read_scores, read_study
 from transferlab.report import render_report
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.io import load_arrays, read_classes, run_stage, write_json
+from transferlab.io import load_arrays, read_classes, write_json
+from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.study import cell_target, score, selected_models, train_cell

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.io import load_arrays, run_stage, write_json
+from transferlab.io import load_arrays, write_json
+from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.strategies import METHODS

@@ -11,7 +11,9 @@ the plot data (accuracy and gain against k, accuracy against copied blocks n).
 import argparse
 from pathlib import Path
 
-from transferlab.io import UserError, atomic_path, read_json, run_stage, write_csv, write_json
+from transferlab.errors import UserError
+from transferlab.io import atomic_path, read_json, write_csv, write_json
+from transferlab.launcher import run_stage
 from transferlab.params import load_params
 from transferlab.stats import cell_records, layer_markdown, layer_table, study_markdown, study_table
 

@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 from transferlab import compute, strategies
-from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, run_stage,
-                            save_state_dict, write_history, write_json)
+from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, save_state_dict,
+                            write_history, write_json)
+from transferlab.launcher import run_stage
 from transferlab.models import load_classifier, model_metadata
 from transferlab.params import load_params
 from transferlab.train import make_deterministic, pick_device, to_device

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import make_images, tiny_params_dict
 from transferlab import strategies
-from transferlab.io import UserError
+from transferlab.errors import UserError
 from transferlab.models import Architecture, Classifier, SmallCNN
 from transferlab.params import parse_params
 from transferlab.strategies.coral import coral_loss

@@ -31,7 +31,7 @@ import yaml
 
 from tests.conftest import ROOT, merge, tiny_params_dict
 from tests.test_stages import cwd, load_stage, run_main
-from transferlab.io import run_stage
+from transferlab.launcher import run_stage
 
 EARLIER = b"earlier content: not what check_params writes\n"  # a pre-existing data/params.ok
 
@@ -447,7 +447,7 @@ def test_transferlab_debug_shows_the_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert proc.stderr.rstrip().splitlines()[-1].startswith(
-        "transferlab.io.UserError: params.yaml: prepare.image_size=7 is invalid")
+        "transferlab.errors.UserError: params.yaml: prepare.image_size=7 is invalid")
     assert_nothing_written(tmp_path)
 
 

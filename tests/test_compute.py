@@ -20,7 +20,7 @@ from torch import nn
 
 from tests.conftest import make_images
 from transferlab import compute
-from transferlab.io import UserError
+from transferlab.errors import UserError
 from transferlab.models import Classifier, SmallCNN
 from transferlab.train import Adapt, Stream, fit, make_deterministic
 

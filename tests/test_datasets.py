@@ -19,7 +19,7 @@ from tests.fixtures_formats import (CIFAR_NAMES, random_images, trust_fixture_md
                                     write_mnist, write_svhn, write_usps)
 from transferlab.datasets import (DIGITS, DOWNLOAD_TIMEOUT_S, FOLDER_SIZE, RawDataset, read_image,
                                   expected_files, fetch, load_raw, save_raw)
-from transferlab.io import UserError
+from transferlab.errors import UserError
 
 
 @pytest.fixture(autouse=True)
@@ -334,7 +334,7 @@ def test_raw_dataset_rejects_labels_outside_its_classes():
 
 def test_a_data_folder_whose_tilde_names_no_user_is_one_line(monkeypatch):
     from transferlab.datasets import default_cache_dir
-    from transferlab.io import UserError
+    from transferlab.errors import UserError
 
     monkeypatch.setenv("TRANSFERLAB_DATA", "~nosuchuser_transferlab/x")
     with pytest.raises(UserError, match="TRANSFERLAB_DATA='~nosuchuser_transferlab/x': its ~"):

@@ -72,7 +72,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "augment.*": EVERY - {"download", "prepare"},
     COMMENT_ONLY: frozenset({"check_params"}),
     # library modules: a comment appended
-    # every stage script's first import: it notes the launching `dvc` (io.py's watchdog)
+    # every stage script's first import: it notes the launching `dvc` (launcher.py's watchdog)
     "transferlab/__init__.py": EVERY,
     # the backbone registry imports every family module: the schema and every model builder
     **{f"transferlab/backbones/{m}.py": EVERY
@@ -80,9 +80,11 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/candidates.py": frozenset(),  # ranking only
     "transferlab/compute.py": EVERY - {"check_params", "download", "prepare", "report"},  # as train.py
     "transferlab/datasets.py": frozenset({"download", "prepare"}),
+    "transferlab/errors.py": EVERY,  # UserError: imported by io, so by every stage
     "transferlab/evaluation.py": frozenset({"evaluate"}),
     "transferlab/export.py": frozenset({"export"}),
     "transferlab/io.py": EVERY,
+    "transferlab/launcher.py": EVERY,  # run_stage: every stage's entry point
     # evaluate's scores; its rounding (DIGITS) in every metrics file the training stages write
     "transferlab/metrics.py": EVERY - {"check_params", "download", "prepare", "export", "report"},
     "transferlab/models.py": EVERY - {"check_params", "download", "prepare", "report"},

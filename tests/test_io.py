@@ -2,7 +2,8 @@
 
 import pytest
 
-from transferlab.io import UserError, atomic_path, write_json
+from transferlab.errors import UserError
+from transferlab.io import atomic_path, write_json
 
 
 def test_a_failed_block_leaves_the_earlier_output_intact(tmp_path):
@@ -58,7 +59,7 @@ def test_an_output_never_replaces_what_the_command_read(tmp_path, capsys):
     """A stage run by hand with an output path that is one of its inputs, or the folder of one
     (`stages/prepare.py data/raw data/raw`), stops with one line and leaves the input as it was;
     the next command in the same process starts with no inputs."""
-    from transferlab.io import run_stage
+    from transferlab.launcher import run_stage
 
     data = tmp_path / "raw"
     data.mkdir()

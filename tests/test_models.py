@@ -86,7 +86,7 @@ def test_local_resnet18_weights_are_copied_by_name_and_checked_by_shape(tmp_path
 
 
 def test_weights_that_are_not_a_resnet18_are_refused(tmp_path):
-    from transferlab.io import UserError
+    from transferlab.errors import UserError
     from transferlab.models import ResNet18, load_pretrained
     from transferlab.source import read_weights
 

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, merge, repo_params_dict
-from transferlab.io import UserError
+from transferlab.errors import UserError
 from transferlab.params import load_params, parse_params
 
 

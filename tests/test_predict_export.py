@@ -87,7 +87,7 @@ def test_predictions_are_the_models_own_with_class_names(pipeline, tmp_path):
 def test_any_size_and_mode_is_predicted_and_a_bad_file_is_skipped(pipeline, tmp_path, capsys):
     from PIL import Image
 
-    from transferlab.io import run_stage
+    from transferlab.launcher import run_stage
     from transferlab.predict import main
 
     source = sorted((pipeline / "digits/test/3").glob("*.png"))[0]
@@ -123,7 +123,7 @@ def test_any_size_and_mode_is_predicted_and_a_bad_file_is_skipped(pipeline, tmp_
 def test_the_csv_never_overwrites_what_the_command_reads(pipeline, tmp_path, out, capsys):
     """--out naming the image folder, an image or the model stops with one line, before
     predicting, and leaves them as they were."""
-    from transferlab.io import run_stage
+    from transferlab.launcher import run_stage
     from transferlab.predict import main
 
     images = tmp_path / "my photos"
@@ -154,7 +154,7 @@ def test_a_wrong_model_argument_is_one_line_that_deletes_nothing(pipeline, tmp_p
     delete the photo or the data given by mistake as the model: predict names the argument."""
     from safetensors.numpy import save_file
 
-    from transferlab.io import run_stage
+    from transferlab.launcher import run_stage
     from transferlab.predict import main
 
     image = tmp_path / "three.png"

@@ -194,7 +194,7 @@ def test_report_stage_writes_correlations_recommendation_cost_and_plots(ranked):
 
 def test_a_candidate_not_in_params_is_refused(ranked):
     from tests.test_stages import load_stage, cwd
-    from transferlab.io import UserError
+    from transferlab.errors import UserError
 
     with cwd(ranked), pytest.raises(UserError, match="ranking.candidates has no 'nope'"):
         load_stage("ranking_candidate").main(["nope", "--raw", "x",
@@ -204,7 +204,7 @@ def test_a_candidate_not_in_params_is_refused(ranked):
 
 def test_more_shots_than_the_pool_has_names_ranking_shots(ranked):
     from tests.test_stages import cwd, load_stage
-    from transferlab.io import UserError
+    from transferlab.errors import UserError
 
     import yaml
 

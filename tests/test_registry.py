@@ -61,7 +61,7 @@ def test_each_method_module_states_its_objective_and_keeps_torch_out_of_its_impo
 def test_a_new_options_field_is_validated_through_the_schema():
     raw = repo_params_dict()
     raw["transfer"]["mcc"]["temperature"] = 0
-    from transferlab.io import UserError
+    from transferlab.errors import UserError
     from transferlab.params import parse_params
     with pytest.raises(UserError, match="transfer.mcc.temperature"):
         parse_params(raw)

@@ -10,7 +10,7 @@ import yaml
 from tests.conftest import make_images, tiny_params_dict
 from tests.test_stages import run_main
 from transferlab import strategies, study
-from transferlab.io import UserError
+from transferlab.errors import UserError
 from transferlab.transfer import make_inputs
 from transferlab.models import Classifier, SmallCNN
 from transferlab.params import parse_params

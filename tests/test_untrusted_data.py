@@ -32,7 +32,8 @@ from tests.conftest import merge, tiny_params_dict
 from tests.test_bad_input import (OUTPUT_DIRS, PREPARE, assert_one_line_error, assert_untouched,
                                   prepared_base, run_entry, snapshot, work)  # noqa: F401
 from transferlab.datasets import read_image
-from transferlab.io import UserError, load_arrays
+from transferlab.errors import UserError
+from transferlab.io import load_arrays
 
 # Ink on a blank page, as the default alignment expects: a bright blob off-centre on black.
 SIZE = 12

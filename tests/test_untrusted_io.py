@@ -34,9 +34,9 @@ from tests.test_bad_input import (EXTRACT, OUTPUT_DIRS, PRETRAIN, assert_one_lin
                                   prepared_base, run_entry, snapshot, temporaries)  # noqa: F401
 from tests.test_stages import run_main
 from transferlab import compute
-from transferlab.io import (UserError, atomic_path, load_arrays, load_state_dict, read_json,
-                            read_metadata, resident_limit, save_arrays, show_path, write_csv,
-                            write_json)
+from transferlab.errors import UserError, show_path
+from transferlab.io import (atomic_path, load_arrays, load_state_dict, read_json, read_metadata,
+                            resident_limit, save_arrays, write_csv, write_json)
 
 ROOT_USER = os.geteuid() == 0
 INVALID = "is corrupt (not a valid safetensors file: "
@@ -578,7 +578,7 @@ def test_threads_above_the_cores_are_capped_and_said(monkeypatch, capsys):
 
 
 def test_the_errno_of_every_path_error_has_a_fix():
-    from transferlab.io import path_error
+    from transferlab.errors import path_error
 
     for code in (errno.ELOOP, errno.ENAMETOOLONG, errno.EACCES, errno.ENOSPC, errno.EROFS,
                  errno.ENOTDIR, errno.EDQUOT, errno.EIO):
@@ -599,8 +599,8 @@ time.sleep(60)
 CHILD = """import sys, time
 import transferlab
 print(transferlab.ORPHANED, len(transferlab.LAUNCHERS), flush=True)
-from transferlab import io
-print(io.launcher_gone(), flush=True)
+from transferlab import launcher
+print(launcher.launcher_gone(), flush=True)
 time.sleep(60)
 """
 

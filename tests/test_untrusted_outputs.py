@@ -328,7 +328,7 @@ def test_divergence_advice_names_the_step_knobs_a_method_has():
 
 def test_an_image_argument_with_an_over_long_name_is_one_line_not_a_traceback():
     """Path.is_dir / is_file raise ENAMETOOLONG on Python 3.11: predict asks os.path instead."""
-    from transferlab.io import UserError
+    from transferlab.errors import UserError
     from transferlab.predict import collect_images, preprocess_file
 
     long = Path("y" * 300 + ".png")
@@ -338,7 +338,7 @@ def test_an_image_argument_with_an_over_long_name_is_one_line_not_a_traceback():
 
 
 def test_a_metrics_file_with_an_over_long_name_or_a_loop_is_one_line(tmp_path):
-    from transferlab.io import UserError
+    from transferlab.errors import UserError
     from transferlab.records import _read_bytes
 
     loop = tmp_path / "loop.json"

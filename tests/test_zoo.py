@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from transferlab.backbones import BACKBONES
-from transferlab.io import UserError
+from transferlab.errors import UserError
 from transferlab.models import build_encoder, load_pretrained, set_input_normalisation
 from transferlab.source import read_weights
 

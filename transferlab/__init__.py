@@ -16,7 +16,9 @@ Modules, in the order the pipeline uses them:
     records       the pipeline's own files (metrics, model metadata) read back, validated
     export, predict, report  ONNX export, transferlab-predict, the HTML report
     study, stats, ranking, candidates  the study and the ranking pipelines
-    io            atomic outputs, validated arrays and files, the stage entry-point wrapper
+    io            atomic outputs, validated arrays and files
+    errors        UserError and the one-line wording of bad input (torch- and numpy-free)
+    launcher      a stage's run: its `dvc` launcher, signals, files read, run_stage
 
 Importing the package does one thing, and only under DVC ($DVC_STAGE set): it notes the `dvc`
 process that launched this stage (see take_launchers). Elsewhere (tests, notebooks) nothing.
@@ -26,7 +28,7 @@ import os as _os
 
 # The launcher chain, taken here because every stage script's first import is a transferlab
 # module: this runs at the stage's first instruction, before torch (1-2 s of imports). Taken
-# later (it was, in io.run_stage), a `dvc` killed in that window left a stage that adopted
+# later (it was, in launcher.run_stage), a `dvc` killed in that window left a stage that adopted
 # pid 1 as its "launcher", trained on and published outputs dvc.lock never recorded.
 # Stdlib only: ~0.1 ms of /proc reads (+ ~2 ms for ctypes), under DVC only.
 LAUNCHERS: list = []  # (pid, start time in clock ticks): the parent first, up to the `dvc` process
@@ -74,8 +76,8 @@ def take_launchers(environ=None) -> None:
     """Under DVC, note the chain of processes from the parent up to `dvc` (a shell `dvc` runs
     the command in, torchrun and the stage above a rank), and ask the kernel for SIGTERM when
     the parent dies: the stage then dies with a `dvc` that is SIGTERMed or SIGKILLed, and
-    io.launcher_gone() sees a `dvc` that died above a shell. When no `dvc` is found (it died
-    before this ran: the parent is now pid 1 or a subreaper) the stage is ORPHANED and
+    launcher.launcher_gone() sees a `dvc` that died above a shell. When no `dvc` is found (it
+    died before this ran: the parent is now pid 1 or a subreaper) the stage is ORPHANED and
     io.atomic_path never publishes. The parent is read after the prctl and again after the
     walk, so a parent that dies in between is seen too."""
     global ORPHANED

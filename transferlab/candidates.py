@@ -18,7 +18,7 @@ import torch
 
 from transferlab import strategies
 from transferlab.datasets import RawDataset
-from transferlab.io import UserError
+from transferlab.errors import UserError
 from transferlab.models import Classifier, architecture_from
 from transferlab.params import Candidate, Params
 from transferlab.scenario import (align, relabel_by_name, select_classes, separate_by_content,

@@ -25,14 +25,14 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from transferlab.io import UserError
+from transferlab.errors import UserError
 
 JOBS_ENV = "TRANSFERLAB_JOBS"  # stages running at once on this machine (overrides detection)
 # More stages at once than that is beyond any machine's cores: each would get one thread anyway.
@@ -286,14 +286,3 @@ def publishes() -> bool:
 
         dist.barrier()
     return _setup.rank == 0
-
-
-@contextlib.contextmanager
-def single_process() -> Iterator[None]:
-    """For tests: the default setup inside the block, whatever was configured before."""
-    global _setup
-    saved, _setup = _setup, Setup()
-    try:
-        yield
-    finally:
-        _setup = saved

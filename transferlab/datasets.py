@@ -24,7 +24,6 @@ the same params must give the same bytes, and a truncated download must not beco
 from __future__ import annotations
 
 import contextlib
-import errno
 import gzip
 import hashlib
 import importlib.util
@@ -41,7 +40,8 @@ from urllib.error import URLError
 
 import numpy as np
 
-from transferlab.io import UserError, load_arrays, read_classes, read_metadata, save_arrays, show_path
+from transferlab.errors import PATH_FIXES, UserError, show_path
+from transferlab.io import load_arrays, read_classes, read_metadata, save_arrays
 
 DIGITS = tuple("0123456789")
 
@@ -114,7 +114,6 @@ TORCHVISION = {
     "svhn": ("SVHN", {"split": "train"}),
     "cifar10": ("CIFAR10", {"train": True}),
 }
-SPLITS = ("train", "test")
 
 
 def split_kwargs(name: str, split: str) -> dict:
@@ -295,12 +294,9 @@ def check_folder(key: str, path: str | os.PathLike, must_exist: bool = True, wha
             raise UserError(f"{where} does not exist: {fix}") from None
         return path  # created when first written (the torchvision cache)
     except OSError as err:
-        why = {errno.ELOOP: "is a symlink loop (a link that leads back to itself)",
-               errno.ENAMETOOLONG: "has a name too long for the filesystem",
-               errno.ENOTDIR: "goes through something that is not a folder",
-               errno.EACCES: "cannot be reached (permission denied)"}.get(
-                   err.errno, f"cannot be read ({err.strerror or type(err).__name__})")
-        raise UserError(f"{where} {why}: {fix}") from None
+        why = PATH_FIXES.get(err.errno, "check the path")  # the wording every other path uses
+        raise UserError(f"{where} cannot be read ({err.strerror or type(err).__name__}): {why}; "
+                        f"or {fix}") from None
     if not stat.S_ISDIR(mode):
         kind = next((name for test, name in _KINDS if test(mode)), "not a folder")
         raise UserError(f"{where} is {kind}, not a folder: {fix}")

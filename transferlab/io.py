@@ -14,69 +14,17 @@ import glob
 import json
 import math
 import os
-import random
 import shutil
-import signal
 import stat
 import struct
-import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-import transferlab
-
-
-class UserError(Exception):
-    """Bad input the user can fix: printed as one line, exit code 2, no traceback."""
-
-
-MESSAGE_CHARS = 600  # a message is one terminal paragraph, however long a pasted path or value
-
-
-def one_line(text: str) -> str:
-    """Control characters (a newline in a file name, say) escaped; at most MESSAGE_CHARS."""
-    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                  for c in text)
-    return out if len(out) <= MESSAGE_CHARS else out[:MESSAGE_CHARS - 3] + "..."
-
-
-def show_path(path: str | os.PathLike) -> str:
-    """A path for a message: one line, whatever characters its name holds."""
-    return one_line(str(path))
-
-
-# what to do about an OSError met on a path, by errno (the rest: check the path)
-_PATH_FIXES = {
-    errno.ELOOP: "a symbolic link in it points back to itself: fix or remove that link",
-    errno.ENAMETOOLONG: "a folder or file name in it is longer than the file system allows "
-                        "(255 bytes): use shorter names",
-    errno.ENOTDIR: "a part of it that should be a folder is a file: fix the path",
-    errno.EACCES: "give yourself access to it (permissions), or use another path",
-    errno.EPERM: "give yourself access to it (permissions), or use another path",
-    errno.EROFS: "it is on a read-only file system: use a path on a writable one",
-    errno.ENOSPC: "its disk is full: free space, then run again",
-    errno.EDQUOT: "your disk quota is used up: free space, then run again",
-    errno.EFBIG: "the file is larger than its file system allows: use another disk",
-    errno.ENOENT: "it, or a folder in it, does not exist (removed while this ran?): fix the "
-                  "path, or run the stage that writes it (`dvc repro`)",
-    errno.EEXIST: "a part of it that should be a folder is a file: fix the path",
-    errno.EINVAL: "fix the path",
-}
-
-
-def path_error(path: str | os.PathLike, err: OSError, doing: str = "read") -> UserError:
-    """One line for an OSError met while handling `path` (`doing`: read, written): the path, the
-    system's reason and what to do."""
-    fix, why = _PATH_FIXES.get(err.errno, "check the path"), err.strerror or type(err).__name__
-    if doing == "written":  # the words every other write error uses
-        if err.errno == errno.ENOENT:  # the writer is the stage: no stage to run first
-            fix = "a folder in it does not exist, or was removed while this ran: fix the path"
-        return UserError(f"cannot write {show_path(path)} ({why}): {fix}")
-    return UserError(f"{show_path(path)} cannot be {doing} ({why}): {fix}")
+from transferlab import launcher
+from transferlab.errors import PATH_FIXES, UserError, check_path_text, one_line, path_error, show_path
 
 
 def _unwritable(path: Path, err: OSError) -> UserError:
@@ -84,11 +32,6 @@ def _unwritable(path: Path, err: OSError) -> UserError:
         return UserError(f"cannot write {show_path(path)} ({err.strerror or type(err).__name__}): "
                          f"make {show_path(path.parent)} writable (and free space), then run again")
     return path_error(path, err, "written")
-
-
-def _check_path_text(path: str | os.PathLike, doing: str) -> None:
-    if "\0" in os.fspath(path):  # a YAML "\0" in a path param: os calls raise ValueError
-        raise path_error(path, OSError(errno.EINVAL, "a NUL character in the path"), doing)
 
 
 # what an output never replaces: nodes of the system, not files of the pipeline
@@ -126,7 +69,7 @@ def check_output(path: str | os.PathLike) -> None:
     """Refuse, in one line, an output path that atomic_path would refuse: a symbolic link, a
     device node, a FIFO, a socket, a NUL, or a path the system cannot look up (a link loop, an
     over-long name, a file where a folder should be). For a command to call before its work."""
-    _check_path_text(path, "written")
+    check_path_text(path, "written")
     _check_output_target(Path(path))
 
 
@@ -136,39 +79,11 @@ def _temp_prefix(name: str) -> str:
     return "." + os.fsdecode(os.fsencode(name)[:200]) + "."
 
 
-_inputs: set[str] = set()  # absolute paths the running command has opened for reading
-_hooked = False  # whether run_stage installed _record_reads in this process
-_recording = threading.Event()  # set while run_stage runs a command
-_CODE = (".py", ".pyc", ".so", ".pth", ".typed")  # what imports open: never a stage's input
-# nor is the Python installation (package metadata, data files) or the kernel's /proc: ~200
-# files a training stage opens, each resolved at every output's publication if kept
-_NOT_INPUTS = tuple(sorted({os.path.join(p, "") for p in (sys.prefix, sys.base_prefix,
-                                                           sys.exec_prefix, "/proc", "/sys",
-                                                           "/dev")}))
-
-
-def _record_reads(event: str, args: tuple) -> None:
-    """sys.addaudithook callback: note every file opened for reading (Python's open, os.open,
-    np.load, PIL, torch.load; _readable_file notes the safetensors files, which Rust opens)."""
-    if event != "open" or not _recording.is_set():
-        return
-    path, mode, flags = args
-    if mode is not None:
-        reading = "r" in mode and "+" not in mode
-    else:  # os.open: flags only; a folder opened to walk it (shutil.rmtree) is not read
-        reading = flags is not None and flags & (os.O_ACCMODE | os.O_DIRECTORY) == os.O_RDONLY
-    if not reading or isinstance(path, int):
-        return
-    path = os.path.abspath(os.fsdecode(path))
-    if not path.endswith(_CODE) and not path.startswith(_NOT_INPUTS):
-        _inputs.add(path)
-
-
 def _check_not_an_input(path: Path) -> None:
     """An output never replaces a file the command read, nor a folder holding one
     (`stages/extract.py MODEL prepared.safetensors prepared.safetensors` overwrote the data)."""
     target = os.path.realpath(path)
-    for read in sorted(_inputs):
+    for read in launcher.inputs_read():
         real = os.path.realpath(read)
         if real == target or real.startswith(target.rstrip(os.sep) + os.sep):
             what = "an input" if real == target else "the folder of an input"
@@ -224,13 +139,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         except OSError as err:
             named = os.fsdecode(err.filename) if isinstance(err.filename, (str, bytes)) else None
             if named is not None and not os.path.abspath(named).startswith(str(tmp.absolute())):
-                if err.errno in _PATH_FIXES:  # about another path the block used: an input
+                if err.errno in PATH_FIXES:  # about another path the block used: an input
                     raise path_error(named, err, "read") from None
                 raise
-            if err.errno in _PATH_FIXES:  # the temporary output itself, or a write (ENOSPC)
+            if err.errno in PATH_FIXES:  # the temporary output itself, or a write (ENOSPC)
                 raise _unwritable(path, err) from None
             raise
-        if launcher_gone():
+        if launcher.launcher_gone():
             raise KeyboardInterrupt  # unwinds as an interruption: nothing is published
         _check_output_target(path)  # again: it may have changed while the block ran
         _check_same_kind(path, target)
@@ -262,7 +177,7 @@ def write_json(path: str | os.PathLike, obj: Mapping) -> None:
 def read_json(path: str | os.PathLike) -> dict:
     """A JSON object from a file (what write_json writes); anything else is one line."""
     path = Path(path)
-    _readable_file(path)
+    check_readable(path)
     try:
         obj = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as err:
@@ -307,6 +222,7 @@ SAFETENSORS_DTYPES = {np.dtype(t): code for t, code in (
     (np.float32, "F32"), (np.uint32, "U32"), (np.int32, "I32"), (np.float16, "F16"),
     (np.uint16, "U16"), (np.int16, "I16"), (np.int8, "I8"), (np.uint8, "U8"), (np.bool_, "BOOL"))}
 NUMPY_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
+NUMPY_ITEM_BYTES = {code: dtype.itemsize for code, dtype in NUMPY_DTYPES.items()}
 CHUNK_BYTES = 64 << 20  # what one write or one read of rows holds in memory at most
 
 
@@ -396,10 +312,11 @@ def write_history(path: str | os.PathLike, history: Sequence[Mapping]) -> None:
     write_csv(path, list(history[0]), [list(row.values()) for row in history])
 
 
-def _readable_file(path: Path) -> None:
-    if _recording.is_set():
-        _inputs.add(os.path.abspath(path))
-    _check_path_text(path, "read")
+def check_readable(path: Path) -> None:
+    """A file this command reads: noted as an input (no output may replace it), then checked to
+    be there and to be a regular file, each failure one line."""
+    launcher.note_read(path)
+    check_path_text(path, "read")
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -547,10 +464,8 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-# every dtype safetensors names, and its item size in bytes
-SAFETENSORS_ITEM_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2,
-                          "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "C64": 8,
-                          "F64": 8, "I64": 8, "U64": 8}
+# every dtype safetensors names, and its item size in bytes: numpy's, and the torch-only ones
+SAFETENSORS_ITEM_BYTES = {**NUMPY_ITEM_BYTES, "BF16": 2, "F8_E5M2": 1, "F8_E4M3": 1}
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
 
@@ -644,9 +559,6 @@ def _header(path: Path, dtypes: Mapping[str, int] = SAFETENSORS_ITEM_BYTES) -> t
     return 8 + n, header
 
 
-NUMPY_ITEM_BYTES = {code: dtype.itemsize for code, dtype in NUMPY_DTYPES.items()}
-
-
 def load_arrays(path: str | os.PathLike, required: Sequence[str] = (), lazy: bool = False
                 ) -> dict[str, np.ndarray | DiskArray]:
     """Every array of a safetensors file the pipeline wrote; `required` names must be present.
@@ -657,7 +569,7 @@ def load_arrays(path: str | os.PathLike, required: Sequence[str] = (), lazy: boo
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    _readable_file(path)
+    check_readable(path)
     limit = resident_limit() if lazy else None
     start, header = _header(path, NUMPY_ITEM_BYTES)
     arrays = {}
@@ -683,7 +595,7 @@ def load_arrays(path: str | os.PathLike, required: Sequence[str] = (), lazy: boo
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The str -> str metadata of a safetensors file (validated with the rest of its header)."""
     path = Path(path)
-    _readable_file(path)
+    check_readable(path)
     return dict(_header(path)[1].get("__metadata__", {}))
 
 
@@ -719,7 +631,7 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    _readable_file(path)
+    check_readable(path)
     _, header = _header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -728,132 +640,3 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
         raise _corrupt(path, str(err)) from None
     except OSError as err:
         raise path_error(path, err, "read") from None
-
-
-# --- the process that launched this stage ----------------------------------------------------
-# transferlab/__init__.py notes the launcher chain at the stage's first instruction (see
-# transferlab.take_launchers); here it is checked.
-
-_gone = False  # sticky: a launcher seen gone once stays gone (its pid may be reused later)
-
-
-def launcher_gone() -> bool:
-    """True once the `dvc` that launched this stage is gone (exited, a zombie, its pid reused,
-    or already gone when the stage started), or any process between it and us."""
-    global _gone
-    if _gone or transferlab.ORPHANED:
-        _gone = True
-        return True
-    chain = transferlab.LAUNCHERS
-    if not chain:
-        return False
-    if os.getppid() != chain[0][0]:
-        _gone = True
-        return True
-    for pid, start in chain:
-        stat = transferlab._proc_stat(pid)
-        if stat is None or stat[0] in "ZX" or stat[2] != start:
-            _gone = True
-            return True
-    return False
-
-
-LAUNCHER_GONE = "the dvc process that ran this stage is gone: stopping without writing outputs"
-NO_LAUNCHER = ("$DVC_STAGE is set but no dvc process launched this stage (it died as the stage "
-               "started, or the variable was set by hand): nothing was run; run it with "
-               "`dvc repro`, or unset DVC_STAGE")
-_finished = threading.Event()  # set once the stage is done, failed or interrupted
-
-
-def _stop_when_launcher_gone(period_s: float = 0.5) -> None:
-    while not _finished.wait(period_s):
-        if launcher_gone():
-            print(f"error: {LAUNCHER_GONE}", file=sys.stderr)
-            os.kill(os.getpid(), signal.SIGTERM)  # unwinds the main thread as an interruption
-            return
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _redeliver_swallowed_interrupt(unraisable, previous=sys.unraisablehook) -> None:
-    """Python drops an exception raised while it runs a finalizer (a __del__, a weakref or GC
-    callback) with an "Exception ignored" line; a Ctrl-C or SIGTERM that lands there would be
-    lost and the stage would run on and write its outputs. Send it again, as SIGTERM, from
-    another thread 10-100 ms later (random, so as not to fall in step with a periodic
-    finalizer), so that it lands outside the finalizer, or again should it land in one once
-    more; anything else goes to the usual hook."""
-    if issubclass(unraisable.exc_type, KeyboardInterrupt) and not _finished.is_set():
-        delay = random.SystemRandom().uniform(0.01, 0.1)  # not the seeded global generator
-        threading.Timer(delay, _resend_interrupt).start()
-        return
-    previous(unraisable)
-
-
-def _resend_interrupt() -> None:
-    if not _finished.is_set():  # the stage has not ended meanwhile
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-DEBUG_ENV = "TRANSFERLAB_DEBUG"
-_DEBUG_VALUES = {"": False, "0": False, "false": False, "no": False, "off": False,
-                 "1": True, "true": True, "yes": True, "on": True}
-
-
-def debug_tracebacks() -> bool:
-    """$TRANSFERLAB_DEBUG: 1 shows a bad input's traceback; unset, empty or 0: one line."""
-    raw = os.environ.get(DEBUG_ENV, "")
-    if raw.strip().lower() not in _DEBUG_VALUES:
-        raise UserError(f"{DEBUG_ENV}={one_line(raw)!r} is not 1 or 0: set it to 1 to see "
-                        "tracebacks, 0 (or unset it) for one-line errors")
-    return _DEBUG_VALUES[raw.strip().lower()]
-
-
-def run_stage(main: Callable[[list[str] | None], None]) -> None:
-    """Entry point of every stage script: bad input becomes one line on stderr and exit code 2.
-
-    Set TRANSFERLAB_DEBUG=1 to see the traceback instead.
-    """
-    try:
-        debug = debug_tracebacks()
-    except UserError as err:
-        print(f"error: {one_line(str(err))}", file=sys.stderr)
-        sys.exit(2)
-    # SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C so atomic_path cleans its temp files.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    sys.unraisablehook = _redeliver_swallowed_interrupt
-    global _hooked
-    if not _hooked:  # an audit hook cannot be removed: one per process
-        sys.addaudithook(_record_reads)
-        _hooked = True
-    _inputs.clear()
-    _recording.set()
-    _finished.clear()
-    if launcher_gone():  # `dvc` died while this stage started (imports): run nothing
-        _finished.set()
-        _recording.clear()
-        print(f"error: {NO_LAUNCHER if transferlab.ORPHANED else LAUNCHER_GONE}", file=sys.stderr)
-        sys.exit(2)
-    if transferlab.LAUNCHERS:
-        threading.Thread(target=_stop_when_launcher_gone, daemon=True).start()
-    try:
-        main(sys.argv[1:])
-    except UserError as err:
-        _finished.set()
-        if debug:
-            raise
-        print(f"error: {one_line(str(err))}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        _finished.set()
-        # a second signal (a process group's SIGTERM and the watchdog's, say) must not cut the
-        # exit short with a traceback: the cleanup has run, nothing is left to interrupt
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("interrupted: no output was written", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        _finished.set()
-        _recording.clear()
-        _inputs.clear()

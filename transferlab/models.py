@@ -254,7 +254,8 @@ def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Classifie
     The one loader of model files: format, metadata and tensors are all checked, and any fault
     is one line naming the file and what is wrong with it.
     """
-    from transferlab.io import UserError, load_state_dict, show_path
+    from transferlab.errors import UserError, show_path
+    from transferlab.io import load_state_dict
 
     try:
         model, classes = classifier_from_state(*load_state_dict(path))

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from transferlab import backbones
-from transferlab.io import UserError
+from transferlab.errors import UserError
 from transferlab.options import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGES_PER_CLASS, MAX_LIST,
                                  MAX_WIDTH, SEED_LIMIT, WHY_BATCH, WHY_IMAGES, WHY_LIST,
                                  WHY_STEPS, Encoder, Optim, Strict)

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.io import UserError, check_output, one_line, run_stage, show_path, write_csv
+from transferlab.errors import UserError, one_line, show_path
+from transferlab.io import check_output, write_csv
+from transferlab.launcher import run_stage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 

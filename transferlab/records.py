@@ -21,7 +21,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from transferlab.io import UserError, _readable_file, one_line, path_error, show_path
+from transferlab.errors import UserError, one_line, path_error, show_path
+from transferlab.io import check_readable
 from transferlab.params import Prepare
 
 RERUN = "delete it and run `dvc repro` again"
@@ -81,7 +82,7 @@ def parse_json(text: str | bytes, limit: int = MAX_JSON_BYTES) -> object:
 def _read_bytes(path: Path, limit: int, fix: str) -> bytes:
     # io's one check of an input: missing, a folder, a FIFO, a link loop, an over-long name are
     # one line each, and the read is noted (no output of the command may replace this file)
-    _readable_file(Path(path))
+    check_readable(Path(path))
     try:
         with open(path, "rb") as f:
             blob = f.read(limit + 1)

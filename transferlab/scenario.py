@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from transferlab.datasets import RawDataset
-from transferlab.io import DiskArray, UserError, array_writer, load_arrays, resident_limit, row_chunks
+from transferlab.errors import UserError
+from transferlab.io import DiskArray, array_writer, load_arrays, resident_limit, row_chunks
 from transferlab.params import DatasetSpec, Prepare
 
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B

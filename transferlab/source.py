@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferlab.io import UserError, one_line, show_path
+from transferlab.errors import UserError, one_line, show_path
 from transferlab.metrics import DIGITS
 from transferlab.models import (Architecture, Classifier, Encoder, load_pretrained,
                                 set_input_normalisation)

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from transferlab import compute
-from transferlab.io import UserError
+from transferlab.errors import UserError
 
 EVALUATIONS_PER_RUN = 30  # checkpoints considered by model selection when no epochs are given
 

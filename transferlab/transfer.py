@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from transferlab.io import UserError
+from transferlab.errors import UserError
 from transferlab.models import Classifier, architecture_from, new_head
 from transferlab.options import Adaptation
 from transferlab.params import Params

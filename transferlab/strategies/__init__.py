@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from transferlab.errors import UserError
 
 # What a method may read besides the target shots and validation set (dvc.yaml's deps follow).
 READS = ("source_model", "source_data", "features", "unlabelled")
@@ -89,7 +90,6 @@ NAMES = tuple(METHODS)
 def run(name: str, inputs: Inputs, cfg) -> Outcome:
     if name not in METHODS:
         raise ValueError(f"unknown strategy '{name}': choose one of {', '.join(NAMES)}")
-    from transferlab.io import UserError
     from transferlab.train import TrainingDiverged  # torch: imported only when a method runs
 
     module = importlib.import_module(f"{__name__}.{name}")
