@@ -51,7 +51,7 @@ def test_a_backbone_is_one_module(tmp_path):
     out = run_python(root, """
         import torch
         from tests.conftest import tiny_params_dict
-        from transferlab.io import UserError
+        from transferlab.errors import UserError
         from transferlab.models import Classifier, architecture_from, copy_blocks
         from transferlab.params import parse_params
 

@@ -165,7 +165,7 @@ def test_a_signal_during_training_exits_130_and_writes_nothing(signum, prepared_
 
 FINALIZER_STAGE = """
 import sys, time
-from transferlab.io import run_stage
+from transferlab.launcher import run_stage
 
 def busy(seconds):
     start = time.monotonic()
