@@ -528,6 +528,20 @@ def test_a_folder_param_that_is_no_folder_is_one_line_naming_it(fault, tmp_path,
     assert_untouched(work, before)
 
 
+@pytest.mark.parametrize("key", ["data.target.root", "data.source.root", "data.cache_dir"])
+def test_a_folder_param_holding_a_nul_character_is_one_line(key, work, capsys):
+    """YAML's "\\0" escape puts a NUL in a path: os.stat raises ValueError for it, not OSError."""
+    if key == "data.cache_dir":
+        params = {"data": {"target": {"name": "usps"}, "cache_dir": "cache\0here"}}
+    else:
+        params = {"data": {key.split(".")[1]: {"name": "folder", "root": "images\0here"}}}
+    (work / "params.yaml").write_text(yaml.safe_dump(merge(tiny_params_dict(), params)))
+    before = snapshot(work, *OUTPUT_DIRS)
+    code, _, err = run_entry(work, "download", "data/raw", capsys=capsys)
+    assert_one_line_error(code, err, key, fragments=["NUL character", f"point {key} at"])
+    assert_untouched(work, before)
+
+
 def test_a_root_that_cannot_be_listed_is_one_line(tmp_path, work, capsys, monkeypatch):
     """chmod 000 stops no root user (these tests run as root in CI): the listing is refused the
     way the kernel refuses it to anyone else."""

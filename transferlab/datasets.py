@@ -284,6 +284,9 @@ def check_folder(key: str, path: str | os.PathLike, must_exist: bool = True, wha
     long for the filesystem (ENAMETOOLONG: 255 bytes a name on ext4), a file / FIFO / device
     where the folder belongs, or a folder that cannot be listed. os.stat never opens the path:
     a FIFO is named, not waited on."""
+    if "\0" in os.fspath(path):  # a YAML "\0": os.stat would raise ValueError, not OSError
+        raise UserError(f"{key}: {what}{show_path(path)} holds a NUL character, which no path "
+                        f"can: point {key} at {fix}")
     path = Path(path).expanduser().absolute()
     where = f"{key}: {what}{show_path(path)}"
     fix = f"point {key} at {fix}"
