@@ -78,7 +78,9 @@ def set_params(repo: Path, changes: dict) -> None:
 def fashion60k(repo: Path, work: Path, args) -> None:
     from torchvision.datasets import FashionMNIST
 
-    from transferlab.datasets import fetch, save_raw, to_raw
+    from transferlab.datasets import fetch
+    from transferlab.datasets.torchvision_sets import to_raw
+    from transferlab.rawdata import save_raw
 
     raw = work / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)

@@ -159,7 +159,7 @@ def ours_rate(root: Path, steps: int, warmup: int, batch_size: int, device,
 
     from transferlab import compute
 
-    from transferlab.datasets import load_folder
+    from transferlab.images import load_folder
     from transferlab.models import Classifier, architecture_from, set_input_normalisation
     from transferlab.params import Model, load_params
     from transferlab.scenario import align

@@ -9,11 +9,13 @@ wheels: no network. Others come through torchvision into data.cache_dir (checksu
 import argparse
 from pathlib import Path
 
-from transferlab.datasets import (TORCHVISION, check_folder, decode_size, default_cache_dir,
-                                  fetch, has_official_split, save_raw, target_test_source)
+from transferlab import datasets
+from transferlab.datasets import decode_size, fetch, has_official_split, target_test_source
+from transferlab.images import check_folder
 from transferlab.io import atomic_path
 from transferlab.launcher import run_stage
 from transferlab.params import load_params
+from transferlab.rawdata import save_raw
 
 
 def main(argv=None):
@@ -24,11 +26,13 @@ def main(argv=None):
     cache_dir = Path(data.cache_dir) if data.cache_dir else None
     # every folder param checked before anything reads below it: a symlink loop, a 300-character
     # name or a FIFO there is one line naming the param, not an OSError from deep inside
-    if TORCHVISION.keys() & {data.source.name, data.target.name}:
+    if any(datasets.get(spec.name).downloads for spec in (data.source, data.target)):
+        from transferlab.datasets.torchvision_sets import default_cache_dir
+
         check_folder("data.cache_dir", cache_dir or default_cache_dir(), must_exist=False,
                      fix="a folder (or $TRANSFERLAB_DATA)")
     for role, spec in (("source", data.source), ("target", data.target)):
-        if spec.name == "folder" and spec.root:
+        if datasets.get(spec.name).needs_root and spec.root:
             check_folder(f"data.{role}.root", spec.root, what="folder dataset ",
                          fix="a folder of class folders (<root>/<class>/<image>)")
 
@@ -41,8 +45,9 @@ def main(argv=None):
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         for name, spec, split in files:
-            raw = fetch(spec.name, cache_dir=cache_dir, root=Path(spec.root) if spec.root else None,
-                        split=split, size=data.decode_size, lazy=True,
+            raw = fetch(spec.name, split, cache_dir=cache_dir,
+                        root=Path(spec.root) if spec.root else None, size=data.decode_size,
+                        lazy=True,
                         root_key="data.source.root" if name == "source" else "data.target.root")
             save_raw(tmp / f"{name}.safetensors", raw, decode_size(spec.name, data.decode_size))
             print(f"{name}: {spec.name} ({split}), {len(raw.labels)} images "

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from transferlab.datasets import load_raw
+from transferlab.rawdata import load_raw
 from transferlab.io import atomic_path, read_metadata, save_arrays, write_json
 from transferlab.launcher import run_stage
 from transferlab.params import load_params

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from transferlab.candidates import candidate_source, evaluate_candidate, train_candidate
-from transferlab.datasets import load_raw
+from transferlab.rawdata import load_raw
 from transferlab.errors import UserError
 from transferlab.io import load_arrays, write_json
 from transferlab.launcher import run_stage

@@ -11,14 +11,18 @@ from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
+import typing
+
 import pytest
 import torchvision.datasets as tv
 from PIL import Image
 
 from tests.fixtures_formats import (CIFAR_NAMES, random_images, trust_fixture_md5s, write_cifar10,
                                     write_mnist, write_svhn, write_usps)
-from transferlab.datasets import (DIGITS, DOWNLOAD_TIMEOUT_S, FOLDER_SIZE, RawDataset, read_image,
-                                  expected_files, fetch, load_raw, save_raw)
+from transferlab.datasets import fetch
+from transferlab.datasets.torchvision_sets import DOWNLOAD_TIMEOUT_S, expected_files
+from transferlab.images import FOLDER_SIZE, read_image
+from transferlab.rawdata import DIGITS, RawDataset, load_raw, save_raw
 from transferlab.errors import UserError
 
 
@@ -216,7 +220,7 @@ def test_an_unpacked_mnist_file_must_match_its_verified_archive(tmp_path, monkey
 
 
 def test_unknown_names_and_a_folder_without_root_fail_in_one_line():
-    assert "choose one of mnist_5k, uci_digits, mnist, fashion_mnist, usps, svhn, cifar10, folder" \
+    assert "choose one of mnist_5k, uci_digits, folder, mnist, fashion_mnist, usps, svhn, cifar10" \
         in one_line_error(fetch, "mnits")
     assert "needs a root" in one_line_error(fetch, "folder")
 
@@ -333,9 +337,26 @@ def test_raw_dataset_rejects_labels_outside_its_classes():
 
 
 def test_a_data_folder_whose_tilde_names_no_user_is_one_line(monkeypatch):
-    from transferlab.datasets import default_cache_dir
+    from transferlab.datasets.torchvision_sets import default_cache_dir
     from transferlab.errors import UserError
 
     monkeypatch.setenv("TRANSFERLAB_DATA", "~nosuchuser_transferlab/x")
     with pytest.raises(UserError, match="TRANSFERLAB_DATA='~nosuchuser_transferlab/x': its ~"):
         default_cache_dir()
+
+
+def test_every_registered_dataset_is_in_the_schema_and_loads_by_its_module():
+    """The registry is the one list: the schema's names are its names, and every declared
+    dataset's module can load it (the embedded ones here, offline)."""
+    from transferlab import datasets
+    from transferlab.params import DatasetSpec
+
+    assert typing.get_args(DatasetSpec.model_fields["name"].annotation) == datasets.NAMES
+    assert {"mnist_5k", "uci_digits", "mnist", "svhn", "folder"} <= set(datasets.NAMES)
+    for dataset in datasets.list_datasets():
+        assert dataset.summary and callable(datasets.family_module(dataset.name).load)
+        assert set(dataset.official_splits) <= {"test", "val"}
+        if dataset.needs_root:
+            assert callable(datasets.family_module(dataset.name).has_split)
+    with pytest.raises(UserError, match="unknown dataset 'nope': choose one of mnist_5k"):
+        datasets.fetch("nope")

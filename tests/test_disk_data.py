@@ -15,7 +15,8 @@ from safetensors.numpy import save
 
 from tests.conftest import ROOT, make_images, tiny_params_dict
 from transferlab import strategies
-from transferlab.datasets import load_folder, save_raw
+from transferlab.images import load_folder
+from transferlab.rawdata import save_raw
 from transferlab.errors import UserError
 from transferlab.io import DiskArray, array_writer, canonical_safetensors, load_arrays, save_arrays
 from transferlab.models import Architecture, Classifier, SmallCNN

@@ -79,10 +79,13 @@ RERUNS: dict[str, frozenset[str]] = {
        for m in ("__init__", "resnet", "small_cnn", "staged", "vit")},
     "transferlab/candidates.py": frozenset(),  # ranking only
     "transferlab/compute.py": EVERY - {"check_params", "download", "prepare", "report"},  # as train.py
-    "transferlab/datasets.py": frozenset({"download", "prepare"}),
+    # the dataset registry imports every dataset module, and the schema imports the registry
+    **{f"transferlab/datasets/{m}.py": EVERY
+       for m in ("__init__", "embedded", "folder", "torchvision_sets")},
     "transferlab/errors.py": EVERY,  # UserError: imported by io, so by every stage
     "transferlab/evaluation.py": frozenset({"evaluate"}),
     "transferlab/export.py": frozenset({"export"}),
+    "transferlab/images.py": frozenset({"download"}),  # folder images (and predict's reader)
     "transferlab/io.py": EVERY,
     "transferlab/launcher.py": EVERY,  # run_stage: every stage's entry point
     # evaluate's scores; its rounding (DIGITS) in every metrics file the training stages write
@@ -93,6 +96,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/params.py": EVERY,
     "transferlab/predict.py": frozenset(),  # the transferlab-predict command: no stage
     "transferlab/ranking.py": frozenset(),  # ranking only
+    "transferlab/rawdata.py": frozenset({"download", "prepare"}),  # the raw dataset files
     "transferlab/records.py": frozenset({"evaluate", "export", "report"}),  # files they read
     "transferlab/report.py": frozenset({"report"}),
     "transferlab/scenario.py": frozenset({"prepare"}),

@@ -1,5 +1,5 @@
-"""The worked examples of docs/extending.md, proven: a backbone and a method are each one new
-module, found by their registry and checked by the schema, with no other library file edited.
+"""The worked examples of docs/extending.md, proven: a backbone, a dataset and a method are each
+one new module, found by their registry and checked by the schema, with no other library file edited.
 
 Each test copies the package into a temporary folder, adds the example's module there (the
 text of docs/extending.md's example, so the docs cannot drift from what works) and runs a
@@ -109,6 +109,31 @@ def test_a_method_is_one_module_and_a_params_section(tmp_path):
                            "'unlabelled']", "Classifier"]
 
 
-@pytest.mark.parametrize("name", ["backbone", "method", "method params"])
+def test_a_dataset_is_one_module(tmp_path):
+    root = copy_package(tmp_path)
+    (root / "transferlab/datasets/uci_inverted.py").write_text(example("dataset"))
+    out = run_python(root, """
+        from tests.conftest import tiny_params_dict
+        from transferlab import datasets
+        from transferlab.errors import UserError
+        from transferlab.params import parse_params
+
+        parse_params(tiny_params_dict(data={"target": {"name": "uci_inverted"}}))
+        raw = datasets.fetch("uci_inverted")
+        plain = datasets.fetch("uci_digits")
+        print(raw.images.shape, raw.classes[:2], bool(((raw.images + plain.images) == 16).all()))
+        print(datasets.target_test_source("auto", "uci_inverted", None))
+        try:
+            datasets.fetch("uci_inverted", "test")
+        except UserError as err:
+            print(err)
+    """)
+    lines = out.splitlines()
+    assert lines[0] == "(1797, 8, 8) ('0', '1') True"
+    assert lines[1] == "split"
+    assert "dataset 'uci_inverted' has no official test split" in lines[2]
+
+
+@pytest.mark.parametrize("name", ["backbone", "dataset", "method", "method params"])
 def test_every_example_is_in_the_docs(name):
     assert example(name).strip()

@@ -13,7 +13,7 @@ from tests.conftest import tiny_params_dict
 from tests.dvc_helpers import copy_project, dvc, ran, set_params
 from tests.test_stages import run_main
 from transferlab import candidates, ranking
-from transferlab.datasets import RawDataset
+from transferlab.rawdata import RawDataset
 from transferlab.params import parse_params
 from transferlab.scenario import build_scenario
 from transferlab.transferability import SCORES

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import tiny_params_dict
-from transferlab.datasets import RawDataset
+from transferlab.rawdata import RawDataset
 from transferlab.errors import UserError
 from transferlab.params import parse_params
 from transferlab.scenario import align, build_scenario, crop_to_bbox, draw_shots, split_stratified

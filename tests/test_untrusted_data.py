@@ -31,7 +31,7 @@ from PIL import Image
 from tests.conftest import merge, tiny_params_dict
 from tests.test_bad_input import (OUTPUT_DIRS, PREPARE, assert_one_line_error, assert_untouched,
                                   prepared_base, run_entry, snapshot, work)  # noqa: F401
-from transferlab.datasets import read_image
+from transferlab.images import read_image
 from transferlab.errors import UserError
 from transferlab.io import load_arrays
 
@@ -592,7 +592,7 @@ def test_a_palette_png_with_transparency_is_read_with_its_colours(tmp_path, mode
     a direct conversion; it is read as its RGBA picture with the alpha dropped."""
     from PIL import Image
 
-    from transferlab.datasets import decode_image
+    from transferlab.images import decode_image
 
     rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     alpha = bytes([0] * 3 + [255] * 13)

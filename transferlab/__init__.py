@@ -2,7 +2,9 @@
 
 Modules, in the order the pipeline uses them:
     params        the typed schema of params.yaml (its lists come from the registries)
-    datasets      raw datasets (embedded, torchvision, folders) and the one image reader
+    datasets/     the dataset registry: one module per family (embedded, folder, torchvision)
+    rawdata       a raw dataset (images, labels, class names) and its file
+    images        image files and class folders on disk, and the one image reader
     scenario      domain alignment, framing checks, copies by content, splits, k-shot draws
     backbones/    the backbone registry: one module per encoder family
     models        encoders with named blocks + linear head, model files, pretrained weights

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from transferlab import strategies
-from transferlab.datasets import RawDataset
+from transferlab.rawdata import RawDataset
 from transferlab.errors import UserError
 from transferlab.models import Classifier, architecture_from
 from transferlab.params import Candidate, Params

@@ -24,6 +24,13 @@ def one_line(text: str) -> str:
     return out if len(out) <= MESSAGE_CHARS else out[:MESSAGE_CHARS - 3] + "..."
 
 
+def error_line(err: BaseException) -> str:
+    """An exception as one line: its type and last non-empty line (torchvision's MNIST stacks one
+    line per mirror it tried; Pillow's plugins write several)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+
+
 def show_path(path: str | os.PathLike) -> str:
     """A path for a message: one line, whatever characters its name holds."""
     return one_line(str(path))

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from transferlab import backbones
+from transferlab import backbones, datasets
 from transferlab.errors import UserError
 from transferlab.options import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGES_PER_CLASS, MAX_LIST,
                                  MAX_WIDTH, SEED_LIMIT, WHY_BATCH, WHY_IMAGES, WHY_LIST,
@@ -39,7 +39,7 @@ def is_weights_name(weights: str) -> bool:
     return weights == "imagenet" or re.fullmatch(r"[A-Z][A-Z0-9_]*", weights) is not None
 
 
-DATASETS = ("mnist_5k", "uci_digits", "mnist", "fashion_mnist", "usps", "svhn", "cifar10", "folder")
+DATASETS = datasets.NAMES  # every module of transferlab/datasets/
 
 
 class DatasetSpec(Strict):

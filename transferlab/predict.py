@@ -124,7 +124,8 @@ def preprocess_file(path: Path, prep, decode_size: int) -> np.ndarray:
     """One file -> (C, S, S) uint8, the very steps training data took: a folder dataset's
     images were decoded by `read_image` (centre square at decode_size), a torchvision or embedded
     dataset's arrive at their own size; then `align` with the recorded prepare params."""
-    from transferlab.datasets import RawDataset, read_image
+    from transferlab.images import read_image
+    from transferlab.rawdata import RawDataset
     from transferlab.scenario import align
 
     if not os.path.isfile(path):  # os.path: False, not an OSError, for an over-long name

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transferlab.datasets import RawDataset
+from transferlab.rawdata import RawDataset
 from transferlab.errors import UserError
 from transferlab.io import DiskArray, array_writer, load_arrays, resident_limit, row_chunks
 from transferlab.params import DatasetSpec, Prepare
