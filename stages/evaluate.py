@@ -8,16 +8,22 @@ which DVC lists as plot data, not as metrics. A model file that transfer wrote a
 (needs target labels at prepare.shots: 0) is listed as skipped. plots/embedding/ holds a 2-D
 PCA of source-val and unlabelled-target features, before adaptation (the source model) and
 after it (every label-free method evaluated): `dvc plots show` draws the domains aligning.
+Every model (the baselines included) also passes the label-free health check
+(transferlab/health.py) on the unlabelled target images: `degenerate`, `top_share`,
+`marginal_entropy` and `kl_to_source_prior` join its scores, and a degenerate model is marked in
+the table and named in a warning line on stderr.
 """
 
 import transferlab  # noqa: F401  first: notes the dvc process that launched this stage
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from transferlab.evaluation import compare, embed_2d, predict, results_markdown
+from transferlab.evaluation import compare, embed_2d, order, predict, results_markdown
 from transferlab.errors import UserError
+from transferlab.health import check_models, class_prior, health_warning
 from transferlab.io import (atomic_path, load_arrays, read_classes, read_metadata, write_csv,
                             write_json)
 from transferlab.launcher import run_stage
@@ -57,7 +63,13 @@ def main(argv=None):
         raise UserError(f"evaluate: model files must have distinct names other than source_only, "
                         f"got {[str(p) for p in args.models]}: fix the evaluate command in dvc.yaml")
     models["source_only"] = args.source_model
-    predictions, facts, skipped, encoders = {}, {}, {}, {}
+    # the health check's images: the unlabelled target pool; the test images, labels unused,
+    # when the shots took the whole pool
+    target_x = to_device(load_arrays(args.unlabelled, ("x_unlabelled",), lazy=True),
+                         device)["x_unlabelled"]
+    health_x, where = ((target_x, f"{len(target_x)} unlabelled target images") if len(target_x)
+                       else (x_test, f"{len(x_test)} target test images (labels unused)"))
+    predictions, on_target, facts, skipped, encoders = {}, {}, {}, {}, {}
     for name, path in models.items():
         record = model_record(path, read_metadata(path))  # every key checked: one line if not
         if record.skipped is not None:
@@ -70,6 +82,7 @@ def main(argv=None):
                             "`dvc repro` to retrain it")
         if classes == target_classes:  # source-only needs the very same classes, in order
             predictions[name] = predict(model, x_test)
+            on_target[name] = predict(model, health_x)
             facts[name] = {"target_labels": record.target_labels, "selection": record.selection}
             if name == "source_only" or name in ADAPTATION:
                 encoders["before" if name == "source_only" else name] = model.encoder
@@ -79,8 +92,13 @@ def main(argv=None):
                         "transfer stage or set prepare.shots >= 1")
     scores = compare(predictions, y_test, num_classes,
                      {n: f["target_labels"] for n, f in facts.items()})
+    source = load_arrays(args.source, ("x_val", "y_train"), lazy=True)
+    prior = (class_prior(np.asarray(source["y_train"]), num_classes)  # KL needs the same classes
+             if read_classes(args.source) == target_classes else None)
+    health = check_models(on_target, num_classes, prior, where)
     for name, s in scores.items():
         s["selection"] = facts[name]["selection"]
+        s.update(health[name].record())
 
     write_json(args.metrics, {**{name: {k: v for k, v in s.items() if k != "per_class_accuracy"}
                                  for name, s in scores.items()}, **skipped})
@@ -95,15 +113,15 @@ def main(argv=None):
         tmp.mkdir()
         for name, pred in predictions.items():
             write_csv(tmp / f"{name}.csv", ["actual", "predicted"], zip(y_test.tolist(), pred.tolist()))
-    source_x = to_device(load_arrays(args.source, ("x_val",), lazy=True), device)["x_val"]
-    target_x = to_device(load_arrays(args.unlabelled, ("x_unlabelled",), lazy=True),
-                         device)["x_unlabelled"]
+    source_x = to_device({"x_val": source["x_val"]}, device)["x_val"]
     with atomic_path(args.embedding) as tmp:
         tmp.mkdir()
         for name, encoder in encoders.items():
             for domain, xy in zip(("source", "target"), embed_2d(encoder, source_x, target_x)):
                 write_csv(tmp / f"{name}_{domain}.csv", ["pc1", "pc2"], xy.tolist())
     print(results_markdown(scores), end="")  # the README's table: scripts/sync_readme.py
+    for name in [n for n in order(health) if health[n].degenerate]:
+        print(health_warning(name, health[name], target_classes, where), file=sys.stderr)
 
 
 if __name__ == "__main__":

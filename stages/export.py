@@ -2,21 +2,26 @@
 
 Reads the strategies' validation metrics (never the test set), exports the chosen model with
 its class names and preprocessing in the ONNX metadata, and checks onnxruntime against torch on
-the target validation images before writing anything.
+the target validation images before writing anything. A model the label-free health check
+flags on those images (transferlab/health.py: one class for most of them), or whose target
+validation accuracy is not clearly above chance, is refused with one line and nothing is
+written, unless `health.allow_degenerate: true` (then it ships with a warning).
 """
 
 import transferlab  # noqa: F401  first: notes the dvc process that launched this stage
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from transferlab.export import choose, export_metadata, onnx_bytes
+from transferlab.export import choose, export_metadata, onnx_bytes, ship_verdict
 from transferlab.errors import UserError
 from transferlab.io import atomic_path, load_arrays, read_metadata, write_json
 from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
+from transferlab.params import load_params
 from transferlab.records import RERUN, model_record, read_transfer_metrics
 from transferlab.train import make_deterministic, predict_logits, to_device
 
@@ -32,6 +37,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, required=True, help="output: the ONNX file")
     ap.add_argument("--summary", type=Path, required=True, help="output: what was exported, JSON")
     args = ap.parse_args(argv)
+    allow_degenerate = load_params().health.allow_degenerate
     names = [p.name.removesuffix(".safetensors") for p in args.models]
     if names != [p.stem for p in args.val_metrics]:
         raise UserError(f"export: models {names} and --val-metrics {[p.stem for p in args.val_metrics]}"
@@ -59,9 +65,17 @@ def main(argv=None):
     preprocess = record.preprocess
     if preprocess is None:  # the ONNX file would not say how to prepare an image
         raise UserError(f"{path} records no preprocessing (written by an older version): {RERUN}")
-    x_val = to_device(load_arrays(args.val, ("x_val",), lazy=True), torch.device("cpu"))["x_val"]
+    val = load_arrays(args.val, ("x_val",), lazy=True)
+    x_val = to_device({"x_val": val["x_val"]}, torch.device("cpu"))["x_val"]
+    # refused (one line naming health.allow_degenerate) before anything is converted or written
+    predicted = predict_logits(model.eval(), x_val).argmax(1).numpy()
+    health, warning = ship_verdict(f"{chosen} (chosen by {chosen_by})", predicted,
+                                   val.get("y_val"), classes, allow_degenerate)
+    if warning:
+        print(warning, file=sys.stderr)
     blob = onnx_bytes(model, tuple(x_val.shape[1:]),
-                      export_metadata(chosen, val_accuracy[chosen], classes, preprocess.record()))
+                      export_metadata(chosen, val_accuracy[chosen], classes, preprocess.record(),
+                                      warning or "ok"))
 
     import onnxruntime
     session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
@@ -78,7 +92,7 @@ def main(argv=None):
         tmp.write_bytes(blob)
     write_json(args.summary, {"strategy": chosen, "chosen_by": chosen_by,
                               "target_val_accuracy": val_accuracy[chosen],
-                              "onnx_max_abs_logit_diff": float(f"{gap:.2e}")})
+                              "onnx_max_abs_logit_diff": float(f"{gap:.2e}"), **health})
     print(f"exported {chosen} (chosen by {chosen_by}; target val accuracy "
           f"{val_accuracy[chosen]:.4f}) -> {args.out}; "
           f"onnxruntime vs torch: max |logit diff| {gap:.1e}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from transferlab.rawdata import load_raw
 from transferlab.io import atomic_path, read_metadata, save_arrays, write_json
 from transferlab.launcher import run_stage
-from transferlab.params import load_params
+from transferlab.params import is_weights_name, load_params
 from transferlab.scenario import build_scenario, preprocess_record
 
 
@@ -36,11 +36,12 @@ def main(argv=None):
                                   load_raw(args.raw / "target.safetensors", lazy=True),
                                   params.prepare, params.seed, params.data.source,
                                   params.data.target, official.get("test"), official.get("val"),
-                                  scratch=tmp.parent)
+                                  scratch=tmp.parent,
+                                  needs_colour=is_weights_name(params.model.weights))
         source_meta = {"classes": json.dumps(scenario.source_classes),
-                       "preprocess": preprocess_record(params.prepare, decoded["source"])}
+                       "preprocess": preprocess_record(scenario.prepare, decoded["source"])}
         target_meta = {"classes": json.dumps(scenario.target_classes),
-                       "preprocess": preprocess_record(params.prepare, decoded["target"])}
+                       "preprocess": preprocess_record(scenario.prepare, decoded["target"])}
         tmp.mkdir()
         save_arrays(tmp / "source.safetensors", scenario.source, source_meta)
         save_arrays(tmp / "target.safetensors", scenario.target, target_meta)

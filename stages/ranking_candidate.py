@@ -11,9 +11,10 @@ from pathlib import Path
 from transferlab.candidates import candidate_source, evaluate_candidate, train_candidate
 from transferlab.rawdata import load_raw
 from transferlab.errors import UserError
-from transferlab.io import load_arrays, write_json
+from transferlab.io import load_arrays, read_metadata, write_json
 from transferlab.launcher import run_stage
 from transferlab.params import load_params
+from transferlab.records import PREPROCESS_KEYS, model_record
 from transferlab.train import make_deterministic, pick_device, to_device
 
 POOL = ("x_pool", "y_pool", "x_val", "y_val")
@@ -34,6 +35,12 @@ def main(argv=None):
                         f"{', '.join(params.ranking.candidates)}")
     cand = params.ranking.candidates[args.name]
 
+    # the framing prepare chose for the target (prepare.* auto resolved), from the pool's record
+    framing = model_record(args.pool, read_metadata(args.pool)).preprocess
+    if framing is None:
+        raise UserError(f"{args.pool} records no preprocessing: run `dvc repro prepare`")
+    params = params.model_copy(update={"prepare": params.prepare.model_copy(
+        update={k: getattr(framing, k) for k in PREPROCESS_KEYS})})
     make_deterministic(params.pretrain.seed)
     device = pick_device()
     official = {split: load_raw(path) for split in ("test", "val")

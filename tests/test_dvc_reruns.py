@@ -70,6 +70,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "compute.*": EVERY - {"download", "prepare"},
     # every training stage; the source model changes, so all below it
     "augment.*": EVERY - {"download", "prepare"},
+    # export alone reads it (refuse or ship a degenerate model); evaluate and report flag anyway
+    "health.*": frozenset({"check_params", "export"}),
     COMMENT_ONLY: frozenset({"check_params"}),
     # library modules: a comment appended
     # every stage script's first import: it notes the launching `dvc` (launcher.py's watchdog)
@@ -85,6 +87,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/errors.py": EVERY,  # UserError: imported by io, so by every stage
     "transferlab/evaluation.py": frozenset({"evaluate"}),
     "transferlab/export.py": frozenset({"export"}),
+    # the label-free health check: evaluate's flags, export's gate, the report's banner
+    "transferlab/health.py": frozenset({"evaluate", "export", "report"}),
     "transferlab/images.py": frozenset({"download"}),  # folder images (and predict's reader)
     "transferlab/io.py": EVERY,
     "transferlab/launcher.py": EVERY,  # run_stage: every stage's entry point
@@ -143,6 +147,7 @@ EDITS = {
     "ranking.*": {"ranking.shots": 2},
     "compute.*": {"compute.precision": "bf16"},
     "augment.*": {"augment.mode": "photo"},
+    "health.*": {"health.allow_degenerate": True},
 }
 PARAM_ROWS = [row for row in RERUNS if not row.endswith(".py") and row != COMMENT_ONLY]
 MODULE_ROWS = [row for row in RERUNS if row.endswith(".py")]

@@ -187,8 +187,11 @@ def test_export_writes_the_validation_choice_and_onnx_matches_torch(pipeline):
            for p in sorted((pipeline / "metrics/transfer").glob("*.json"))}
     assert val[summary["strategy"]] == max(val.values()) and summary["chosen_by"] == "target-val"
     assert summary["onnx_max_abs_logit_diff"] <= 1e-4
+    # the health gate passed it (health.allow_degenerate is false in the tiny params)
+    assert (summary["degenerate"], summary["above_chance"]) == (False, True)
     proto = onnx.load(str(pipeline / "models/export/model.onnx"))
     meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["health"] == "ok"
     assert json.loads(meta["classes"]) == [str(d) for d in range(10)]
     assert json.loads(meta["preprocess"])["image_size"] == 8
     model, _ = load_classifier(pipeline / f"models/transfer/{summary['strategy']}.safetensors")

@@ -25,6 +25,8 @@ STUDY = {"cells": {f"{name}@k{k}": {"accuracy": acc, "ci_low": acc - 0.05, "ci_h
 
 
 CURVES = ("pretrain", "scratch", "finetune")
+HEALTH = {"scratch": {"degenerate": True, "top_share": 0.7, "marginal_entropy": 0.5,
+                      "kl_to_source_prior": 0.3}}
 
 
 def make_inputs(root: Path, n: int = 30) -> dict[str, Path]:
@@ -41,7 +43,10 @@ def make_inputs(root: Path, n: int = 30) -> dict[str, Path]:
         write_csv(paths["confusion"] / f"{name}.csv", ["actual", "predicted"],
                   list(zip(actual.tolist(), predicted.tolist())))
         scores[name] = {"accuracy": round(1 - wrong / n, 4), "macro_f1": round(1 - wrong / n, 4),
-                        "gain_over_scratch": round((6 - wrong) / n, 4)}
+                        "gain_over_scratch": round((6 - wrong) / n, 4),
+                        # the health check: scratch flagged (one class for 70 % of the images)
+                        **HEALTH.get(name, {"degenerate": False, "top_share": 0.4,
+                                            "marginal_entropy": 0.97})}
     write_json(paths["evaluate"], scores)
     write_json(paths["scenario"], {"target_test": n, "shots": 2})
     for name in CURVES:
@@ -93,6 +98,31 @@ def test_the_page_holds_every_part_and_fetches_nothing():
     assert not re.search(r"<script|<link|@import|url\(\s*['\"]?http", page)
 
 
+def test_a_flagged_model_gets_a_banner_at_the_top_and_a_marked_row():
+    n = 12
+    actual = np.arange(n) % 3
+    scores = {"scratch": {"accuracy": 0.4, "macro_f1": 0.2, "degenerate": True, "top_share": 1.0,
+                          "marginal_entropy": 0.0},
+              "finetune": {"accuracy": 0.9, "macro_f1": 0.9, "degenerate": False,
+                           "top_share": 0.4, "marginal_entropy": 0.98}}
+    confusions = {"scratch": (actual, np.zeros(n, int)), "finetune": (actual, actual)}
+    page = render_report(scores, {"target_test": n}, {}, confusions,
+                         np.zeros((n, 1, 8, 8), np.uint8), CLASSES)
+    banner = page[page.index('<div class="alert"'):page.index("</div>")]
+    assert page.index('<div class="alert"') < page.index("<h2>Results</h2>")  # above everything
+    assert "flagged 1 model</b>" in banner and "<b>scratch</b>" in banner
+    assert "finetune" not in banner and "health.allow_degenerate: true" in banner
+    assert "predicts one class for 100 % of the images (limit 100 %)" in banner  # K = 3
+    assert "class-use entropy 0.00 of its maximum (limit 0.60)" in banner
+    assert ('<tr class="flagged"><td>&#9888; scratch</td>' in page
+            and "<b>&#9888; degenerate</b> (top class 100.0 %)" in page)
+    assert "<tr><td>finetune</td>" in page and "ok (top class 40.0 %)" in page
+    healthy = render_report({"finetune": scores["finetune"]}, {"target_test": n}, {},
+                            {"finetune": confusions["finetune"]},
+                            np.zeros((n, 1, 8, 8), np.uint8), CLASSES)
+    assert 'class="alert"' not in healthy and 'class="flagged"' not in healthy
+
+
 def test_the_stage_writes_the_same_bytes_in_every_process_without_torch(tmp_path):
     paths = make_inputs(tmp_path)
     first, second = tmp_path / "a.html", tmp_path / "b.html"
@@ -103,6 +133,8 @@ def test_the_stage_writes_the_same_bytes_in_every_process_without_torch(tmp_path
     assert first.read_bytes() == second.read_bytes()
     page = first.read_text()
     assert page.count("<figure>") == 9 + 6 + 2 and "finetune" in page and "Study" not in page
+    assert '<div class="alert" role="alert">' in page and "<b>scratch</b>: predicts" not in page
+    assert "<b>scratch</b>: class-use entropy 0.50 of its maximum (limit 0.60)" in page
 
 
 def test_the_study_adds_its_intervals(tmp_path):
@@ -211,6 +243,12 @@ HOSTILE = [  # (file, how it is damaged, what the one line names)
     ("evaluate", lambda t: t.replace('"gain_over_scratch": 0.1333', '"gain_over_scratch": -Infinity'),
      "key 'finetune.gain_over_scratch'"),
     ("evaluate", lambda t: "[1, 2]", "Input should be a valid dictionary"),
+    ("evaluate", lambda t: t.replace('"degenerate": true', '"degenerate": "yes"'),
+     "key 'scratch.degenerate'='yes'"),
+    ("evaluate", lambda t: t.replace('"top_share": 0.7', '"top_share": 1.5'),
+     "key 'scratch.top_share'=1.5"),
+    ("evaluate", lambda t: t.replace('"kl_to_source_prior": 0.3', '"kl_to_source_prior": -1'),
+     "key 'scratch.kl_to_source_prior'=-1"),
     ("evaluate", lambda t: t[:len(t) // 2], "is not JSON"),
     ("evaluate", lambda t: "[" * 100_000, "nested too deeply"),
     ("scenario", lambda t: t.replace('"shots": 2', '"shots": NaN'), "key 'shots"),

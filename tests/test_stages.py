@@ -126,9 +126,13 @@ def test_transfer_writes_one_model_per_strategy(transferred):
         assert "val_accuracy" in json.loads((transferred / f"metrics/transfer/{name}.json").read_text())
 
 
-def test_evaluate_scores_every_strategy_and_the_source_only_baseline(transferred):
+def test_evaluate_scores_every_strategy_and_the_source_only_baseline(transferred, capsys):
+    from transferlab.health import problems
+
     (transferred / "models/transfer/stale.safetensors").write_bytes(b"a strategy removed from dvc.yaml")
+    capsys.readouterr()
     run_main(transferred, "evaluate", *dict(stage_commands())["evaluate"])  # stale is not read
+    out, err = capsys.readouterr()
     scores = json.loads((transferred / "metrics/evaluate.json").read_text())
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["transfer"]["foreach"]
     assert set(scores) == {*pipeline, "source_only"}
@@ -137,9 +141,18 @@ def test_evaluate_scores_every_strategy_and_the_source_only_baseline(transferred
     for name, s in scores.items():
         assert 0 <= s["accuracy"] <= 1 and 0 <= s["macro_f1"] <= 1
         assert "per_class_accuracy" not in s  # kept out of the metrics DVC lists
+        # the health check on the unlabelled target, in the metrics DVC lists: the flag is the
+        # verdict of the recorded numbers, and a flagged model is marked and named in a warning
+        assert isinstance(s["degenerate"], bool) and 0.1 <= s["top_share"] <= 1
+        assert 0 <= s["marginal_entropy"] <= 1 and s["kl_to_source_prior"] >= 0
+        assert s["degenerate"] == bool(problems(s["top_share"], s["marginal_entropy"], 10))
+        row = next(line for line in out.splitlines() if line.split(" | ")[0].endswith(f" {name}"))
+        assert row.startswith("| ⚠ ") == s["degenerate"] == ("⚠ **degenerate**" in row)
+        assert (f"warning: {name} is degenerate on the " in err) == s["degenerate"]
         if name not in ("scratch", "source_only"):  # judged against the best fair baseline
             best = max(scores[b]["accuracy"] for b in ("scratch", "source_only"))
             assert s["negative_transfer"] == (s["accuracy"] < best)
+    assert len(err.splitlines()) == sum(s["degenerate"] for s in scores.values())
     assert scores["finetune"]["selection"] == "target-val"
     assert scores["source_only"]["selection"] == "source-val"
     embedded = sorted(p.name for p in (transferred / "plots/embedding").iterdir())
@@ -176,7 +189,10 @@ def test_zero_shots_skip_label_needing_strategies_and_run_adaptation(extracted, 
 
     work = tmp_path / "zero"
     shutil.copytree(extracted, work)
-    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(prepare={"shots": 0})))
+    # export's health gate is not what this test is about: at 4 training steps, 0 shots, mcc
+    # predicts one class (test_export_refuses_a_collapsed_model tests the gate)
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        prepare={"shots": 0}, health={"allow_degenerate": True})))
     run_main(work, "prepare", "data/raw", "data/prepared", "--summary", "metrics/scenario.json")
     unlabelled = load_arrays(work / "data/prepared/target_unlabelled.safetensors")
     assert set(unlabelled) == {"x_unlabelled"}  # images only: no pool label leaves prepare
@@ -208,3 +224,52 @@ def test_zero_shots_skip_label_needing_strategies_and_run_adaptation(extracted, 
              "--out", "models/export/model.onnx", "--summary", "metrics/export.json")
     exported = json.loads((work / "metrics/export.json").read_text())
     assert exported["strategy"] == "mcc" and exported["chosen_by"] == "source-val+SND"
+
+
+def test_export_refuses_a_collapsed_model_unless_allowed(transferred, tmp_path, capsys):
+    """finetune made to answer one class for every image: export stops with one line naming
+    health.allow_degenerate and leaves the earlier export as it was; with the override it ships
+    the model, says so on stderr and records it in metrics/export.json and the ONNX file."""
+    import shutil
+
+    import onnx
+
+    from tests.test_bad_input import assert_one_line_error, run_entry
+    from transferlab.io import save_state_dict
+
+    work = tmp_path / "collapsed"
+    shutil.copytree(transferred, work)
+    path = work / "models/transfer/finetune.safetensors"
+    state, meta = load_state_dict(path)
+    bias = [k for k in state if k.startswith("head") and k.endswith("bias")][-1]  # the logits'
+    state[bias][3] += 1e4  # class '3' outscores every other class on every image
+    save_state_dict(path, state, meta)
+    argv = ["models/transfer/finetune.safetensors", "--val-metrics",
+            "metrics/transfer/finetune.json", "--val", "data/prepared/target.safetensors",
+            "--out", "models/export/model.onnx", "--summary", "metrics/export.json"]
+    earlier = {work / "models/export/model.onnx": b"an earlier export",
+               work / "metrics/export.json": b'{"strategy": "features"}\n'}
+    for file, blob in earlier.items():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(blob)
+
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        health={"allow_degenerate": False})))  # the default, whatever the tiny params say
+    code, _, err = run_entry(work, "export", *argv, capsys=capsys)
+    assert_one_line_error(code, err, "health.allow_degenerate", fragments=(
+        "refusing to ship finetune (chosen by target-val) on the 30 target val images: predicts "
+        "one class ('3') for 100 % of the images", "nothing was exported"))
+    assert {file: file.read_bytes() for file in earlier} == earlier
+
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        health={"allow_degenerate": True})))
+    code, out, err = run_entry(work, "export", *argv, capsys=capsys)
+    assert code == 0 and "exported finetune" in out
+    assert err.splitlines() == [line for line in err.splitlines() if line.startswith(
+        "warning: exporting finetune (chosen by target-val) on the 30 target val images: "
+        "predicts one class ('3')") and line.endswith("health.allow_degenerate is true")] != []
+    summary = json.loads((work / "metrics/export.json").read_text())
+    assert (summary["degenerate"], summary["top_share"], summary["above_chance"]) == (
+        True, 1.0, False)
+    meta = {p.key: p.value for p in onnx.load(str(work / "models/export/model.onnx")).metadata_props}
+    assert meta["health"].startswith("warning: exporting finetune")

@@ -63,22 +63,36 @@ def _points(value) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f}"
 
 
+def _health_cells(s: dict) -> str:
+    """top class %, class-use entropy, KL to the source prior, and the flag (blank if unknown)."""
+    if "degenerate" not in s:
+        return "| | | | "
+    kl = "" if s.get("kl_to_source_prior") is None else f"{s['kl_to_source_prior']:.2f}"
+    flag = "⚠ **degenerate**" if s["degenerate"] else "ok"
+    return f"| {100 * s['top_share']:.1f} | {s['marginal_entropy']:.2f} | {kl} | {flag} "
+
+
 def results_markdown(scores: dict) -> str:
-    """The comparison table, in registry order; skipped strategies say why."""
+    """The comparison table, in registry order; skipped strategies say why; a model the health
+    check flags (transferlab/health.py: its predicted classes on the unlabelled target) is
+    marked ⚠ in its name and its health column."""
     lines = ["| strategy | what it does | selection | accuracy % | macro-F1 % "
-             "| gain over scratch (points) | gain over source-only (points) | negative transfer |",
-             "|---|---|---|---:|---:|---:|---:|:---:|"]
+             "| gain over scratch (points) | gain over source-only (points) | negative transfer "
+             "| top class % | class-use entropy | KL to source prior | health |",
+             "|---|---|---|---:|---:|---:|---:|:---:|---:|---:|---:|:---:|"]
     for n in order(scores):
         s = scores[n]
         if s.get("skipped"):
             lines.append(f"| {n} | {describe(n)} | skipped: {s.get('reason', 'needs target labels')} "
-                         "| | | | | |")
+                         "| | | | | | | | | |")
             continue
         flag = {True: f"yes (below {s.get('best_baseline')})", False: ""}.get(
             s.get("negative_transfer"), "")
-        lines.append(f"| {n} | {describe(n)} | {s.get('selection', '')} | {100 * s['accuracy']:.1f} "
-                     f"| {100 * s['macro_f1']:.1f} | {_points(s.get('gain_over_scratch'))} "
-                     f"| {_points(s.get('gain_over_source_only'))} | {flag} |")
+        name = f"⚠ {n}" if s.get("degenerate") else n
+        lines.append(f"| {name} | {describe(n)} | {s.get('selection', '')} "
+                     f"| {100 * s['accuracy']:.1f} | {100 * s['macro_f1']:.1f} "
+                     f"| {_points(s.get('gain_over_scratch'))} "
+                     f"| {_points(s.get('gain_over_source_only'))} | {flag} {_health_cells(s)}|")
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,8 @@ names and preprocessing.
 
 The choice reads each strategy's target-validation accuracy (metrics/transfer/*.json), never a
 test score: the exported model is picked the way a user without the test set would pick it.
-Ties go to the strategy listed first (dvc.yaml's order).
+Ties go to the strategy listed first (dvc.yaml's order). The chosen model then passes the
+health gate (`ship_verdict`) or nothing is exported.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import json
 import warnings
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
+from transferlab.errors import UserError
+from transferlab.health import DOCS, accuracy_floor, check_health
 from transferlab.models import Classifier
 
 OPSET = 17  # onnxruntime 1.16+ runs it; every op the encoders use exists there
@@ -58,8 +62,41 @@ def onnx_bytes(model: Classifier, input_shape: tuple[int, int, int],
     return proto.SerializeToString()
 
 
-def export_metadata(strategy: str, val_accuracy: float, classes, preprocess: str) -> dict[str, str]:
+def ship_verdict(name: str, predicted: np.ndarray, y_val: np.ndarray | None, classes,
+                 allow_degenerate: bool) -> tuple[dict, str | None]:
+    """The health gate of the model to ship, from its predicted classes on the target
+    validation images: the label-free health check (their labels unused) and, where they are
+    labelled, accuracy >= health.accuracy_floor (chance + 2 standard errors). A model failing
+    either is refused with one line naming `health.allow_degenerate`; with it allowed, the
+    warning line to print comes back instead. Returns ({degenerate, top_share, above_chance}
+    for the summary JSON, the warning or None)."""
+    health = check_health(predicted, len(classes), what=f"{name} on the target val images")
+    faults = [health.describe(classes)] if health.degenerate else []
+    record = {"degenerate": health.degenerate, "top_share": health.record()["top_share"]}
+    if y_val is not None and len(y_val):
+        y_val = np.asarray(y_val)
+        accuracy = float((np.asarray(predicted) == y_val).mean())
+        floor = accuracy_floor(y_val, len(classes))
+        record["above_chance"] = accuracy >= floor
+        if accuracy < floor:
+            faults.append(f"target val accuracy {accuracy:.4f} is not clearly above chance "
+                          f"(needs >= {floor:.4f}" + (", more than all of them right: too few "
+                                                     "to tell, raise prepare.target_val_per_class)"
+                                                     if floor > 1 else ")"))
+    if not faults:
+        return record, None
+    what = f"{name} on the {health.images} target val images: {'; '.join(faults)}"
+    if not allow_degenerate:
+        raise UserError(f"export: refusing to ship {what}; nothing was exported ({DOCS}): "
+                        "improve the transfer, or set health.allow_degenerate: true in "
+                        "params.yaml to ship it anyway")
+    return record, f"warning: exporting {what}, because health.allow_degenerate is true"
+
+
+def export_metadata(strategy: str, val_accuracy: float, classes, preprocess: str,
+                    health: str) -> dict[str, str]:
+    """`health`: "ok", or the warning a model shipped with health.allow_degenerate carries."""
     return {"strategy": strategy, "target_val_accuracy": f"{val_accuracy:.4f}",
-            "classes": json.dumps(list(classes)), "preprocess": preprocess,
+            "classes": json.dumps(list(classes)), "preprocess": preprocess, "health": health,
             "input": "image: float32 (N, C, H, W) in [0, 1], after `preprocess` (transferlab's "
                      "prepare alignment); output: logits (N, classes)"}

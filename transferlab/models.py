@@ -20,8 +20,26 @@ from torch import nn
 from transferlab import backbones
 
 
-def conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
-    layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+GROUP_CHANNELS = 8  # model.norm: group: channels a GroupNorm group holds (Wu & He 2018 use 32
+# groups; with small_cnn's 32-128 channels a fixed group width keeps 4-16 groups a layer)
+FLATTEN_GRID = 4    # model.head: flatten: the feature map is average-pooled to this grid first
+
+
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(max(1, channels // GROUP_CHANNELS), channels)
+    if norm == "layer":
+        return nn.GroupNorm(1, channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+def conv_block(c_in: int, c_out: int, pool: bool, norm: str = "batch") -> nn.Sequential:
+    layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none"), norm_layer(norm, c_out),
+              nn.ReLU()]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
@@ -45,13 +63,22 @@ class Encoder(nn.Module):
 
 
 class SmallCNN(Encoder):
-    def __init__(self, in_channels: int, widths: Sequence[int]):
+    def __init__(self, in_channels: int, widths: Sequence[int], norm: str = "batch",
+                 head: str = "pool"):
         super().__init__()
+        if head not in ("pool", "flatten"):
+            raise ValueError(f"unknown head {head!r}")
         channels = [in_channels, *widths]
         self.blocks = nn.Sequential(OrderedDict(
-            (f"block{i + 1}", conv_block(channels[i], channels[i + 1], pool=i + 1 < len(widths)))
+            (f"block{i + 1}", conv_block(channels[i], channels[i + 1], i + 1 < len(widths), norm))
             for i in range(len(widths))))
-        self.out_features = channels[-1]
+        self.flatten = head == "flatten"
+        self.out_features = channels[-1] * (FLATTEN_GRID ** 2 if self.flatten else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.flatten:
+            return super().forward(x)
+        return nn.functional.adaptive_avg_pool2d(self.blocks(x), FLATTEN_GRID).flatten(1)
 
 
 class ViTEmbedding(nn.Module):
@@ -111,10 +138,12 @@ def ResNet18(in_channels: int, small_input_stem: bool) -> "TorchvisionEncoder": 
 
 
 def build_encoder(arch: str, in_channels: int, widths: Sequence[int] = (),
-                  small_input_stem: bool = False) -> Encoder:
+                  small_input_stem: bool = False, norm: str = "batch",
+                  head: str = "pool") -> Encoder:
     backbone = backbones.get(arch)  # ValueError naming the registered ones
     return backbones.family_module(arch).build(arch, in_channels, tuple(widths),
-                                               small_input_stem and backbone.takes_small_stem())
+                                               small_input_stem and backbone.takes_small_stem(),
+                                               norm, head)
 
 
 class Classifier(nn.Module):
@@ -175,9 +204,12 @@ class Architecture:
     in_channels: int
     widths: tuple[int, ...] = ()
     small_input_stem: bool = False
+    norm: str = "batch"  # model.norm, model.head: what the backbone builds (backbones.Backbone)
+    head: str = "pool"
 
     def build(self) -> Encoder:
-        return build_encoder(self.arch, self.in_channels, self.widths, self.small_input_stem)
+        return build_encoder(self.arch, self.in_channels, self.widths, self.small_input_stem,
+                             self.norm, self.head)
 
 
 def architecture_from(model_cfg, in_channels: int) -> Architecture:
@@ -185,7 +217,8 @@ def architecture_from(model_cfg, in_channels: int) -> Architecture:
     backbone = backbones.get(model_cfg.arch)
     widths = tuple(model_cfg.widths) if backbone.uses_widths() else ()
     return Architecture(model_cfg.arch, in_channels, widths,
-                        model_cfg.small_input_stem and backbone.takes_small_stem())
+                        model_cfg.small_input_stem and backbone.takes_small_stem(),
+                        model_cfg.norm, model_cfg.head)
 
 
 def model_metadata(architecture: Architecture, classes: Sequence[str],
@@ -195,6 +228,7 @@ def model_metadata(architecture: Architecture, classes: Sequence[str],
     return {"arch": architecture.arch, "in_channels": str(architecture.in_channels),
             "widths": json.dumps(list(architecture.widths)),
             "small_input_stem": json.dumps(architecture.small_input_stem),
+            "norm": architecture.norm, "head": architecture.head,
             "classes": json.dumps(list(classes)),
             **({"preprocess": preprocess} if preprocess else {})}
 
@@ -222,7 +256,12 @@ def architecture_from_metadata(metadata: dict[str, str]) -> tuple[Architecture, 
             or (backbone.uses_widths() and not 1 <= len(widths) <= 6):
         raise ValueError("its metadata describes no model this pipeline builds "
                          f"(arch={metadata['arch']!r:.20}, in_channels={metadata['in_channels']!r:.8})")
-    return Architecture(metadata["arch"], in_channels, tuple(widths), stem), classes
+    # files written before model.norm / model.head existed: BatchNorm and a global pool
+    norm, head = metadata.get("norm", "batch"), metadata.get("head", "pool")
+    if norm not in backbone.norms or head not in backbone.heads:
+        raise ValueError(f"its metadata describes no model this pipeline builds ({metadata['arch']}"
+                         f" with norm={norm!r:.20}, head={head!r:.20})")
+    return Architecture(metadata["arch"], in_channels, tuple(widths), stem, norm, head), classes
 
 
 def classifier_from_state(state: dict, metadata: dict[str, str]) -> tuple[Classifier, list[str]]:

@@ -97,10 +97,12 @@ class Data(Strict):
 class Prepare(Strict):
     image_size: int = Field(ge=8, le=512, description="the prepared arrays hold every image "
                             "at this size: 512 x 512 x 3 bytes each")
-    crop: Literal["bbox", "none"]  # centre each digit on its square bounding box
-    bottleneck_size: int = Field(ge=0, le=512)  # pass both domains through this size; 0 = off
-    scale: Literal["max", "none"]  # each image divided by its own maximum
-    channels: int  # 1 or 3: gray -> 3 repeats the channel; colour -> 1 takes the luminance
+    # auto (each of the four): chosen by `prepare` from both domains' framing statistics, the
+    # same for both (scenario.resolve_framing); the choice is in metrics/scenario.json
+    crop: Literal["auto", "bbox", "none"]  # centre each digit on its square bounding box
+    bottleneck_size: Literal["auto"] | int  # pass both domains through this size; 0 = off
+    scale: Literal["auto", "max", "none"]  # each image divided by its own maximum
+    channels: Literal["auto"] | int  # 1 or 3: gray -> 3 repeats it; colour -> 1: luminance
     source_val_fraction: float = Field(gt=0, lt=1)
     target_test_fraction: float = Field(gt=0, lt=1)
     target_val_per_class: int = Field(ge=1, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)
@@ -110,8 +112,15 @@ class Prepare(Strict):
     @field_validator("channels")
     @classmethod
     def _one_or_three(cls, value):
-        if value not in (1, 3):
-            raise ValueError("use 1 or 3")
+        if value not in ("auto", 1, 3):
+            raise ValueError("use auto, 1 or 3")
+        return value
+
+    @field_validator("bottleneck_size")
+    @classmethod
+    def _bottleneck(cls, value):
+        if value != "auto" and not (isinstance(value, int) and 0 <= value <= 512):
+            raise ValueError("use auto, 0 (off) or a size of 1..512")
         return value
 
 
@@ -119,6 +128,8 @@ class Model(Strict):
     arch: Literal[backbones.NAMES]  # the backbone registry: transferlab/backbones/
     widths: list[int] = Field(min_length=1, max_length=6)  # small_cnn: channels per block
     small_input_stem: bool  # resnets: 3x3 stride-1 stem, no max-pool, for small images
+    norm: Literal["batch", "group", "layer", "none"]  # small_cnn's normalisation layers
+    head: Literal["pool", "flatten"]  # small_cnn: global average pool | 4x4 grid flattened
     weights: str  # source init: none | a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...;
     #               imagenet = DEFAULT) | a path to a state dict of the arch in torchvision's format
 
@@ -238,6 +249,14 @@ class Ranking(Strict):
         return self
 
 
+class Health(Strict):
+    """The label-free health check (transferlab/health.py): evaluate and the report flag a
+    model that predicts one class for most target images (top share >= max(0.5, 3/K), or
+    entropy of its predicted classes < 0.6 ln K); export refuses to ship such a model, or one
+    whose target validation accuracy is not clearly above chance, unless this allows it."""
+    allow_degenerate: bool  # true: export ships a flagged model with a warning, not a refusal
+
+
 class Params(Strict):
     seed: int = Field(ge=0, lt=SEED_LIMIT)  # shot draw + initialisation of transfer
     data: Data
@@ -250,6 +269,7 @@ class Params(Strict):
     augment: Augment
     compute: Compute
     ranking: Ranking
+    health: Health
 
     @model_validator(mode="after")
     def _fits_the_model(self):
@@ -259,7 +279,11 @@ class Params(Strict):
             with_weights = [n for n, b in backbones.BACKBONES.items() if b.weights is not None]
             raise ValueError(f"model.weights={m.weights!r} needs a model.arch with published "
                              f"weights ({', '.join(with_weights)}; {m.arch} has none): use none")
-        if is_weights_name(m.weights) and self.prepare.channels != 3:
+        for key, value, built in (("norm", m.norm, backbone.norms), ("head", m.head, backbone.heads)):
+            if value not in built:
+                raise ValueError(f"model.{key}={value}: model.arch={m.arch} builds "
+                                 f"{' | '.join(built)} only: use {built[0]}")
+        if is_weights_name(m.weights) and self.prepare.channels == 1:
             raise ValueError(f"model.weights={m.weights} expects colour input: set "
                              "prepare.channels=3")
         size = backbone.fixed_size

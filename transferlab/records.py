@@ -140,6 +140,11 @@ class Score(Open):
     negative_transfer: bool | None = None
     best_baseline: str | None = None
     selection: Selection | None = None
+    # the label-free health check (transferlab/health.py) on the unlabelled target images
+    degenerate: bool | None = None
+    top_share: Fraction | None = None
+    marginal_entropy: Fraction | None = None  # entropy of the predicted classes / ln K
+    kl_to_source_prior: Annotated[float, Field(ge=0)] | None = None  # nats
 
     @model_validator(mode="after")
     def _scored(self):
@@ -263,6 +268,8 @@ class PreprocessBase(Checked):
     def _valid(self):
         if self.channels not in (1, 3):
             raise ValueError(f"channels={self.channels}: use 1 or 3")
+        if "auto" in (self.crop, self.scale, self.bottleneck_size):  # prepare resolves auto
+            raise ValueError("an unresolved auto: not written by this pipeline's prepare")
         if 0 < self.decode_size < 8:
             raise ValueError(f"decode_size={self.decode_size}: 0 (arrays) or 8..1024")
         return self

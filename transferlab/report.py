@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from transferlab.health import problems
+
 BASELINES = ("source_only", "scratch")  # shown first; the strategies follow in name order
 MAX_TILES = 200  # misclassified images shown per strategy (5 shots: 40-115 of 898 are wrong)
 TILE_PX = 48  # on-screen size of one test image (16x16 at the default params, upscaled 3x)
@@ -200,6 +202,8 @@ figure {{ margin: 0; text-align: center; font-size: 11px; }}
 figure img {{ width: {TILE_PX}px; height: {TILE_PX}px; image-rendering: pixelated;
   background: #000; display: block; }}
 summary {{ cursor: pointer; margin: 6px 0; }}
+.alert {{ border: 2px solid #b00020; background: #fdecea; padding: 8px 14px; margin: 12px 0; }}
+tr.flagged td {{ background: #fdecea; }}
 """
 
 
@@ -218,26 +222,57 @@ def _gain(s: Mapping, base: str) -> str:
     return "n/a" if (g := s.get(f"gain_over_{base}")) is None else f"{100 * g:+.1f}"
 
 
+def _health(s: Mapping) -> str:
+    """The health cell: top class share, flagged or ok (empty for an older evaluate.json)."""
+    if s.get("degenerate") is None:
+        return ""
+    share = "" if s.get("top_share") is None else f" (top class {_pct(s['top_share'])} %)"
+    return f"<b>&#9888; degenerate</b>{share}" if s["degenerate"] else f"ok{share}"
+
+
+def health_banner(scores: Mapping[str, Mapping], num_classes: int) -> str:
+    """A box at the top of the page naming every model the label-free health check flagged
+    and why; nothing when none is."""
+    flagged = [n for n in ordered(scores) if scores[n].get("degenerate")]
+    if not flagged:
+        return ""
+    why = {n: "; ".join(problems(s["top_share"], s["marginal_entropy"], num_classes))
+           if s.get("top_share") is not None and s.get("marginal_entropy") is not None else ""
+           for n, s in ((n, scores[n]) for n in flagged)}
+    items = "".join(f"<li><b>{html.escape(n)}</b>: "  # why: recomputed from rounded numbers
+                    f"{html.escape(why[n] or 'flagged by evaluate')}</li>" for n in flagged)
+    return ('<div class="alert" role="alert"><p><b>&#9888; The label-free health check flagged '
+            f"{len(flagged)} model{'s' if len(flagged) > 1 else ''}</b>: on the unlabelled target "
+            "images each uses too few of its classes (one class for most images, or a few for "
+            "all), so its scores are no transfer result. <code>export</code> refuses to ship such a model unless "
+            "<code>health.allow_degenerate: true</code> (docs/troubleshooting.md, "
+            f"&ldquo;Health check&rdquo;).</p><ul>{items}</ul></div>")
+
+
 def results_table(scores: Mapping[str, Mapping], errors: Mapping[str, int]) -> str:
     """evaluate.json as a table: a skipped strategy says why; &#9888; marks negative transfer
-    (below the best baseline that uses no more target labels)."""
+    (below the best baseline that uses no more target labels) and, in a tinted row, a model
+    the health check flagged."""
     rows = []
     for n in ordered(scores):
         s = scores[n]
         if s.get("skipped"):
-            rows.append(f"<tr><td>{html.escape(n)}</td><td colspan=\"7\" style=\"text-align:left\">"
+            rows.append(f"<tr><td>{html.escape(n)}</td><td colspan=\"8\" style=\"text-align:left\">"
                         f"skipped: {html.escape(str(s.get('reason', 'needs target labels')))}"
                         "</td></tr>")
             continue
         flag = (f"&#9888; below {html.escape(str(s.get('best_baseline')))}"
                 if s.get("negative_transfer") else "")
-        rows.append(f"<tr><td>{html.escape(n)}</td><td>{html.escape(str(s.get('selection', '')))}"
+        row, name = (('<tr class="flagged">', f"&#9888; {html.escape(n)}") if s.get("degenerate")
+                     else ("<tr>", html.escape(n)))
+        rows.append(f"{row}<td>{name}</td><td>{html.escape(str(s.get('selection', '')))}"
                     f"</td><td>{_pct(s['accuracy'])}</td><td>{_pct(s['macro_f1'])}</td>"
                     f"<td>{_gain(s, 'scratch')}</td><td>{_gain(s, 'source_only')}</td>"
-                    f"<td>{flag}</td><td>{errors.get(n, '')}</td></tr>")
+                    f"<td>{flag}</td><td>{_health(s)}</td><td>{errors.get(n, '')}</td></tr>")
     return ("<table><tr><th>strategy</th><th>selection</th><th>accuracy %</th><th>macro-F1 %</th>"
             "<th>gain over scratch (points)</th><th>gain over source-only (points)</th>"
-            "<th>negative transfer</th><th>misclassified</th></tr>" + "".join(rows) + "</table>")
+            "<th>negative transfer</th><th>health (unlabelled target)</th><th>misclassified</th>"
+            "</tr>" + "".join(rows) + "</table>")
 
 
 def study_table(cells: Mapping[str, Mapping]) -> str:
@@ -268,6 +303,7 @@ def render_report(scores: Mapping[str, Mapping], scenario: Mapping[str, int],
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         "<title>transferlab report</title>", f"<style>{STYLE}</style></head><body>",
         "<h1>transferlab: transfer learning report</h1>",
+        health_banner(scores, len(classes)),  # first thing under the title: nobody misses it
         f"<p>Scenario (metrics/scenario.json): {html.escape(summary)}. Every score is on the "
         f"{len(images)} held-out target test images; one run, one seed.</p>",
         "<h2>Results</h2>", results_table(scores, errors), accuracy_chart(scores, colors)]

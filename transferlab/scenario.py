@@ -132,9 +132,14 @@ def framing_stats(raw: RawDataset) -> dict[str, float]:
     full_frame_share: the share whose content box (pixels above 0 in any channel: what
     crop_to_bbox sees) is the whole frame, so bbox leaves them as they are; background_level:
     the median over images of their border's median level, as a share of the image's own
-    maximum (0: a dark background, 1: as bright as the brightest pixel)."""
-    full, levels = 0, []
+    maximum (0: a dark background, 1: as bright as the brightest pixel); mean_level: the mean
+    pixel as a share of full intensity; colour_share: the share of images whose channels
+    differ somewhere (0 for grey data); size: the raw images' shorter side."""
+    full, levels, means, colour = 0, [], 0.0, 0
     for chunk in row_chunks(raw.images):
+        if chunk.ndim == 4:
+            colour += int((chunk != chunk[..., :1]).reshape(len(chunk), -1).any(1).sum())
+        means += float(chunk.mean(dtype=np.float64)) * len(chunk)
         x = chunk.max(axis=3) if chunk.ndim == 4 else chunk
         ink = x > 0
         full += int((ink[:, 0].any(1) & ink[:, -1].any(1) & ink[:, :, 0].any(1)
@@ -145,7 +150,51 @@ def framing_stats(raw: RawDataset) -> dict[str, float]:
     n = len(raw.labels)
     level = float(np.median(np.concatenate(levels))) if n else 0.0
     return {"full_frame_share": round(full / n, 4) if n else 0.0,
-            "background_level": round(level, 4)}
+            "background_level": round(level, 4),
+            "mean_level": round(means / max(n, 1) / raw.max_value, 4),
+            "colour_share": round(colour / n, 4) if n else 0.0,
+            "size": int(min(raw.images.shape[1:3]))}
+
+
+def resolve_framing(p: Prepare, stats: dict[str, dict[str, float]],
+                    needs_colour: bool = False) -> Prepare:
+    """prepare.* auto -> one framing for both domains, from their framing statistics:
+        crop             bbox where every domain keeps content off its edges
+                         (full_frame_share <= FULL_FRAME_LIMIT: ink on a blank page), else none
+        scale            max where every domain has a dark background
+                         (background_level <= BACKGROUND_LIMIT), else none
+        bottleneck_size  the smaller domain's resolution when it is below image_size (both
+                         domains then lose the same detail: MNIST meets 8x8 UCI digits), else 0
+        channels         3 when any domain has colour (or the model's weights expect it), else 1
+    Explicit settings are kept (check_framing refuses those whose premise fails)."""
+    domains = stats.values()
+    update = {}
+    if p.crop == "auto":
+        update["crop"] = ("bbox" if all(s["full_frame_share"] <= FULL_FRAME_LIMIT for s in domains)
+                          else "none")
+    if p.scale == "auto":
+        update["scale"] = ("max" if all(s["background_level"] <= BACKGROUND_LIMIT for s in domains)
+                           else "none")
+    if p.bottleneck_size == "auto":
+        smallest = min(int(s["size"]) for s in domains)
+        update["bottleneck_size"] = smallest if smallest < p.image_size else 0
+    if p.channels == "auto":
+        update["channels"] = 3 if needs_colour or any(s["colour_share"] > 0 for s in domains) else 1
+    return p.model_copy(update=update)
+
+
+def framing_summary(p: Prepare) -> dict[str, int]:
+    """The framing in use, as numbers for metrics/scenario.json (dvc metrics diff shows a
+    change of auto's choice)."""
+    return {"framing_crop_bbox": int(p.crop == "bbox"), "framing_scale_max": int(p.scale == "max"),
+            "framing_bottleneck_size": int(p.bottleneck_size), "framing_channels": int(p.channels)}
+
+
+def describe_framing(p: Prepare, given: Prepare) -> str:
+    """One line: the framing in use, and which of it auto chose."""
+    parts = [f"{k} {getattr(p, k)}{' (auto)' if getattr(given, k) == 'auto' else ''}"
+             for k in ("crop", "scale", "bottleneck_size", "channels")]
+    return f"framing: {', '.join(parts)}, image_size {p.image_size}"
 
 
 def check_framing(stats: dict[str, dict[str, float]], p: Prepare) -> None:
@@ -452,18 +501,21 @@ class Scenario:
     summary: dict[str, int | float]  # sizes and counts; framing statistics (shares, levels)
     source_classes: tuple[str, ...]
     target_classes: tuple[str, ...]
+    prepare: Prepare  # the framing used: params' prepare section with every auto resolved
 
 
 def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int,
                    source_spec: DatasetSpec | None = None,
                    target_spec: DatasetSpec | None = None,
                    target_test: RawDataset | None = None,
-                   target_val: RawDataset | None = None, scratch: Path | None = None) -> Scenario:
+                   target_val: RawDataset | None = None, scratch: Path | None = None,
+                   needs_colour: bool = False) -> Scenario:
     """target_test / target_val: the dataset's official splits; without them both are carved
     from the target's training images (prepare.target_test_fraction, target_val_per_class).
     scratch: a folder for aligned images too large for memory (see `align`); then the
     scenario's image arrays are lazy selections of those files (DiskArray), which `prepare`
-    writes a block at a time."""
+    writes a block at a time. prepare.* auto is resolved here (resolve_framing; needs_colour:
+    the model's weights expect RGB); the scenario's `prepare` is the framing used."""
     official = {"test": target_test, "val": target_val}
     official = {k: relabel_by_name(target, v, k) for k, v in official.items() if v is not None}
     if source_spec is not None:
@@ -476,6 +528,8 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
     # any image is aligned, and the numbers go into the summary either way
     framing = {"source": framing_stats(source), "target": framing_stats(target)}
     check_framing(framing, p)
+    given, p = p, resolve_framing(p, framing, needs_colour)
+    print(describe_framing(p, given))
     keep_source, keeps, dropped, notes = find_copies(
         (image_digests(source, p.channels), source.labels),
         [(k, image_digests(v, p.channels), v.labels) for k, v in official.items()]
@@ -509,7 +563,8 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
                "official_test_split": int(test is not None),
                "official_val_split": int(val is not None),
                "classes": int(np.unique(target.labels).size), "shots": p.shots, **dropped,
-               **{f"{role}_{k}": v for role, stats in framing.items() for k, v in stats.items()}}
+               **{f"{role}_{k}": v for role, stats in framing.items() for k, v in stats.items()},
+               **framing_summary(p)}
     return Scenario(
         source={"x_train": take_rows(xs, s["rest"]), "y_train": source.labels[s["rest"]],
                 "x_val": take_rows(xs, s["val"]), "y_val": source.labels[s["val"]]},
@@ -521,4 +576,5 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
         target_test={"x_test": x_test, "y_test": y_test},
         summary={k: v if isinstance(v, float) else int(v) for k, v in summary.items()},
         source_classes=tuple(source.classes), target_classes=tuple(target.classes),
+        prepare=p,
     )

@@ -2,8 +2,8 @@
 
 Each module declares `BACKBONES = (Backbone(...), ...)`, the facts the params schema needs
 (how many named blocks, the smallest input, a fixed input size, whether published weights
-exist), and a `build(name, in_channels, widths, small_input_stem)` that returns a
-`models.Encoder` with named blocks. Torchvision families also map torchvision's tensor names
+exist, which normalisations and heads it builds), and a `build(name, in_channels, widths,
+small_input_stem, norm, head)` that returns a `models.Encoder` with named blocks. Torchvision families also map torchvision's tensor names
 to ours (`block_name`), which is how pretrained weights are copied.
 
 This package imports no torch: params.py reads it to build its schema (`check_params` must not
@@ -28,6 +28,8 @@ class Backbone:
     fixed_size: int | None = None  # the only input size it takes (learnt position embeddings)
     small_stem_min_size: int | None = None  # takes model.small_input_stem: the smallest then
     weights: str | None = "torchvision"  # where published weights come from; None: none exist
+    norms: tuple[str, ...] = ("batch",)  # model.norm values it builds (the first: as published)
+    heads: tuple[str, ...] = ("pool",)   # model.head values it builds
     family: str = ""            # filled in from the module name
 
     def block_count(self, widths: Sequence[int]) -> int:

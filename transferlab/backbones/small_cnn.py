@@ -1,10 +1,15 @@
 """small_cnn: the pipeline's own conv net, one conv block per entry of `model.widths`.
 
 Shapes for the default 16x16 one-channel input and widths (32, 64, 128):
-    block1  (N, 1, 16, 16) -> (N, 32, 8, 8)    conv3x3-BN-ReLU, max-pool 2
-    block2  (N, 32, 8, 8)  -> (N, 64, 4, 4)    conv3x3-BN-ReLU, max-pool 2
-    block3  (N, 64, 4, 4)  -> (N, 128, 4, 4)   conv3x3-BN-ReLU (the last block keeps its size)
-    pool    (N, 128, 4, 4) -> (N, 128)         global average
+    block1  (N, 1, 16, 16) -> (N, 32, 8, 8)    conv3x3-norm-ReLU, max-pool 2
+    block2  (N, 32, 8, 8)  -> (N, 64, 4, 4)    conv3x3-norm-ReLU, max-pool 2
+    block3  (N, 64, 4, 4)  -> (N, 128, 4, 4)   conv3x3-norm-ReLU (the last block keeps its size)
+    head    pool:    (N, 128, 4, 4) -> (N, 128)       global average
+            flatten: (N, 128, 4, 4) -> (N, 2048)      average-pooled to a 4x4 grid, flattened
+model.norm: batch (BatchNorm: statistics of each batch, running averages at test time) |
+group (GroupNorm, 8 channels a group) | layer (GroupNorm with one group: each image on its own)
+| none (conv with bias). Without BatchNorm an image's features do not depend on the batch or on
+statistics gathered on the source, which is what collapses on a shifted target.
 No published weights.
 """
 
@@ -28,10 +33,13 @@ class SmallCNNBackbone(Backbone):
         return True
 
 
-BACKBONES = (SmallCNNBackbone("small_cnn", blocks=0, min_size=1, weights=None),)
+BACKBONES = (SmallCNNBackbone("small_cnn", blocks=0, min_size=1, weights=None,
+                              norms=("batch", "group", "layer", "none"),
+                              heads=("pool", "flatten")),)
 
 
-def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool):
+def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool,
+          norm: str = "batch", head: str = "pool"):
     from transferlab.models import SmallCNN
 
-    return SmallCNN(in_channels, widths)
+    return SmallCNN(in_channels, widths, norm, head)

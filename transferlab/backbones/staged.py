@@ -14,7 +14,8 @@ BACKBONES = (Backbone("mobilenet_v3_small", blocks=13, min_size=32),
              Backbone("convnext_tiny", blocks=8, min_size=32))
 
 
-def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool):
+def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool,
+          norm: str = "batch", head: str = "pool"):
     from collections import OrderedDict
 
     from torchvision.models import get_model
