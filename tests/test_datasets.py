@@ -359,5 +359,26 @@ def test_every_registered_dataset_is_in_the_schema_and_loads_by_its_module():
         assert set(dataset.official_splits) <= {"test", "val"}
         if dataset.needs_root:
             assert callable(datasets.family_module(dataset.name).has_split)
+        assert set(dataset.made_from) <= set(datasets.NAMES) - {dataset.name}
     with pytest.raises(UserError, match="unknown dataset 'nope': choose one of "):
         datasets.fetch("nope")
+
+
+@pytest.mark.parametrize("source, target, refused", [
+    ("mnist_5k", "mnist_blend", True), ("mnist_blend", "mnist_5k", True),
+    ("mnist_5k", "mnist_half", True), ("mnist_half", "mnist_blend", False),
+    ("mnist_blend", "mnist_half", False)])
+def test_a_pair_made_from_the_same_images_is_refused(source, target, refused):
+    """mnist_blend hides mnist_5k's digits under photo patches: prepare's content check cannot
+    find them, so the params check refuses the pair (disjoint class lists are allowed)."""
+    from tests.conftest import tiny_params_dict
+    from transferlab.params import parse_params
+
+    params = tiny_params_dict()
+    params["data"]["source"]["name"], params["data"]["target"]["name"] = source, target
+    if refused:
+        with pytest.raises(UserError, match=f"data.source={source} and data.target={target} "
+                                            "share images"):
+            parse_params(params)
+        params["data"]["source"]["classes"], params["data"]["target"]["classes"] = [0, 1], [2, 3]
+    assert parse_params(params).data.target.name == target

@@ -31,7 +31,7 @@ def test_repository_params_are_valid_and_every_key_is_read_as_written():
     ({"transfer": {"finetune": {"l2sp": 0.1}}}, "did you mean 'transfer.finetune.l2sp_weight'?"),
     ({"prepare": {"shots": -1}}, "prepare.shots=-1 is invalid"),
     ({"prepare": {"shots": 2.5}}, "prepare.shots=2.5 is invalid"),
-    ({"prepare": {"crop": "box"}}, "prepare.crop='box' is invalid: Input should be 'bbox' or 'none'"),
+    ({"prepare": {"crop": "box"}}, "prepare.crop='box' is invalid: Input should be 'auto', 'bbox' or 'none'"),
     ({"data": {"target": "usps"}}, "data.target='usps' is invalid"),
     ({"transfer": {"structure": {"freeze_copied": "yes"}}}, "transfer.structure.freeze_copied="),
     ({"transfer": {"finetune": {"frozen_blocks": 4}}},
@@ -122,9 +122,9 @@ def test_task_transfer_on_one_dataset_with_disjoint_classes_is_accepted():
 @pytest.mark.parametrize("model, prepare, expected", [
     ({"weights": "imagenet"}, {}, "model.weights='imagenet' needs a model.arch with published weights"),
     ({"arch": "vit_b_16"}, {"image_size": 64}, "model.arch=vit_b_16 takes 224 x 224 images"),
-    ({"arch": "mobilenet_v3_small", "weights": "IMAGENET1K_V1"}, {"image_size": 32},
+    ({"arch": "mobilenet_v3_small", "weights": "IMAGENET1K_V1"}, {"image_size": 32, "channels": 1},
      "model.weights=IMAGENET1K_V1 expects colour input"),
-    ({"arch": "resnet18", "weights": "imagenet"}, {"image_size": 32},
+    ({"arch": "resnet18", "weights": "imagenet"}, {"image_size": 32, "channels": 1},
      "model.weights=imagenet expects colour input: set prepare.channels=3"),
     ({"arch": "resnet18"}, {"image_size": 16}, "prepare.image_size=16 is too small for model.arch=resnet18"),
 ])

@@ -48,7 +48,8 @@ PRESETS = readme_presets()
 
 def test_the_readme_lists_the_presets_of_the_issue():
     assert set(PRESETS) == {"mnist-to-usps", "svhn-to-mnist", "cifar10-split",
-                            "cifar10-split-resnet18", "usps-official", "my-photos-resnet18"}
+                            "cifar10-split-resnet18", "usps-official", "my-photos-resnet18",
+                            "mnist-blend", "mnist-blend-reverse", "digits-ink"}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -74,7 +75,9 @@ def write_fixtures(name: str, cache, monkeypatch) -> None:
 TINY_RUN = {"pretrain": {"epochs": 1}, "prepare": {"shots": 2, "target_val_per_class": 3},
             "model": {"widths": [4, 8]},
             "transfer": {n: {"steps": 3} for n, m in METHODS.items()
-                         if "steps" in m.options.model_fields}}
+                         if "steps" in m.options.model_fields},
+            # 3 steps on fixtures: near chance, which export's gate refuses (test_health.py)
+            "health": {"allow_degenerate": True}}
 
 
 @pytest.mark.parametrize("name", ["mnist-to-usps", "svhn-to-mnist", "cifar10-split"])
@@ -97,8 +100,8 @@ def test_preset_runs_every_stage_on_real_format_fixtures(name, tmp_path, monkeyp
     if name == "cifar10-split":
         assert classes == ["dog", "frog", "horse", "ship", "truck"]
     x = load_arrays(tmp_path / "data/prepared/target.safetensors")["x_train"]
-    assert x.shape[1:] == ((3, 32, 32) if name == "cifar10-split" else
-                           (1, params["prepare"]["image_size"], params["prepare"]["image_size"]))
+    size = params["prepare"]["image_size"]  # channels auto: 3 where either domain has colour
+    assert x.shape[1:] == ((1 if name == "mnist-to-usps" else 3), size, size)
 
 
 @pytest.mark.slow

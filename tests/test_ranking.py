@@ -44,6 +44,14 @@ def raw_digits(n_per_class=20, size=12, seed=0, offset=0) -> RawDataset:
 
 
 TARGET = raw_digits(seed=2, offset=99)  # shares no image with any raw_digits(offset=0)
+# candidate_source takes the framing prepare chose (the stage reads it from the pool's record)
+FRAMED = {"crop": "bbox", "scale": "max", "bottleneck_size": 8, "channels": 1}
+
+
+def framed_params():
+    params = tiny_ranking_params()
+    params["prepare"].update(FRAMED)
+    return parse_params(params)
 
 
 # ---- rank statistics ------------------------------------------------------------------------
@@ -98,7 +106,7 @@ def cand(**kw):
 
 
 def test_the_full_candidate_is_the_default_pipelines_source(tiny_params):
-    raw, params = raw_digits(), parse_params(tiny_ranking_params())
+    raw, params = raw_digits(), framed_params()
     source = candidates.candidate_source(raw, TARGET, "x", cand(), params)
     target = raw_digits(seed=1)
     overlap = candidates.candidate_source(raw, target, "x", cand(), params)
@@ -111,7 +119,7 @@ def test_the_full_candidate_is_the_default_pipelines_source(tiny_params):
 
 
 def test_a_source_image_in_the_targets_official_test_split_is_dropped():
-    raw, params = raw_digits(), parse_params(tiny_ranking_params())
+    raw, params = raw_digits(), framed_params()
     full = candidates.candidate_source(raw, TARGET, "x", cand(), params)
     test = RawDataset(raw.images[:15], raw.labels[:15], 255)  # 15 source images, class 0
     held = candidates.candidate_source(raw, TARGET, "x", cand(), params, {"test": test})
@@ -123,7 +131,7 @@ def test_a_source_image_in_the_targets_official_test_split_is_dropped():
 
 
 def test_candidates_take_their_classes_share_and_alignment():
-    raw, params = raw_digits(), parse_params(tiny_ranking_params())
+    raw, params = raw_digits(), framed_params()
     full = candidates.candidate_source(raw, TARGET, "x", cand(), params)
     subset = candidates.candidate_source(raw, TARGET, "x", cand(classes=[3, 7]), params)
     assert sorted(np.unique(subset["y_train"])) == [0, 1]  # renumbered
@@ -139,7 +147,7 @@ def test_candidates_take_their_classes_share_and_alignment():
 
 
 def test_an_untrained_candidate_is_the_seeded_random_model():
-    params = parse_params(tiny_ranking_params())
+    params = framed_params()
     source = {k: torch.from_numpy(v) for k, v in
               candidates.candidate_source(raw_digits(), TARGET, "x", cand(), params).items()}
     one, two = (candidates.train_candidate(source, cand(epochs=0), params) for _ in range(2))

@@ -22,7 +22,8 @@ def test_crop_to_bbox_keeps_a_blank_image():
 
 
 def test_align_gives_the_same_framing_to_both_domains():
-    p = parse_params(tiny_params_dict(prepare={"image_size": 16})).prepare
+    p = parse_params(tiny_params_dict(prepare={"image_size": 16, "crop": "bbox", "scale": "max",
+                                                "bottleneck_size": 8, "channels": 1})).prepare
     mnist_like = np.zeros((1, 28, 28), np.uint8)
     mnist_like[0, 4:24, 9:19] = 255          # a digit inside a wide empty border
     uci_like = np.zeros((1, 8, 8), np.uint8)
@@ -101,6 +102,6 @@ def test_colour_and_gray_meet_at_the_chosen_channels():
     luminance = 0.299 * colour[:, 0] + 0.587 * colour[:, 1] + 0.114 * colour[:, 2]
     torch.testing.assert_close(to_channels(colour, 1)[:, 0], luminance)
     p = parse_params(tiny_params_dict(prepare={"crop": "none", "bottleneck_size": 0,
-                                               "channels": 3})).prepare
+                                               "scale": "max", "channels": 3})).prepare
     rgb = RawDataset(np.full((2, 32, 32, 3), 100, np.uint8), np.array([0, 1]), 255, ("x", "y"))
     assert align(rgb, p).shape == (2, 3, 8, 8)

@@ -326,7 +326,7 @@ def test_a_colour_target_saved_as_grey_is_the_same_picture_in_a_grey_scenario(tm
     source = digit_folder(tmp_path / "src", {"a": 4, "b": 4}, seed=5)
     for path in sorted(target.glob("*/*.png"))[::2]:
         save(source / path.parent.name / f"grey-{path.name}", Image.open(path).convert("L"))
-    params = merge(folders(source, target), {"data": {"decode_size": SIZE}})
+    params = merge(folders(source, target, channels=1), {"data": {"decode_size": SIZE}})
     code, err, summary = run_stages(tmp_path / "work", params, capsys)
     assert code == 0, err
     assert summary["source_images_also_in_target"] == 5
@@ -395,7 +395,7 @@ def test_a_domain_that_breaks_the_framing_premise_stops_prepare(case, params, na
     elif case == "white-page-target":  # black ink on white paper: bbox of > 0 is the frame
         for name in ("a", "b"):
             for i in range(8):
-                save(other / name / f"{i}.png", 255 - digit(300 + i + 10 * len(name)))
+                save(other / name / f"{i}.png", 255 - digit(300 + i + 10 * ord(name)))
     else:
         rng = np.random.default_rng(0)
         for name in ("a", "b"):
@@ -405,8 +405,9 @@ def test_a_domain_that_breaks_the_framing_premise_stops_prepare(case, params, na
     work = tmp_path / "work"
     code, err, _ = run_stages(work, folders(source, target), capsys, stages=("download",))
     assert code == 0, err
+    explicit = {"crop": "bbox", "scale": "max", **params}  # auto would pick none: see below
     (work / "params.yaml").write_text(yaml.safe_dump(merge(tiny_params_dict(),
-                                                           folders(source, target, **params))))
+                                                           folders(source, target, **explicit))))
     before = snapshot(work, *OUTPUT_DIRS)
     code, _, err = run_entry(work, *PREPARE, capsys=capsys)
     fixes = [f"set {key}: none" if key.startswith("prepare") else key for key in names[:1]]
@@ -425,6 +426,34 @@ def test_framing_is_measured_and_recorded_and_the_fix_runs(tmp_path, capsys):
     assert code == 0, err
     assert summary["source_full_frame_share"] == 0 and summary["source_background_level"] == 0
     assert summary["target_full_frame_share"] == 1 and summary["target_background_level"] > 0.25
+
+
+@pytest.mark.parametrize("case", ["textured-target", "textured-source", "white-page-target"])
+def test_auto_frames_both_domains_alike_where_the_ink_premise_fails(case, tmp_path, capsys):
+    """prepare.crop/scale: auto (the default) measures both domains and drops the ink-based
+    steps for both when one domain breaks their premise, instead of refusing."""
+    digits = digit_folder(tmp_path / "digits", {"a": 8, "b": 8})
+    other = tmp_path / "other"
+    if case.startswith("textured"):
+        textured_folder(other, {"a": 8, "b": 8})
+    else:
+        for name in ("a", "b"):
+            for i in range(8):
+                save(other / name / f"{i}.png", 255 - digit(300 + i + 10 * ord(name)))
+    source, target = (other, digits) if case == "textured-source" else (digits, other)
+    code, err, summary = run_stages(tmp_path / "work", folders(source, target, crop="auto",
+                                                               scale="auto"), capsys)
+    assert code == 0, err
+    assert summary["framing_crop_bbox"] == 0 and summary["framing_scale_max"] == 0
+
+
+def test_auto_keeps_the_ink_steps_for_ink_on_a_blank_page(tmp_path, capsys):
+    source = digit_folder(tmp_path / "src", {"a": 8, "b": 8})
+    target = digit_folder(tmp_path / "tgt", {"a": 8, "b": 8}, seed=3)
+    code, err, summary = run_stages(tmp_path / "work", folders(source, target, crop="auto",
+                                                               scale="auto"), capsys)
+    assert code == 0, err
+    assert summary["framing_crop_bbox"] == 1 and summary["framing_scale_max"] == 1
 
 
 def test_the_default_pair_passes_the_framing_check_and_records_it(prepared_base):

@@ -77,7 +77,7 @@ METADATA_CASES = [  # (metadata changes, what the one line names)
     ({"preprocess": json.dumps({**PRE, "zoom": 2})}, ["'preprocess.zoom' is not one"]),
     ({"preprocess": json.dumps({**PRE, "image_size": 0})}, ["'preprocess.image_size'=0"]),
     ({"preprocess": json.dumps({**PRE, "image_size": 10 ** 9})}, ["'preprocess.image_size'=1000000000"]),
-    ({"preprocess": json.dumps({**PRE, "channels": 7})}, ["channels=7"]),
+    ({"preprocess": json.dumps({**PRE, "channels": 7})}, ["'preprocess.channels'=7"]),
     ({"preprocess": json.dumps({**PRE, "channels": 3})},
      ["'preprocess.channels'=3 disagrees with the model's in_channels=1"]),
     ({"preprocess": json.dumps({**PRE, "crop": "circle"})}, ["'preprocess.crop'='circle'"]),

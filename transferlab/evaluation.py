@@ -63,13 +63,13 @@ def _points(value) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f}"
 
 
-def _health_cells(s: dict) -> str:
-    """top class %, class-use entropy, KL to the source prior, and the flag (blank if unknown)."""
+def _health_cell(s: dict) -> str:
+    """ok or ⚠ degenerate, with the top class's share of target predictions (blank if unknown;
+    the entropy and the divergence from the source prior are in evaluate.json and the report)."""
     if "degenerate" not in s:
-        return "| | | | "
-    kl = "" if s.get("kl_to_source_prior") is None else f"{s['kl_to_source_prior']:.2f}"
+        return ""
     flag = "⚠ **degenerate**" if s["degenerate"] else "ok"
-    return f"| {100 * s['top_share']:.1f} | {s['marginal_entropy']:.2f} | {kl} | {flag} "
+    return f"{flag} (top class {100 * s['top_share']:.0f} %)"
 
 
 def results_markdown(scores: dict) -> str:
@@ -78,13 +78,13 @@ def results_markdown(scores: dict) -> str:
     marked ⚠ in its name and its health column."""
     lines = ["| strategy | what it does | selection | accuracy % | macro-F1 % "
              "| gain over scratch (points) | gain over source-only (points) | negative transfer "
-             "| top class % | class-use entropy | KL to source prior | health |",
-             "|---|---|---|---:|---:|---:|---:|:---:|---:|---:|---:|:---:|"]
+             "| health |",
+             "|---|---|---|---:|---:|---:|---:|:---:|:---:|"]
     for n in order(scores):
         s = scores[n]
         if s.get("skipped"):
             lines.append(f"| {n} | {describe(n)} | skipped: {s.get('reason', 'needs target labels')} "
-                         "| | | | | | | | | |")
+                         "| | | | | | |")
             continue
         flag = {True: f"yes (below {s.get('best_baseline')})", False: ""}.get(
             s.get("negative_transfer"), "")
@@ -92,7 +92,7 @@ def results_markdown(scores: dict) -> str:
         lines.append(f"| {name} | {describe(n)} | {s.get('selection', '')} "
                      f"| {100 * s['accuracy']:.1f} | {100 * s['macro_f1']:.1f} "
                      f"| {_points(s.get('gain_over_scratch'))} "
-                     f"| {_points(s.get('gain_over_source_only'))} | {flag} {_health_cells(s)}|")
+                     f"| {_points(s.get('gain_over_source_only'))} | {flag} | {_health_cell(s)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -141,9 +141,12 @@ def build_encoder(arch: str, in_channels: int, widths: Sequence[int] = (),
                   small_input_stem: bool = False, norm: str = "batch",
                   head: str = "pool") -> Encoder:
     backbone = backbones.get(arch)  # ValueError naming the registered ones
+    # a family that builds one normalisation and one head is not asked which
+    options = {**({"norm": norm} if len(backbone.norms) > 1 else {}),
+               **({"head": head} if len(backbone.heads) > 1 else {})}
     return backbones.family_module(arch).build(arch, in_channels, tuple(widths),
                                                small_input_stem and backbone.takes_small_stem(),
-                                               norm, head)
+                                               **options)
 
 
 class Classifier(nn.Module):

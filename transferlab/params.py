@@ -11,9 +11,10 @@ import re
 import typing
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, Field, ValidationError, create_model,
+                      field_validator, model_validator)
 
 from transferlab import backbones, datasets
 from transferlab.errors import UserError
@@ -86,12 +87,41 @@ class Data(Strict):
                                  "distinct class ids >= 0")
         same = self.source.name == self.target.name and (
             self.source.name != "folder" or same_place(self.source.root, self.target.root))
-        if same and (self.source.classes == "all" or self.target.classes == "all"
-                     or set(self.source.classes) & set(self.target.classes)):
+        shared_classes = (self.source.classes == "all" or self.target.classes == "all"
+                          or set(self.source.classes) & set(self.target.classes))
+        if same and shared_classes:
             raise ValueError("data.source and data.target are the same dataset: give both "
                              "explicit, disjoint class lists (data.*.classes), or the target's "
                              "test images would be source training images")
+        made = {n: datasets.get(n).made_from for n in (self.source.name, self.target.name)}
+        if shared_classes and (self.source.name in made[self.target.name]
+                               or self.target.name in made[self.source.name]):
+            base, derived = ((self.source.name, self.target.name)
+                             if self.source.name in made[self.target.name]
+                             else (self.target.name, self.source.name))
+            raise ValueError(f"data.source={self.source.name} and data.target="
+                             f"{self.target.name} share images ({derived} is made from "
+                             f"{base}'s): the target's test images would be source training "
+                             "images; choose datasets not made from one another (docs/datasets.md)"
+                             " or give both explicit, disjoint class lists (data.*.classes)")
         return self
+
+
+def _one_or_three(value):
+    if value not in ("auto", 1, 3):
+        raise ValueError("use auto, 1 or 3")
+    return value
+
+
+def _bottleneck(value):
+    if value != "auto" and not (isinstance(value, int) and 0 <= value <= 512):
+        raise ValueError("use auto, 0 (off) or a size of 1..512")
+    return value
+
+
+# annotated (not class validators): records.preprocess_schema copies these fields, checks included
+Channels = Annotated[Literal["auto"] | int, AfterValidator(_one_or_three)]
+Bottleneck = Annotated[Literal["auto"] | int, AfterValidator(_bottleneck)]
 
 
 class Prepare(Strict):
@@ -100,28 +130,14 @@ class Prepare(Strict):
     # auto (each of the four): chosen by `prepare` from both domains' framing statistics, the
     # same for both (scenario.resolve_framing); the choice is in metrics/scenario.json
     crop: Literal["auto", "bbox", "none"]  # centre each digit on its square bounding box
-    bottleneck_size: Literal["auto"] | int  # pass both domains through this size; 0 = off
+    bottleneck_size: Bottleneck  # pass both domains through this size; 0 = off
     scale: Literal["auto", "max", "none"]  # each image divided by its own maximum
-    channels: Literal["auto"] | int  # 1 or 3: gray -> 3 repeats it; colour -> 1: luminance
+    channels: Channels  # 1 or 3: gray -> 3 repeats it; colour -> 1: luminance
     source_val_fraction: float = Field(gt=0, lt=1)
     target_test_fraction: float = Field(gt=0, lt=1)
     target_val_per_class: int = Field(ge=1, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)
     split_seed: int = Field(ge=0, lt=SEED_LIMIT)  # fixes the target test set across seeds
     shots: int = Field(ge=0, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)  # per class; 0 = none
-
-    @field_validator("channels")
-    @classmethod
-    def _one_or_three(cls, value):
-        if value not in ("auto", 1, 3):
-            raise ValueError("use auto, 1 or 3")
-        return value
-
-    @field_validator("bottleneck_size")
-    @classmethod
-    def _bottleneck(cls, value):
-        if value != "auto" and not (isinstance(value, int) and 0 <= value <= 512):
-            raise ValueError("use auto, 0 (off) or a size of 1..512")
-        return value
 
 
 class Model(Strict):

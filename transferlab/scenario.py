@@ -82,6 +82,8 @@ def align(raw: RawDataset, p: Prepare, scratch: Path | None = None) -> np.ndarra
     domains. Works through the images in chunks (each image is aligned on its own, so the
     result does not depend on the chunking). With a `scratch` folder, a result larger than
     io.resident_limit() is written there and returned as a DiskArray: memory stays bounded."""
+    if "auto" in (p.crop, p.scale, p.bottleneck_size, p.channels):
+        raise ValueError("align takes a resolved framing: resolve_framing(prepare, stats) first")
     n = len(raw.images)
     shape = (n, p.channels, p.image_size, p.image_size)
     pixels = max(int(np.prod(raw.images.shape[1:])) if n else 1, int(np.prod(shape[1:])))

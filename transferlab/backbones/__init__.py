@@ -3,8 +3,10 @@
 Each module declares `BACKBONES = (Backbone(...), ...)`, the facts the params schema needs
 (how many named blocks, the smallest input, a fixed input size, whether published weights
 exist, which normalisations and heads it builds), and a `build(name, in_channels, widths,
-small_input_stem, norm, head)` that returns a `models.Encoder` with named blocks. Torchvision families also map torchvision's tensor names
-to ours (`block_name`), which is how pretrained weights are copied.
+small_input_stem)` that returns a `models.Encoder` with named blocks; a family that declares
+more than one of `norms` or `heads` also takes `norm=` / `head=` keywords (model.norm,
+model.head). Torchvision families also map torchvision's tensor names to ours (`block_name`),
+which is how pretrained weights are copied.
 
 This package imports no torch: params.py reads it to build its schema (`check_params` must not
 pay torch's ~2 s start-up), and each module imports torch inside `build`. Adding a backbone is

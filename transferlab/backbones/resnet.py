@@ -14,8 +14,7 @@ BACKBONES = (Backbone("resnet18", blocks=5, min_size=32, small_stem_min_size=8),
              Backbone("resnet50", blocks=5, min_size=32, small_stem_min_size=8))
 
 
-def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool,
-          norm: str = "batch", head: str = "pool"):
+def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool):
     from collections import OrderedDict
 
     from torch import nn

@@ -38,7 +38,7 @@ BACKBONES = (SmallCNNBackbone("small_cnn", blocks=0, min_size=1, weights=None,
                               heads=("pool", "flatten")),)
 
 
-def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool,
+def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool, *,
           norm: str = "batch", head: str = "pool"):
     from transferlab.models import SmallCNN
 

@@ -14,8 +14,7 @@ BACKBONES = (Backbone("mobilenet_v3_small", blocks=13, min_size=32),
              Backbone("convnext_tiny", blocks=8, min_size=32))
 
 
-def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool,
-          norm: str = "batch", head: str = "pool"):
+def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool):
     from collections import OrderedDict
 
     from torchvision.models import get_model

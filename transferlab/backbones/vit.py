@@ -12,8 +12,7 @@ from transferlab.backbones import Backbone
 BACKBONES = (Backbone("vit_b_16", blocks=14, min_size=224, fixed_size=224),)
 
 
-def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool,
-          norm: str = "batch", head: str = "pool"):
+def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool):
     from collections import OrderedDict
 
     from torchvision.models import get_model

@@ -40,6 +40,10 @@ class Dataset:
     needs_root: bool = False    # read from data.<role>.root (splits: the folders found there)
     downloads: bool = False     # files cached under data.cache_dir
     decoded: bool = False       # image files decoded to data.decode_size (predict repeats it)
+    # datasets whose images this one contains, changed past recognition (a blend) or not: as a
+    # source/target pair they would leak test images into training, which prepare's content
+    # check cannot always see, so the params check refuses the pair
+    made_from: tuple[str, ...] = ()
     family: str = ""            # filled in from the module name
 
 

@@ -20,10 +20,10 @@ from transferlab.datasets import Dataset, Where
 
 DATASETS = (
     Dataset("mnist_half", "2,500 plain MNIST digits (the first 250 of each class of mnist_5k), "
-            "28x28: the source of the blend pair"),
+            "28x28: the source of the blend pair", made_from=("mnist_5k",)),
     Dataset("mnist_blend", "MNIST digits blended onto colour photo patches (|patch - digit|, "
             "MNIST-M's recipe), 28x28 RGB: 1,500 for training, 1,000 in its test split",
-            ("test",)),
+            ("test",), made_from=("mnist_5k",)),
 )
 
 PER_CLASS = 250     # digits of mnist_5k per class in each half
