@@ -39,6 +39,7 @@ def main(argv=None):
     ap.add_argument("--confusion", type=Path, required=True,
                     help="evaluate's folder of confusion CSVs: <strategy>.csv of each one scored")
     ap.add_argument("--test", type=Path, required=True, help="prepared target test arrays")
+    ap.add_argument("--source", type=Path, help="prepared source arrays (the contact sheet)")
     ap.add_argument("--study", type=Path, help="study/metrics.json (adds the study's intervals)")
     ap.add_argument("--out", type=Path, required=True, help="output: the HTML page")
     args = ap.parse_args(argv)
@@ -57,9 +58,15 @@ def main(argv=None):
     confusions = {name: read_confusion(args.confusion / f"{name}.csv", len(test["y_test"]),
                                        len(classes))
                   for name, s in scores.items() if not s.get("skipped")}
+    prepared = {"target": (test["x_test"], test["y_test"], classes)}
+    if args.source:
+        source = load_arrays(args.source, ("x_val", "y_val"), lazy=True)
+        prepared = {"source": (source["x_val"], source["y_val"], read_classes(args.source)),
+                    **prepared}
     page = render_report(scores, read_scenario(args.scenario),
                          {p.stem: read_curve(p) for p in args.curves}, confusions,
-                         test["x_test"], classes, read_study(args.study) if args.study else None)
+                         test["x_test"], classes, read_study(args.study) if args.study else None,
+                         prepared)
     with atomic_path(args.out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     print(f"{args.out}: {len(page) / 1e3:.0f} kB")

@@ -143,6 +143,7 @@ EDITS = {
     "transfer.features.*": {"transfer.features.C": 0.5},
     "transfer.structure.*": {"transfer.structure.freeze_copied": False},
     "transfer.joint.*": {"transfer.joint.target_weight": 0.5},
+    "transfer.adabn.*": {"transfer.adabn.batch_size": 100},  # other batches: other averages
     "transfer.mcc.*": {"transfer.mcc.temperature": 2.0},
     ", ".join(f"transfer.{m}.*" for m in OUTSIDE): {f"transfer.{OUTSIDE[0]}.loss_weight": 0.5},
     "study.*": {"study.layer_shots": 3},

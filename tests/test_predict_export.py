@@ -217,3 +217,9 @@ def test_with_zero_shots_no_target_label_chooses_what_is_exported():
     label_free = {"dann": {"selection": "source-val+SND", "val_accuracy": 0.97, "snd": 1.2},
                   "mcc": {"selection": "source-val+SND", "val_accuracy": 0.93, "snd": 1.9}}
     assert choose(label_free) == ("mcc", "source-val+SND")
+    # adabn selects nothing and trains on no label: compared by its SND too, never by val
+    with_adabn = {**label_free, "adabn": {"selection": "none", "val_accuracy": 0.99, "snd": 1.5}}
+    assert choose(with_adabn) == ("mcc", "source-val+SND")
+    # with shots, features (selection none, no SND) makes it a target-val choice
+    features = {"selection": "none", "val_accuracy": 0.5}
+    assert choose({**with_adabn, "features": features}) == ("adabn", "target-val")

@@ -98,6 +98,26 @@ def test_the_page_holds_every_part_and_fetches_nothing():
     assert not re.search(r"<script|<link|@import|url\(\s*['\"]?http", page)
 
 
+def test_the_contact_sheet_shows_both_domains_before_the_results():
+    """Two prepared images per class of each domain, as the models see them, with the framing
+    prepare chose; it comes before the results (users look before they read)."""
+    n = 12
+    labels = np.arange(n) % 3
+    source = np.zeros((n, 1, 8, 8), dtype=np.uint8)
+    target = np.full((n, 3, 8, 8), 200, dtype=np.uint8)
+    page = render_report({"scratch": {"accuracy": 0.75, "macro_f1": 0.7}},
+                         {"target_test": n, "framing_crop_bbox": 0, "framing_channels": 3}, {},
+                         {"scratch": (labels, labels)}, target, CLASSES,
+                         prepared={"source": (source, labels, CLASSES),
+                                   "target": (target, labels, CLASSES)})
+    sheet = page[page.index("Prepared images"):page.index("<h2>Results")]
+    assert sheet.count('alt="source image') == 6 and sheet.count('alt="target image') == 6
+    assert "crop bbox 0, channels 3" in sheet
+    assert "Prepared images" not in render_report(
+        {"scratch": {"accuracy": 0.75, "macro_f1": 0.7}}, {"target_test": n}, {},
+        {"scratch": (labels, labels)}, target, CLASSES)
+
+
 def test_a_flagged_model_gets_a_banner_at_the_top_and_a_marked_row():
     n = 12
     actual = np.arange(n) % 3
@@ -132,7 +152,8 @@ def test_the_stage_writes_the_same_bytes_in_every_process_without_torch(tmp_path
     assert run_report(paths, second).returncode == 0
     assert first.read_bytes() == second.read_bytes()
     page = first.read_text()
-    assert page.count("<figure>") == 9 + 6 + 2 and "finetune" in page and "Study" not in page
+    # + 6: the contact sheet's 2 target test images per class (no --source given here)
+    assert page.count("<figure>") == 9 + 6 + 2 + 6 and "finetune" in page and "Study" not in page
     assert '<div class="alert" role="alert">' in page and "<b>scratch</b>: predicts" not in page
     assert "<b>scratch</b>: class-use entropy 0.50 of its maximum (limit 0.60)" in page
 

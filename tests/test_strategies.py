@@ -174,3 +174,31 @@ def test_joint_trains_on_both_domains(inputs, monkeypatch):
 
 def test_inputs_hold_no_test_data(inputs):
     assert set(inputs.target) == {"x_train", "y_train", "x_val", "y_val"}
+
+
+def test_adabn_takes_the_pools_batchnorm_statistics_and_nothing_else(inputs, source_model):
+    """The first BatchNorm's running mean becomes the mean of its input over the pool (one batch
+    here), every learned tensor stays the source's, and no gradient step is taken."""
+    outcome = strategies.run("adabn", inputs, cfg("adabn", batch_size=64))
+    source, adapted = tensors(source_model), tensors(outcome.model)
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    assert all(torch.equal(v, adapted[k]) for k, v in source.items() if not k.endswith(stats))
+    assert not torch.equal(source["encoder.blocks.block1.1.running_mean"],
+                           adapted["encoder.blocks.block1.1.running_mean"])
+    first_conv = source_model.encoder.blocks.block1[0]
+    with torch.no_grad():
+        pre_norm = first_conv(to_float(inputs.unlabelled))
+    torch.testing.assert_close(adapted["encoder.blocks.block1.1.running_mean"],
+                               pre_norm.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert outcome.info["recalibrated_layers"] == len(WIDTHS) and not outcome.model.training
+    assert 0 <= outcome.info["val_accuracy"] <= 1 and "snd" in outcome.info
+
+
+def test_adabn_leaves_a_model_without_batchnorm_unchanged(inputs):
+    torch.manual_seed(0)
+    plain = Classifier(SmallCNN(1, WIDTHS, "none"), num_classes=4).eval()
+    inputs.source_model = plain
+    inputs.architecture = Architecture("small_cnn", 1, tuple(WIDTHS), norm="none")
+    outcome = strategies.run("adabn", inputs, cfg("adabn"))
+    assert outcome.info["recalibrated_layers"] == 0
+    assert all(torch.equal(v, tensors(outcome.model)[k]) for k, v in tensors(plain).items())

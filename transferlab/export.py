@@ -29,10 +29,12 @@ def choose(val_metrics: Mapping[str, Mapping]) -> tuple[str, str]:
     the best target-validation accuracy. When every candidate was selected without target
     labels (prepare.shots: 0), no target label chooses here either: the highest SND (soft
     neighbourhood density on the unlabelled target, Saito et al. 2021) of the selected
-    checkpoints, each already guarded by its source-validation accuracy."""
+    checkpoints, each already guarded by its source-validation accuracy (and of methods that
+    select nothing and train on no label, such as adabn: selection none, with an SND)."""
     if not val_metrics:
         raise ValueError("no strategy to choose from")
-    label_free = all(m.get("selection") == "source-val+SND" for m in val_metrics.values())
+    label_free = all(m.get("selection") == "source-val+SND"
+                     or (m.get("selection") == "none" and "snd" in m) for m in val_metrics.values())
     key, by = ("snd", "source-val+SND") if label_free else ("val_accuracy", "target-val")
     best = max(float(m[key]) for m in val_metrics.values())
     return next(n for n, m in val_metrics.items() if float(m[key]) == best), by

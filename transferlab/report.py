@@ -188,6 +188,30 @@ def misclassified_grid(images: np.ndarray, actual: np.ndarray, predicted: np.nda
     return f'<div class="grid">{"".join(tiles)}</div>{more}'
 
 
+SHEET_PER_CLASS = 2  # prepared images per class and domain on the contact sheet
+
+
+def contact_sheet(domains: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[str]]],
+                  scenario: Mapping[str, float]) -> str:
+    """The first SHEET_PER_CLASS prepared images of each class of each domain ({"source": (images,
+    labels, classes), "target": ...}), one row per domain, as the model sees them, with the
+    framing prepare chose: the first thing to look at when a result is near chance."""
+    rows = []
+    for role, (images, labels, classes) in domains.items():
+        labels = np.asarray(labels)
+        picked = [int(i) for c in range(len(classes))
+                  for i in np.flatnonzero(labels == c)[:SHEET_PER_CLASS]]
+        tiles = "".join(f'<figure><img src="{png_data_uri(np.asarray(images[i]))}" '
+                        f'alt="{role} image {i}"><figcaption>{html.escape(classes[labels[i]])}'
+                        "</figcaption></figure>" for i in picked)
+        rows.append(f"<p><b>{role}</b> ({len(labels)} images)</p><div class=\"grid\">{tiles}</div>")
+    framing = {k.removeprefix("framing_"): v for k, v in scenario.items() if k.startswith("framing_")}
+    said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in framing.items())
+    return (f"<p>As the models see them (prepare's framing: {html.escape(said or 'not recorded')}; "
+            "docs/datasets.md, Framing). The two rows should look alike in everything but the "
+            "shift you mean to study.</p>" + "".join(rows))
+
+
 # ---- the page -----------------------------------------------------------------------------
 
 STYLE = f"""
@@ -291,9 +315,12 @@ def render_report(scores: Mapping[str, Mapping], scenario: Mapping[str, int],
                   curves: Mapping[str, Sequence[Mapping]],
                   confusions: Mapping[str, tuple[np.ndarray, np.ndarray]],
                   images: np.ndarray, classes: Sequence[str],
-                  study: Mapping | None = None) -> str:
+                  study: Mapping | None = None,
+                  prepared: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[str]]] | None = None
+                  ) -> str:
     """The whole page. `confusions`: {name: (actual, predicted)} over the target test images,
-    in the order of `images`; `study`: study/metrics.json, or None before the study has run."""
+    in the order of `images`; `study`: study/metrics.json, or None before the study has run;
+    `prepared`: contact_sheet's domains (source val and target test images)."""
     matrices = {n: confusion_matrix(a, p, len(classes)) for n, (a, p) in confusions.items()}
     errors = {n: int((a != p).sum()) for n, (a, p) in confusions.items()}
     colors = colors_for(set(scores) | set(confusions) | set(study_rows(study["cells"]) if study
@@ -306,6 +333,8 @@ def render_report(scores: Mapping[str, Mapping], scenario: Mapping[str, int],
         health_banner(scores, len(classes)),  # first thing under the title: nobody misses it
         f"<p>Scenario (metrics/scenario.json): {html.escape(summary)}. Every score is on the "
         f"{len(images)} held-out target test images; one run, one seed.</p>",
+        *(["<h2>Prepared images: source and target</h2>", contact_sheet(prepared, scenario)]
+          if prepared else []),
         "<h2>Results</h2>", results_table(scores, errors), accuracy_chart(scores, colors)]
     if study is not None:
         parts += ["<h2>Study: label budget and seeds (95 % intervals)</h2>",
