@@ -104,6 +104,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/ranking.py": frozenset(),  # ranking only
     "transferlab/rawdata.py": frozenset({"download", "prepare"}),  # the raw dataset files
     "transferlab/records.py": frozenset({"evaluate", "export", "report"}),  # files they read
+    # discovery of the backbone and dataset registries: the schema, so every stage
+    "transferlab/registry.py": EVERY,
     "transferlab/report.py": frozenset({"report"}),
     "transferlab/scenario.py": frozenset({"prepare"}),
     "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate", "export",

@@ -16,9 +16,10 @@ one module here (docs/extending.md); tests/test_backbones.py checks every regist
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from transferlab.registry import discover
 
 
 @dataclass(frozen=True)
@@ -50,19 +51,7 @@ class Backbone:
         return self.small_stem_min_size is not None
 
 
-def _discover() -> dict[str, Backbone]:
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for backbone in getattr(module, "BACKBONES", ()):
-            if backbone.name in found:
-                raise ValueError(f"backbone {backbone.name} is declared twice")
-            object.__setattr__(backbone, "family", info.name)
-            found[backbone.name] = backbone
-    return found
-
-
-BACKBONES: dict[str, Backbone] = _discover()
+BACKBONES: dict[str, Backbone] = discover(__name__, __path__, "BACKBONES", "backbone")
 NAMES = tuple(BACKBONES)  # discovery order: by module name, then as each module lists them
 
 

@@ -19,10 +19,10 @@ registered one through the schema.
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from transferlab.registry import discover
 
 # Every image file is decoded once, as torchvision's weight transforms frame a photo: shorter
 # side resized to data.decode_size (aspect ratio kept), then the centre square cropped; so the
@@ -58,19 +58,7 @@ class Where:
     root_key: str = "folder dataset root"  # the param that names `root`, for messages
 
 
-def _discover() -> dict[str, Dataset]:
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for dataset in getattr(module, "DATASETS", ()):
-            if dataset.name in found:
-                raise ValueError(f"dataset {dataset.name} is declared twice")
-            object.__setattr__(dataset, "family", info.name)
-            found[dataset.name] = dataset
-    return found
-
-
-DATASETS: dict[str, Dataset] = _discover()
+DATASETS: dict[str, Dataset] = discover(__name__, __path__, "DATASETS", "dataset")
 NAMES = tuple(DATASETS)  # discovery order: by module name, then as each module lists them
 
 
