@@ -13,8 +13,8 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from pydantic import (AfterValidator, BaseModel, Field, ValidationError, create_model,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, Field, ValidationError, WrapValidator,
+                      create_model, field_validator, model_validator)
 
 from transferlab import backbones, datasets
 from transferlab.errors import UserError
@@ -119,9 +119,22 @@ def _bottleneck(value):
     return value
 
 
+def _one_message(message: str) -> WrapValidator:
+    """Any failure of the wrapped union (auto or an int) as one message, not the union's first
+    branch ("Input should be 'auto'" for 513 or '3')."""
+    def wrap(value, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(message) from None
+    return WrapValidator(wrap)
+
+
 # annotated (not class validators): records.preprocess_schema copies these fields, checks included
-Channels = Annotated[Literal["auto"] | int, AfterValidator(_one_or_three)]
-Bottleneck = Annotated[Literal["auto"] | int, AfterValidator(_bottleneck)]
+Channels = Annotated[Literal["auto"] | int, AfterValidator(_one_or_three),
+                     _one_message("use auto, 1 or 3")]
+Bottleneck = Annotated[Literal["auto"] | int, AfterValidator(_bottleneck),
+                       _one_message("use auto, 0 (off) or a size of 1..512")]
 
 
 class Prepare(Strict):
