@@ -106,13 +106,14 @@ def test_the_contact_sheet_shows_both_domains_before_the_results():
     source = np.zeros((n, 1, 8, 8), dtype=np.uint8)
     target = np.full((n, 3, 8, 8), 200, dtype=np.uint8)
     page = render_report({"scratch": {"accuracy": 0.75, "macro_f1": 0.7}},
-                         {"target_test": n, "framing_crop_bbox": 0, "framing_channels": 3}, {},
+                         {"target_test": n, "framing_crop_bbox": 0, "framing_scale_max": 1,
+                          "framing_bottleneck_size": 0, "framing_channels": 3}, {},
                          {"scratch": (labels, labels)}, target, CLASSES,
                          prepared={"source": (source, labels, CLASSES),
                                    "target": (target, labels, CLASSES)})
     sheet = page[page.index("Prepared images"):page.index("<h2>Results")]
     assert sheet.count('alt="source image') == 6 and sheet.count('alt="target image') == 6
-    assert "crop bbox 0, channels 3" in sheet
+    assert "crop none, scale max, no bottleneck, 3 channels" in sheet
     assert "Prepared images" not in render_report(
         {"scratch": {"accuracy": 0.75, "macro_f1": 0.7}}, {"target_test": n}, {},
         {"scratch": (labels, labels)}, target, CLASSES)

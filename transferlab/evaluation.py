@@ -52,11 +52,10 @@ def describe(name: str) -> str:
 
 
 def order(names) -> list[str]:
-    """source_only, then the registry's order (control, four families, adaptation), then others."""
-    from transferlab.strategies import METHODS
+    """strategies.table_order: the report and the study use the same."""
+    from transferlab.strategies import table_order
 
-    rank = {n: i for i, n in enumerate(["source_only", *METHODS])}
-    return sorted(names, key=lambda n: (rank.get(n.split(" (")[0], len(rank)), n))
+    return table_order(names)
 
 
 def _points(value) -> str:

@@ -20,14 +20,16 @@ import numpy as np
 
 from transferlab.health import problems
 
-BASELINES = ("source_only", "scratch")  # shown first; the strategies follow in name order
 MAX_TILES = 200  # misclassified images shown per strategy (5 shots: 40-115 of 898 are wrong)
 TILE_PX = 48  # on-screen size of one test image (16x16 at the default params, upscaled 3x)
 SVG_SALT = "transferlab-report"  # matplotlib derives its SVG element ids from this
 
 
 def ordered(names) -> list[str]:
-    return [n for n in BASELINES if n in names] + sorted(set(names) - set(BASELINES))
+    """evaluate's table order (strategies.table_order), so the page and the table agree."""
+    from transferlab.strategies import table_order
+
+    return table_order(names)
 
 
 def colors_for(names) -> dict[str, str]:
@@ -191,6 +193,19 @@ def misclassified_grid(images: np.ndarray, actual: np.ndarray, predicted: np.nda
 SHEET_PER_CLASS = 2  # prepared images per class and domain on the contact sheet
 
 
+def framing_words(scenario: Mapping[str, float]) -> str:
+    """metrics/scenario.json's framing_* numbers in prepare's words ("crop bbox, scale none,
+    bottleneck 8 px, 1 channel"); empty for a scenario written before they were recorded."""
+    if "framing_crop_bbox" not in scenario:
+        return ""
+    size = int(scenario.get("framing_bottleneck_size", 0))
+    channels = int(scenario.get("framing_channels", 1))
+    return (f"crop {'bbox' if scenario['framing_crop_bbox'] else 'none'}, "
+            f"scale {'max' if scenario.get('framing_scale_max') else 'none'}, "
+            f"{f'bottleneck {size} px' if size else 'no bottleneck'}, "
+            f"{channels} channel{'s' if channels > 1 else ''}")
+
+
 def contact_sheet(domains: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[str]]],
                   scenario: Mapping[str, float]) -> str:
     """The first SHEET_PER_CLASS prepared images of each class of each domain ({"source": (images,
@@ -205,8 +220,7 @@ def contact_sheet(domains: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[s
                         f'alt="{role} image {i}"><figcaption>{html.escape(classes[labels[i]])}'
                         "</figcaption></figure>" for i in picked)
         rows.append(f"<p><b>{role}</b> ({len(labels)} images)</p><div class=\"grid\">{tiles}</div>")
-    framing = {k.removeprefix("framing_"): v for k, v in scenario.items() if k.startswith("framing_")}
-    said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in framing.items())
+    said = framing_words(scenario)
     return (f"<p>As the models see them (prepare's framing: {html.escape(said or 'not recorded')}; "
             "docs/datasets.md, Framing). The two rows should look alike in everything but the "
             "shift you mean to study.</p>" + "".join(rows))

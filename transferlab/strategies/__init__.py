@@ -87,6 +87,14 @@ METHODS.update(_discover())
 NAMES = tuple(METHODS)
 
 
+def table_order(names) -> list[str]:
+    """The one order of every table, chart and list of results: source_only, then the
+    registry's (the control, the four families, adaptation), then any other name; a name
+    with a suffix (`dann (oracle)`) sorts with its method."""
+    rank = {n: i for i, n in enumerate(["source_only", *METHODS])}
+    return sorted(names, key=lambda n: (rank.get(n.split(" (")[0], len(rank)), n))
+
+
 def run(name: str, inputs: Inputs, cfg) -> Outcome:
     if name not in METHODS:
         raise ValueError(f"unknown strategy '{name}': choose one of {', '.join(NAMES)}")
