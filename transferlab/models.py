@@ -216,12 +216,14 @@ class Architecture:
 
 
 def architecture_from(model_cfg, in_channels: int) -> Architecture:
-    """From params.yaml's `model` section (arch, widths, small_input_stem)."""
+    """From params.yaml's `model` section (arch, widths, small_input_stem, norm, head; auto:
+    the backbone's first, its default)."""
     backbone = backbones.get(model_cfg.arch)
     widths = tuple(model_cfg.widths) if backbone.uses_widths() else ()
+    norm = backbone.norms[0] if model_cfg.norm == "auto" else model_cfg.norm
+    head = backbone.heads[0] if model_cfg.head == "auto" else model_cfg.head
     return Architecture(model_cfg.arch, in_channels, widths,
-                        model_cfg.small_input_stem and backbone.takes_small_stem(),
-                        model_cfg.norm, model_cfg.head)
+                        model_cfg.small_input_stem and backbone.takes_small_stem(), norm, head)
 
 
 def model_metadata(architecture: Architecture, classes: Sequence[str],

@@ -157,8 +157,10 @@ class Model(Strict):
     arch: Literal[backbones.NAMES]  # the backbone registry: transferlab/backbones/
     widths: list[int] = Field(min_length=1, max_length=6)  # small_cnn: channels per block
     small_input_stem: bool  # resnets: 3x3 stride-1 stem, no max-pool, for small images
-    norm: Literal["batch", "group", "layer", "none"]  # small_cnn's normalisation layers
-    head: Literal["pool", "flatten"]  # small_cnn: global average pool | 4x4 grid flattened
+    # auto: the backbone's own (its registry entry's first: small_cnn batch + flatten, chosen by
+    # measurement over the offline tasks; torchvision models as published: batch + pool)
+    norm: Literal["auto", "batch", "group", "layer", "none"]  # small_cnn's normalisation layers
+    head: Literal["auto", "pool", "flatten"]  # small_cnn: 4x4 grid flattened | global average pool
     weights: str  # source init: none | a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...;
     #               imagenet = DEFAULT) | a path to a state dict of the arch in torchvision's format
 
@@ -309,9 +311,9 @@ class Params(Strict):
             raise ValueError(f"model.weights={m.weights!r} needs a model.arch with published "
                              f"weights ({', '.join(with_weights)}; {m.arch} has none): use none")
         for key, value, built in (("norm", m.norm, backbone.norms), ("head", m.head, backbone.heads)):
-            if value not in built:
+            if value != "auto" and value not in built:
                 raise ValueError(f"model.{key}={value}: model.arch={m.arch} builds "
-                                 f"{' | '.join(built)} only: use {built[0]}")
+                                 f"{' | '.join(built)} only: use auto or {built[0]}")
         if is_weights_name(m.weights) and self.prepare.channels == 1:
             raise ValueError(f"model.weights={m.weights} expects colour input: set "
                              "prepare.channels=3")

@@ -31,8 +31,10 @@ class Backbone:
     fixed_size: int | None = None  # the only input size it takes (learnt position embeddings)
     small_stem_min_size: int | None = None  # takes model.small_input_stem: the smallest then
     weights: str | None = "torchvision"  # where published weights come from; None: none exist
-    norms: tuple[str, ...] = ("batch",)  # model.norm values it builds (the first: as published)
-    heads: tuple[str, ...] = ("pool",)   # model.head values it builds
+    # model.norm / model.head values it builds; the first of each is what auto builds (as
+    # published for torchvision's; small_cnn's by measurement)
+    norms: tuple[str, ...] = ("batch",)
+    heads: tuple[str, ...] = ("pool",)
     family: str = ""            # filled in from the module name
 
     def block_count(self, widths: Sequence[int]) -> int:
