@@ -1,4 +1,5 @@
-"""Stage export: the strategy with the best target-validation accuracy, as ONNX.
+"""Stage export: the strategy with the best target-validation accuracy (0 shots: the best
+label-free score), as ONNX; a model the health check flags is passed over for the next one.
 
 Reads the strategies' validation metrics (never the test set), exports the chosen model with
 its class names and preprocessing in the ONNX metadata, and checks onnxruntime against torch on
@@ -16,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferlab.export import choose, export_metadata, onnx_bytes, ship_verdict
+from transferlab.export import export_metadata, onnx_bytes, ranked, ship_verdict
 from transferlab.errors import UserError
+from transferlab.health import check_health
 from transferlab.io import atomic_path, load_arrays, read_metadata, write_json
 from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
@@ -26,6 +28,18 @@ from transferlab.records import RERUN, model_record, read_transfer_metrics
 from transferlab.train import make_deterministic, predict_logits, to_device
 
 TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and torch
+
+
+def load_candidate(path: Path, metrics_path: Path):
+    """(model, classes, preprocess record) of a strategy's model file, checked."""
+    record = model_record(path, read_metadata(path))
+    if record.skipped is not None:
+        raise UserError(f"{path} is the placeholder of a skipped strategy ({record.skipped}) but "
+                        f"{metrics_path} records a trained one: run `dvc repro` to rewrite both")
+    if record.preprocess is None:  # the ONNX file would not say how to prepare an image
+        raise UserError(f"{path} records no preprocessing (written by an older version): {RERUN}")
+    model, classes = load_classifier(path)
+    return model, classes, record.preprocess
 
 
 def main(argv=None):
@@ -53,22 +67,29 @@ def main(argv=None):
         raise UserError("export: every strategy was skipped (prepare.shots=0 and none of them "
                         "is label-free): add a label-free method (e.g. mcc) to dvc.yaml's "
                         "transfer stage or set prepare.shots >= 1")
-    chosen, chosen_by = choose(candidates)
+    order, chosen_by = ranked(candidates)
     val_accuracy = {n: float(m["val_accuracy"]) for n, m in candidates.items()}
-    path = args.models[names.index(chosen)]
-    record = model_record(path, read_metadata(path))
-    if record.skipped is not None:
-        raise UserError(f"{path} is the placeholder of a skipped strategy ({record.skipped}) but "
-                        f"{args.val_metrics[names.index(chosen)]} records a trained one: run "
-                        f"`dvc repro` to rewrite both")
-    model, classes = load_classifier(path)
-    preprocess = record.preprocess
-    if preprocess is None:  # the ONNX file would not say how to prepare an image
-        raise UserError(f"{path} records no preprocessing (written by an older version): {RERUN}")
     val = load_arrays(args.val, ("x_val",), lazy=True)
     x_val = to_device({"x_val": val["x_val"]}, torch.device("cpu"))["x_val"]
+    # the best-ranked model the label-free health check passes on the target val images (their
+    # labels unused); when none does, the best-ranked, for ship_verdict to refuse or warn
+    picks = []
+    for name in order:
+        model, classes, preprocess = load_candidate(args.models[names.index(name)],
+                                                    args.val_metrics[names.index(name)])
+        predicted = predict_logits(model.eval(), x_val).argmax(1).numpy()
+        picks.append((name, model, classes, preprocess, predicted))
+        health = check_health(predicted, len(classes))
+        if not health.degenerate:
+            break
+        print(f"export: passing over {name}: {health.describe(classes)} on the target val "
+              "images", file=sys.stderr)
+    else:
+        picks = picks[:1]
+    chosen, model, classes, preprocess, predicted = picks[-1]
+    if chosen != order[0]:
+        chosen_by += f", {order[0]} degenerate"
     # refused (one line naming health.allow_degenerate) before anything is converted or written
-    predicted = predict_logits(model.eval(), x_val).argmax(1).numpy()
     health, warning = ship_verdict(f"{chosen} (chosen by {chosen_by})", predicted,
                                    val.get("y_val"), classes, allow_degenerate)
     if warning:

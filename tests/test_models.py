@@ -99,3 +99,23 @@ def test_weights_that_are_not_a_resnet18_are_refused(tmp_path):
         read_weights("resnet18", str(tmp_path / "pickle.pth"))
     with pytest.raises(UserError, match="not found: give a state dict in torchvision's format"):
         read_weights("resnet18", str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("size", [8, 16, 28])
+def test_the_flatten_head_exports_to_onnx_at_any_input_size(size):
+    """adaptive pooling to 4x4 from a 2x2 (8 px) or 7x7 (28 px) map: ONNX has no such op, so
+    grid_pool computes the same windows as a matrix product; onnxruntime agrees with torch."""
+    import onnxruntime
+
+    from transferlab.export import onnx_bytes
+    from transferlab.models import Classifier, SmallCNN, grid_pool
+
+    x = torch.randn(2, 3, 7, 5)
+    torch.testing.assert_close(grid_pool(x, 4), torch.nn.functional.adaptive_avg_pool2d(x, 4))
+    torch.manual_seed(0)
+    model = Classifier(SmallCNN(1, [4, 8, 8], "batch", "flatten"), 10).eval()
+    session = onnxruntime.InferenceSession(onnx_bytes(model, (1, size, size), {}),
+                                           providers=["CPUExecutionProvider"])
+    images = torch.rand(3, 1, size, size)
+    theirs = session.run(None, {"image": images.numpy()})[0]
+    assert abs(theirs - model(images).detach().numpy()).max() < 1e-5

@@ -223,3 +223,30 @@ def test_with_zero_shots_no_target_label_chooses_what_is_exported():
     # with shots, features (selection none, no SND) makes it a target-val choice
     features = {"selection": "none", "val_accuracy": 0.5}
     assert choose({**with_adabn, "features": features}) == ("adabn", "target-val")
+
+
+def test_export_passes_over_a_degenerate_best_model(pipeline, tmp_path, capsys):
+    """The best-ranked model made to answer one class (its head's bias): export ships the next
+    one the health check passes, says so, and records why in chosen_by."""
+    import shutil
+
+    from transferlab.io import save_state_dict
+
+    work = tmp_path / "work"
+    shutil.copytree(pipeline, work, symlinks=True)
+    val = {p.stem: json.loads(p.read_text())["val_accuracy"]
+           for p in sorted((work / "metrics/transfer").glob("*.json"))
+           if "val_accuracy" in json.loads(p.read_text())}
+    best = max(val, key=val.get)
+    path = work / f"models/transfer/{best}.safetensors"
+    state, metadata = load_state_dict(path)
+    state["head.bias"] = state["head.bias"].clone()
+    state["head.bias"][3] = 1e4  # class 3 for every image
+    save_state_dict(path, state, metadata)
+    argv = dict(stage_commands())["export"]
+    code, _, err = run_entry(work, "export", *argv, capsys=capsys)
+    assert code == 0, err
+    assert f"passing over {best}: predicts one class ('3')" in err
+    summary = json.loads((work / "metrics/export.json").read_text())
+    assert summary["strategy"] != best and summary["degenerate"] is False
+    assert summary["chosen_by"] == f"target-val, {best} degenerate"

@@ -31,13 +31,20 @@ def choose(val_metrics: Mapping[str, Mapping]) -> tuple[str, str]:
     neighbourhood density on the unlabelled target, Saito et al. 2021) of the selected
     checkpoints, each already guarded by its source-validation accuracy (and of methods that
     select nothing and train on no label, such as adabn: selection none, with an SND)."""
+    names, by = ranked(val_metrics)
+    return names[0], by
+
+
+def ranked(val_metrics: Mapping[str, Mapping]) -> tuple[list[str], str]:
+    """Every candidate, best first by `choose`'s rule (ties in the given order), and the rule's
+    name: export ships the first one the health check passes."""
     if not val_metrics:
         raise ValueError("no strategy to choose from")
     label_free = all(m.get("selection") == "source-val+SND"
                      or (m.get("selection") == "none" and "snd" in m) for m in val_metrics.values())
     key, by = ("snd", "source-val+SND") if label_free else ("val_accuracy", "target-val")
-    best = max(float(m[key]) for m in val_metrics.values())
-    return next(n for n, m in val_metrics.items() if float(m[key]) == best), by
+    order = list(val_metrics)
+    return sorted(order, key=lambda n: (-float(val_metrics[n][key]), order.index(n))), by
 
 
 def onnx_bytes(model: Classifier, input_shape: tuple[int, int, int],
@@ -54,6 +61,9 @@ def onnx_bytes(model: Classifier, input_shape: tuple[int, int, int],
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
+        # the feature-map size (models.grid_pool) is fixed by the model's input size: a
+        # constant in the graph is what is meant
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(model, (torch.zeros(1, *input_shape),), buffer, dynamo=False,
                           input_names=["image"], output_names=["logits"], opset_version=OPSET,
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,7 +79,30 @@ class SmallCNN(Encoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.flatten:
             return super().forward(x)
-        return nn.functional.adaptive_avg_pool2d(self.blocks(x), FLATTEN_GRID).flatten(1)
+        return grid_pool(self.blocks(x), FLATTEN_GRID).flatten(1)
+
+
+def _pool_matrix(size: int, out: int) -> np.ndarray:
+    """(out, size): row i averages input cells floor(i size / out) .. ceil((i + 1) size / out) - 1,
+    adaptive average pooling's windows."""
+    m = np.zeros((out, size), np.float32)
+    for i in range(out):
+        start, end = (i * size) // out, -((-(i + 1) * size) // out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def grid_pool(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """adaptive_avg_pool2d(x, grid) that ONNX exports at every input size: torch's own where
+    the grid divides the map (exported as AveragePool), else the same windows as one matrix
+    product with a constant (ONNX refuses adaptive pooling to a size that is not a factor: a
+    7x7 map at prepare.image_size 28, a 2x2 one at 8). The map size is fixed per model input
+    size, so the export traces it as a constant."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h % grid == 0 and w % grid == 0:
+        return nn.functional.adaptive_avg_pool2d(x, grid)
+    weights = torch.from_numpy(np.kron(_pool_matrix(h, grid), _pool_matrix(w, grid)).T.copy())
+    return (x.flatten(2) @ weights.to(x)).unflatten(2, (grid, grid))
 
 
 class ViTEmbedding(nn.Module):
