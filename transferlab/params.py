@@ -282,7 +282,7 @@ class Ranking(Strict):
 
 class Health(Strict):
     """The label-free health check (transferlab/health.py): evaluate and the report flag a
-    model that predicts one class for most target images (top share >= max(0.5, 3/K), or
+    model that predicts one class for most target images (top share >= max(0.7, 3/K), or
     entropy of its predicted classes < 0.6 ln K); export refuses to ship such a model, or one
     whose target validation accuracy is not clearly above chance, unless this allows it."""
     allow_degenerate: bool  # true: export ships a flagged model with a warning, not a refusal
