@@ -105,6 +105,25 @@ def test_preset_runs_every_stage_on_real_format_fixtures(name, tmp_path, monkeyp
 
 
 @pytest.mark.slow
+def test_the_blend_preset_frames_both_domains_for_photos_and_checks_every_model(tmp_path):
+    """`mnist-blend`, the offline hard shift, end to end with no prepare edit: auto drops the
+    ink steps for both domains (no crop, no max scale, colour), the official test split is the
+    target test set, and every model carries its health verdict."""
+    params = merge(merge(tiny_params_dict(), PRESETS["mnist-blend"]), TINY_RUN)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for script, argv in stage_commands():
+        run_main(tmp_path, script, *argv)
+    scenario = json.loads((tmp_path / "metrics/scenario.json").read_text())
+    assert (scenario["framing_crop_bbox"], scenario["framing_scale_max"],
+            scenario["framing_channels"], scenario["official_test_split"]) == (0, 0, 3, 1)
+    assert scenario["target_colour_share"] == 1 and scenario["target_full_frame_share"] > 0.5
+    assert scenario["target_test"] == 1000
+    scores = json.loads((tmp_path / "metrics/evaluate.json").read_text())
+    assert all("degenerate" in s for s in scores.values() if not s.get("skipped"))
+    assert "Prepared images" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.slow
 def test_the_photo_preset_runs_with_official_splits_and_imagenet_weights(tmp_path, monkeypatch):
     """`my-photos-resnet18` on a colour photo folder with train/ and test/, the CIFAR-10 source
     in its real format, and resnet18 weights in torchvision's format placed where torchvision's
