@@ -11,7 +11,7 @@ from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.source import feature_diagnostics, target_features
 from transferlab.train import make_deterministic, pick_device, to_device
-from transferlab.transferability import score_source
+from transferlab.transferability import feature_cells, score_source
 
 
 def main(argv=None):
@@ -32,7 +32,8 @@ def main(argv=None):
     diagnostics = feature_diagnostics(features["train_features"], features["y_train"],
                                       features["val_features"], features["y_val"])
     head = [t.detach().cpu().numpy() for t in (model.head.weight, model.head.bias)]
-    diagnostics["transferability"] = score_source(features, *head)  # shots + validation
+    diagnostics["transferability"] = score_source(features, *head,  # shots + validation
+                                                  cells=feature_cells(model.encoder))
     write_json(args.metrics, diagnostics)
     print(diagnostics)
 

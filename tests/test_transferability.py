@@ -188,3 +188,24 @@ def test_zero_shots_give_empty_features_and_undefined_diagnostics():
     weight, bias = rng.normal(size=(K, 3)), np.zeros(K)
     assert score_source(features, weight, bias) == transferability(
         val, softmax_head(val, weight, bias), np.arange(K))
+
+
+def test_flattened_features_are_scored_on_their_channel_means():
+    """small_cnn's flatten head: LogME and the H-scores read the C channel means of C x 16
+    features (no 2,048-dimensional covariance from 150 images); LEEP and NCE the head as is."""
+    import numpy as np
+
+    from transferlab.models import SmallCNN
+    from transferlab.transferability import feature_cells, score_source, softmax_head, transferability
+
+    rng = np.random.default_rng(0)
+    features = {"train_features": rng.normal(size=(20, 8 * 16)), "y_train": np.arange(20) % 4,
+                "val_features": rng.normal(size=(40, 8 * 16)), "y_val": np.arange(40) % 4}
+    weight, bias = rng.normal(size=(4, 8 * 16)), rng.normal(size=4)
+    f = np.concatenate([features["train_features"], features["val_features"]])
+    y = np.concatenate([features["y_train"], features["y_val"]])
+    expected = transferability(f.reshape(60, 8, 16).mean(2), softmax_head(f, weight, bias), y)
+    assert score_source(features, weight, bias, cells=16) == expected
+    assert score_source(features, weight, bias)["leep"] == expected["leep"]
+    assert feature_cells(SmallCNN(1, [4, 8], head="flatten")) == 16
+    assert feature_cells(SmallCNN(1, [4, 8], head="pool")) == 1

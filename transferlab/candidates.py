@@ -27,7 +27,7 @@ from transferlab.source import pretrain, target_features
 from transferlab.study import cell_target
 from transferlab.train import make_deterministic
 from transferlab.transfer import make_inputs
-from transferlab.transferability import score_source
+from transferlab.transferability import feature_cells, score_source
 
 OUTCOMES = ("finetune", "features")
 UNALIGNED = {"crop": "none", "bottleneck_size": 0, "scale": "none"}
@@ -92,7 +92,7 @@ def evaluate_candidate(model: Classifier, pool: dict[str, torch.Tensor], params:
         make_deterministic(seed)
         start, cpu = time.perf_counter(), time.process_time()
         features = target_features(model.encoder, target, params.extract.batch_size)
-        scores = score_source(features, *head)
+        scores = score_source(features, *head, cells=feature_cells(model.encoder))
         timing = {"seed": seed, "score_s": time.perf_counter() - start,
                   "score_cpu_s": time.process_time() - cpu}
         accuracy = {}
