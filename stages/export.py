@@ -73,7 +73,7 @@ def main(argv=None):
     x_val = to_device({"x_val": val["x_val"]}, torch.device("cpu"))["x_val"]
     # the best-ranked model the label-free health check passes on the target val images (their
     # labels unused); when none does, the best-ranked, for ship_verdict to refuse or warn
-    picks = []
+    picks, passed_over = [], []
     for name in order:
         model, classes, preprocess = load_candidate(args.models[names.index(name)],
                                                     args.val_metrics[names.index(name)])
@@ -81,9 +81,11 @@ def main(argv=None):
         picks.append((name, model, classes, preprocess, predicted))
         health = check_health(predicted, len(classes))
         if not health.degenerate:
+            for line in passed_over:  # said only when another one ships: else the refusal says it
+                print(line, file=sys.stderr)
             break
-        print(f"export: passing over {name}: {health.describe(classes)} on the target val "
-              "images", file=sys.stderr)
+        passed_over.append(f"export: passing over {name}: {health.describe(classes)} on the "
+                           "target val images")
     else:
         picks = picks[:1]
     chosen, model, classes, preprocess, predicted = picks[-1]

@@ -113,7 +113,8 @@ def test_pretrain_writes_model_metrics_and_curve(pretrained):
 
 def test_extract_writes_features_and_diagnostics(extracted):
     features = load_arrays(extracted / "data/features/target.safetensors")
-    assert features["train_features"].shape == (20, 8)
+    # small_cnn's default (model.head auto) flattens the last map pooled to 4x4: 8 channels x 16
+    assert features["train_features"].shape == (20, 8 * 16)
     metrics = json.loads((extracted / "metrics/extract.json").read_text())
     assert set(metrics) == {"nearest_centroid_val_accuracy", "fisher_ratio", "transferability"}
     assert set(metrics["transferability"]) == {"logme", "leep", "nce", "hscore", "hscore_shrunk"}

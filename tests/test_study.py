@@ -12,7 +12,7 @@ from tests.test_stages import run_main
 from transferlab import strategies, study
 from transferlab.errors import UserError
 from transferlab.transfer import make_inputs
-from transferlab.models import Classifier, SmallCNN
+from transferlab.models import Classifier, architecture_from
 from transferlab.params import parse_params
 
 WIDTHS = [4, 8, 8]
@@ -32,9 +32,9 @@ def pool():
 
 
 @pytest.fixture
-def source_model():
-    torch.manual_seed(9)
-    return Classifier(SmallCNN(1, WIDTHS), num_classes=4).eval()
+def source_model(params):
+    torch.manual_seed(9)  # the architecture the params build (model.norm/head auto)
+    return Classifier(architecture_from(params.model, 1).build(), num_classes=4).eval()
 
 
 def test_cell_draws_nested_shots_from_the_pool(pool):
