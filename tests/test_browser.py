@@ -112,22 +112,23 @@ def test_the_checks_catch_dvcs_stock_cdn_page(browser, tmp_path):
     assert seen["ink"] < MIN_INK
 
 
-def report_command(test: Path, out: Path) -> list[str]:
+def report_command(test: Path, source: Path, out: Path) -> list[str]:
     """dvc.yaml's report command (its inputs named as the pipeline names them), reading `test`
-    and writing `out`."""
+    and `source` (the prepared arrays exist only after a run) and writing `out`."""
     import shlex
 
     import yaml
 
     args = shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]["cmd"])
-    for flag, value in (("--test", test), ("--out", out)):
+    for flag, value in (("--test", test), ("--source", source), ("--out", out)):
         args[args.index(flag) + 1] = str(value)
     return args
 
 
 def test_the_report_renders_offline(browser, tmp_path):
-    """The report stage on the committed metrics and plots; test images made up here (the
-    prepared test set exists only after a run), one per row of the confusion files."""
+    """The report stage on the committed metrics and plots; test and source images made up here
+    (the prepared arrays exist only after a run, and CI's clean clone has none), one test image
+    per row of the confusion files."""
     from transferlab.io import save_arrays
 
     actual = np.array([int(line.split(",")[0]) for line in
@@ -137,8 +138,11 @@ def test_the_report_renders_offline(browser, tmp_path):
     test = tmp_path / "target_test.safetensors"
     save_arrays(test, {"x_test": x, "y_test": actual},
                 {"classes": json.dumps([str(c) for c in range(10)])})
+    source = tmp_path / "source.safetensors"
+    save_arrays(source, {"x_val": x[:20], "y_val": np.arange(20) % 10},
+                {"classes": json.dumps([str(c) for c in range(10)])})
     out = tmp_path / "report.html"
-    proc = subprocess.run([sys.executable, *report_command(test, out)[1:]], cwd=ROOT,
+    proc = subprocess.run([sys.executable, *report_command(test, source, out)[1:]], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     seen = render(browser, out, tmp_path)
