@@ -18,7 +18,7 @@ docstring-only one changes no behaviour). Imports inside functions are not follo
 only if the function does, and following them would make `check_params` depend on torch code.
 
 A registry package whose `__init__.py` imports all of its modules at once (`DISCOVERED`: the
-backbones, the datasets) is depended on as a whole folder: every module of it runs in every stage that
+backbones, the datasets, the validators) is depended on as a whole folder: every module of it runs in every stage that
 imports the package.
 
 Entries under `transferlab/strategies/` other than `__init__.py` are declared by hand and kept
@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script: the repository's root is not o
     sys.path.insert(0, str(ROOT))
 DVC_FILES = ("dvc.yaml", "study/dvc.yaml", "ranking/dvc.yaml")
 HAND_WRITTEN = re.compile(r"transferlab/strategies(/(?!__init__\.py$)[^/]+)?$")
-DISCOVERED = ("transferlab/backbones", "transferlab/datasets")  # packages that import every module of theirs
+DISCOVERED = ("transferlab/backbones", "transferlab/datasets", "transferlab/validators")  # packages that import every module of theirs
 
 
 def module_file(dotted: str) -> Path | None:

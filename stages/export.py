@@ -51,7 +51,8 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, required=True, help="output: the ONNX file")
     ap.add_argument("--summary", type=Path, required=True, help="output: what was exported, JSON")
     args = ap.parse_args(argv)
-    allow_degenerate = load_params().health.allow_degenerate
+    params = load_params()
+    allow_degenerate = params.health.allow_degenerate
     names = [p.name.removesuffix(".safetensors") for p in args.models]
     if names != [p.stem for p in args.val_metrics]:
         raise UserError(f"export: models {names} and --val-metrics {[p.stem for p in args.val_metrics]}"
@@ -67,7 +68,7 @@ def main(argv=None):
         raise UserError("export: every strategy was skipped (prepare.shots=0 and none of them "
                         "is label-free): add a label-free method (e.g. mcc) to dvc.yaml's "
                         "transfer stage or set prepare.shots >= 1")
-    order, chosen_by = ranked(candidates)
+    order, chosen_by = ranked(candidates, params.selection.validator)
     val_accuracy = {n: float(m["val_accuracy"]) for n, m in candidates.items()}
     val = load_arrays(args.val, ("x_val",), lazy=True)
     x_val = to_device({"x_val": val["x_val"]}, torch.device("cpu"))["x_val"]
@@ -91,6 +92,9 @@ def main(argv=None):
     chosen, model, classes, preprocess, predicted = picks[-1]
     if chosen != order[0]:
         chosen_by += f", {order[0]} degenerate"
+    guard = candidates[chosen].get("guard")
+    if guard and guard != "accepted":  # label-free: the method holds the source model
+        chosen_by += f"; its guard {guard}"
     # refused (one line naming health.allow_degenerate) before anything is converted or written
     health, warning = ship_verdict(f"{chosen} (chosen by {chosen_by})", predicted,
                                    val.get("y_val"), classes, allow_degenerate)
@@ -115,7 +119,8 @@ def main(argv=None):
         tmp.write_bytes(blob)
     write_json(args.summary, {"strategy": chosen, "chosen_by": chosen_by,
                               "target_val_accuracy": val_accuracy[chosen],
-                              "onnx_max_abs_logit_diff": float(f"{gap:.2e}"), **health})
+                              "onnx_max_abs_logit_diff": float(f"{gap:.2e}"), **health,
+                              **({"guard": guard} if guard else {})})
     print(f"exported {chosen} (chosen by {chosen_by}; target val accuracy "
           f"{val_accuracy[chosen]:.4f}) -> {args.out}; "
           f"onnxruntime vs torch: max |logit diff| {gap:.1e}")

@@ -14,7 +14,8 @@ from transferlab.io import load_arrays, read_classes, write_json
 from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
 from transferlab.params import load_params
-from transferlab.study import cell_target, score, selected_models, train_cell
+from transferlab.study import (cell_target, checkpoint_rows, score, selected_models,
+                               train_cell)
 from transferlab.train import make_deterministic, pick_device, to_device
 from transferlab.transfer import selection_metrics
 
@@ -43,10 +44,12 @@ def main(argv=None):
     models = selected_models(outcomes)
     if source_classes == target_classes:
         models["source_only"] = source_model  # only where source and target share classes
-    scores = score(models, to_device({"x": test["x_test"]}, device)["x"], np.asarray(test["y_test"]))
+    x_test, y_test = to_device({"x": test["x_test"]}, device)["x"], np.asarray(test["y_test"])
+    scores = score(models, x_test, y_test)
     selection = {name: selection_metrics(o) for name, o in outcomes.items()}
+    checkpoints = checkpoint_rows(outcomes, x_test, y_test)  # k = 0: the selection replay's rows
     write_json(args.out, {"shots": args.shots, "seed": args.seed, "selection": selection,
-                          "test": scores})
+                          "test": scores, **({"checkpoints": checkpoints} if checkpoints else {})})
     print(f"k={args.shots} seed={args.seed}: " + ", ".join(
         f"{n} {100 * s['accuracy']:.1f}" for n, s in scores.items()))
 

@@ -11,6 +11,7 @@ the plot data (accuracy and gain against k, accuracy against copied blocks n).
 import argparse
 from pathlib import Path
 
+from transferlab import selection_stats
 from transferlab.errors import UserError
 from transferlab.io import atomic_path, read_json, write_csv, write_json
 from transferlab.launcher import run_stage
@@ -32,11 +33,14 @@ def main(argv=None):
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--report", type=Path, required=True)
     ap.add_argument("--plots", type=Path, required=True, help="output: directory of plot CSVs")
+    ap.add_argument("--selection", type=Path, required=True,
+                    help="output: the k = 0 selection replay (validators and guards), JSON")
     args = ap.parse_args(argv)
 
     # exactly the cells params.yaml's study asks for: a file left by an earlier, larger study
     # (DVC leaves outputs of a removed matrix entry in place) is not counted
-    study = load_params().study
+    params = load_params()
+    study = params.study
     cells = [read_json(_cell(args.cells / f"k{k}-s{s}.json")) for k in study.shots
              for s in study.seeds]
     grids = [read_json(_cell(args.layers / f"s{s}.json")) for s in study.seeds]
@@ -54,6 +58,14 @@ def main(argv=None):
             "negative_transfer": r["negative_transfer"]} for r in rows},
         "layers": {f"{r['variant']}@n{r['blocks']}": {"accuracy": r["mean"], "ci_low": r["ci_low"],
                                                      "ci_high": r["ci_high"]} for r in layers}})
+    runs = selection_stats.runs_of(cells)
+    drop = params.selection.max_source_drop
+    replay = ({"validators": selection_stats.validator_table(runs, drop),
+               "guards": selection_stats.guard_table(
+                   runs, selection_stats.default_rules(params.selection), drop)}
+              if runs else {"validators": [], "guards": []})
+    write_json(args.selection, {"runs": len(runs), "methods": sorted({r["method"] for r in runs}),
+                                **replay})
     negative = [f"{r['strategy']} at k={r['shots']} (vs {r['baseline']})"
                 for r in rows if r["negative_transfer"]]
     report = "\n".join([
@@ -70,7 +82,17 @@ def main(argv=None):
         "frozen = copied source blocks kept fixed (AnB); fine-tuned = copied then trained "
         "(AnB+); random-frozen = the same blocks frozen at a random initialisation (control).",
         "",
-        layer_markdown(layers)])
+        layer_markdown(layers),
+        "",
+        f"**Selection without target labels** (k = 0; {len(runs)} runs: "
+        f"{', '.join(sorted({r['method'] for r in runs})) or 'none'} x seeds): each validator "
+        "replayed on every candidate checkpoint, the source model (step 0) among them, against "
+        "the target-val oracle; then guard rules, within each method and across methods (the "
+        "recommendation). 95 % t intervals over runs (methods x seeds) or seeds; points of "
+        "target-test accuracy. First rule: params.yaml's selection. docs/selection.md reads it.",
+        "",
+        selection_stats.markdown(replay["validators"], replay["guards"]) if runs else
+        "No k = 0 cell: add 0 to study.shots."])
     with atomic_path(args.report) as tmp:
         tmp.write_text(report)
     with atomic_path(args.plots) as tmp:

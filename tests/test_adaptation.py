@@ -19,6 +19,7 @@ from transferlab.strategies.dann import (domain_loss, new_discriminator, reversa
 from transferlab.strategies.fixmatch import pseudo_label_loss, strong_augment
 from transferlab.strategies.mcc import class_confusion
 from transferlab.train import soft_neighborhood_density, to_float
+from transferlab.validators import VALIDATORS
 
 WIDTHS = [4, 8, 8]
 # the label-free methods that train (adabn takes no step: tests/test_strategies.py)
@@ -38,7 +39,8 @@ def make_inputs(tiny_target, tiny_source, source_model, shots=True):
         target["x_train"], target["y_train"] = target["x_train"][:0], target["y_train"][:0]
     return strategies.Inputs(target=target, architecture=Architecture("small_cnn", 1, tuple(WIDTHS)),
                              num_classes=4, seed=0, source_model=source_model, source=tiny_source,
-                             unlabelled=make_images(6, seed=5)[0])
+                             unlabelled=make_images(6, seed=5)[0],
+                             selection=parse_params(tiny_params_dict()).selection)
 
 
 def cfg(name, **override):
@@ -65,7 +67,10 @@ def test_every_adaptation_method_trains_with_and_without_labels(name, shots, tin
         assert fit.selection == "target-val" and fit.oracle_step is None
     else:  # no target label chose: source val + SND did, target val only recorded (oracle)
         assert fit.selection == "source-val+SND" and fit.oracle_step is not None
-        assert all("snd" in r and "source_val_accuracy" in r for r in fit.history)
+        # every validator at every evaluation and for the starting model, a candidate itself
+        assert fit.start["step"] == 0 and fit.candidates()[1:] == fit.history
+        assert all(set(VALIDATORS) <= set(r) for r in fit.candidates())
+        assert fit.best_step in {r["step"] for r in fit.candidates()}
 
 
 @pytest.mark.parametrize("name", ADAPTATION)
@@ -173,5 +178,5 @@ def test_no_pool_label_reaches_training(tiny_target, tiny_source, source_model):
 def test_empty_unlabelled_pool_is_one_clear_error(tiny_target, tiny_source, source_model):
     inputs = make_inputs(tiny_target, tiny_source, source_model)
     inputs.unlabelled = inputs.unlabelled[:0]
-    with pytest.raises(UserError, match="unlabelled target pool is empty"):
+    with pytest.raises(UserError, match="unlabelled target pool has fewer than 2 images"):
         strategies.run("coral", inputs, cfg("coral"))

@@ -143,7 +143,7 @@ def test_training_on_images_on_disk_gives_the_same_weights(tmp_path, monkeypatch
         raw = tiny_params_dict(model={"widths": widths}, transfer={name: steps})
         inputs = strategies.Inputs(target=target, architecture=Architecture("small_cnn", 1, tuple(widths)),
                                    num_classes=4, seed=0, source_model=source_model, source=source,
-                                   unlabelled=unlabelled)
+                                   unlabelled=unlabelled, selection=parse_params(raw).selection)
         torch.manual_seed(0)
         outcome = strategies.run(name, inputs, getattr(parse_params(raw).transfer, name))
         return outcome.model.state_dict()

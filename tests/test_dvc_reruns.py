@@ -74,6 +74,9 @@ RERUNS: dict[str, frozenset[str]] = {
     "augment.*": EVERY - {"download", "prepare"},
     # export alone reads it (refuse or ship a degenerate model); evaluate and report flag anyway
     "health.*": frozenset({"check_params", "export"}),
+    # read at prepare.shots 0 only (here 1 shot: the models come out identical); export ranks
+    # label-free methods by selection.validator
+    "selection.*": frozenset({"check_params", "export", *TRANSFER}),
     COMMENT_ONLY: frozenset({"check_params"}),
     # library modules: a comment appended
     # every stage script's first import: it notes the launching `dvc` (launcher.py's watchdog)
@@ -108,6 +111,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/registry.py": EVERY,
     "transferlab/report.py": frozenset({"report"}),
     "transferlab/scenario.py": frozenset({"prepare"}),
+    # the label-free choice: imported by train.py
+    "transferlab/selection.py": EVERY - {"check_params", "download", "prepare", "report"},
     "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate", "export",
                                       "report"},
     "transferlab/stats.py": frozenset(),  # study only
@@ -118,6 +123,9 @@ RERUNS: dict[str, frozenset[str]] = {
     # the registry: the params schema and evaluate's table are built from it, so every stage
     # lists it; check_params lists the whole folder (every method's options are the schema)
     "transferlab/strategies/__init__.py": EVERY,
+    # the validator registry imports every module, and the schema (selection.*) the registry
+    **{f"transferlab/validators/{m}.py": EVERY
+       for m in ("__init__", "bnm", "entropy", "info_max", "snd", "source_accuracy")},
     **{f"transferlab/strategies/{s.removeprefix('transfer@')}.py": frozenset({"check_params", s})
        for s in sorted(TRANSFER)},
     **{f"transferlab/strategies/{m}.py": frozenset({"check_params"}) for m in OUTSIDE},
@@ -153,6 +161,7 @@ EDITS = {
     "compute.*": {"compute.precision": "bf16"},
     "augment.*": {"augment.mode": "photo"},
     "health.*": {"health.allow_degenerate": True},
+    "selection.*": {"selection.validator": "info_max"},
 }
 PARAM_ROWS = [row for row in RERUNS if not row.endswith(".py") and row != COMMENT_ONLY]
 # rows the tiny pipeline cannot edit: their stages are checked against dvc.yaml only

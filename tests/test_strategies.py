@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tests.conftest import make_images, tiny_params_dict
+from transferlab.validators import VALIDATORS
 from transferlab import strategies, train, transfer
 from transferlab.models import Architecture, Classifier, SmallCNN
 from transferlab.params import parse_params
@@ -36,7 +37,8 @@ def inputs(tiny_target, tiny_source, source_model):
     return strategies.Inputs(
         target=tiny_target, architecture=Architecture("small_cnn", 1, tuple(WIDTHS)),
         num_classes=4, seed=0, source_model=source_model, source=tiny_source,
-        features=features, unlabelled=unlabelled)
+        features=features, unlabelled=unlabelled,
+        selection=parse_params(tiny_params_dict()).selection)
 
 
 def cfg(name, **override):
@@ -191,7 +193,31 @@ def test_adabn_takes_the_pools_batchnorm_statistics_and_nothing_else(inputs, sou
     torch.testing.assert_close(adapted["encoder.blocks.block1.1.running_mean"],
                                pre_norm.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert outcome.info["recalibrated_layers"] == len(WIDTHS) and not outcome.model.training
-    assert 0 <= outcome.info["val_accuracy"] <= 1 and "snd" in outcome.info
+    assert 0 <= outcome.info["val_accuracy"] <= 1  # with shots: no label-free record
+    assert "validators" not in outcome.info
+
+
+@pytest.mark.parametrize("margin", [0.0, 10.0])
+def test_adabn_at_zero_shots_is_guarded_against_the_source_model(inputs, source_model, margin):
+    """0 target labels: the recalibrated model and the source model are scored by every
+    validator; a guard margin no model can clear keeps the source model's weights, bit for bit,
+    and says why."""
+    import dataclasses
+
+    target = dict(inputs.target, x_train=inputs.target["x_train"][:0],
+                  y_train=inputs.target["y_train"][:0])
+    guarded = dataclasses.replace(inputs, target=target, selection=inputs.selection.model_copy(
+        update={"guard": ["snd", "info_max"], "guard_margin": margin}))
+    outcome = strategies.run("adabn", guarded, cfg("adabn", batch_size=64))
+    info = outcome.info
+    assert set(info["validators"]) == set(info["source_validators"]) == set(VALIDATORS)
+    adapted, source = tensors(outcome.model), tensors(source_model)
+    kept = all(torch.equal(v, adapted[k]) for k, v in source.items())
+    if margin == 10.0:
+        assert info["guard"].startswith("kept the source model") and kept
+        assert info["validators"] == info["source_validators"]
+    else:
+        assert (info["guard"] == "accepted") != kept
 
 
 def test_adabn_leaves_a_model_without_batchnorm_unchanged(inputs):

@@ -24,27 +24,39 @@ from transferlab.models import Classifier
 OPSET = 17  # onnxruntime 1.16+ runs it; every op the encoders use exists there
 
 
-def choose(val_metrics: Mapping[str, Mapping]) -> tuple[str, str]:
+def choose(val_metrics: Mapping[str, Mapping], validator: str = "snd") -> tuple[str, str]:
     """The strategy to export and what chose it (the first one on a tie). With target labels:
-    the best target-validation accuracy. When every candidate was selected without target
-    labels (prepare.shots: 0), no target label chooses here either: the highest SND (soft
-    neighbourhood density on the unlabelled target, Saito et al. 2021) of the selected
-    checkpoints, each already guarded by its source-validation accuracy (and of methods that
-    select nothing and train on no label, such as adabn: selection none, with an SND)."""
-    names, by = ranked(val_metrics)
+    the best target-validation accuracy. When every candidate was chosen without target labels
+    (prepare.shots: 0), no target label chooses here either: the highest `validator` score
+    (selection.validator, transferlab/validators/) of each method's shipped model. Each of
+    those is already guarded (transferlab/selection.py): a method whose adapted model the
+    validators did not prefer to the source model holds the source model, and says so."""
+    names, by = ranked(val_metrics, validator)
     return names[0], by
 
 
-def ranked(val_metrics: Mapping[str, Mapping]) -> tuple[list[str], str]:
+def label_free(metrics: Mapping) -> bool:
+    """Whether a strategy's metrics record a choice made without target labels."""
+    return "validators" in metrics and metrics.get("selection") != "target-val"
+
+
+def ranked(val_metrics: Mapping[str, Mapping], validator: str = "snd") -> tuple[list[str], str]:
     """Every candidate, best first by `choose`'s rule (ties in the given order), and the rule's
     name: export ships the first one the health check passes."""
     if not val_metrics:
         raise ValueError("no strategy to choose from")
-    label_free = all(m.get("selection") == "source-val+SND"
-                     or (m.get("selection") == "none" and "snd" in m) for m in val_metrics.values())
-    key, by = ("snd", "source-val+SND") if label_free else ("val_accuracy", "target-val")
     order = list(val_metrics)
-    return sorted(order, key=lambda n: (-float(val_metrics[n][key]), order.index(n))), by
+    if all(label_free(m) for m in val_metrics.values()):
+        def key(n):
+            return -float(val_metrics[n]["validators"][validator])
+        from transferlab.validators import VALIDATORS
+
+        by = f"source-val+{VALIDATORS[validator].label}"  # as each method's own selection
+    else:
+        def key(n):
+            return -float(val_metrics[n]["val_accuracy"])
+        by = "target-val"
+    return sorted(order, key=lambda n: (key(n), order.index(n))), by
 
 
 def onnx_bytes(model: Classifier, input_shape: tuple[int, int, int],

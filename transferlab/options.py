@@ -7,7 +7,11 @@ so that validating params.yaml (check_params, download) never pays torch's ~2 s 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from transferlab.validators import NAMES as VALIDATOR_NAMES  # the registry: light, no torch
 
 SEED_LIMIT = 2 ** 63  # torch.manual_seed takes a signed 64-bit integer
 
@@ -62,3 +66,23 @@ class Adaptation(Steps):
     batch_size is per stream (source, target shots, unlabelled target)."""
     # the lambda in front of the adaptation term; 0 = source + target CE only
     loss_weight: float = Field(ge=0, le=MAX_WEIGHT, description=WHY_WEIGHT)
+
+
+ValidatorName = Literal[VALIDATOR_NAMES]  # type: ignore[valid-type]
+
+
+class Selection(Strict):
+    """How a run with no target label (prepare.shots: 0) chooses: every registered validator
+    is recorded at every evaluation; `validator` picks the checkpoint among those that keep
+    their source accuracy, and an adapted model replaces the source model only when every
+    validator of `guard` says it is better (transferlab/selection.py)."""
+    validator: ValidatorName
+    # a checkpoint whose source validation accuracy fell more than this below the source
+    # model's is not a candidate (adaptation must not forget the task it transfers)
+    max_source_drop: float = Field(ge=0, le=1)
+    # unlabelled target images the validators read: a seeded subsample of the pool, so that
+    # scoring a checkpoint costs the same on a pool of 700 or 70,000 images
+    pool_size: int = Field(ge=2, le=MAX_IMAGES_PER_CLASS)
+    guard: list[ValidatorName] = Field(max_length=MAX_LIST)  # empty: no guard
+    # each guard validator must rise by more than this share of |the source model's score|
+    guard_margin: float = Field(ge=0, le=10)

@@ -20,7 +20,7 @@ from transferlab import backbones, datasets
 from transferlab.errors import UserError
 from transferlab.options import (MAX_BATCH, MAX_EPOCHS, MAX_IMAGES_PER_CLASS, MAX_LIST,
                                  MAX_WIDTH, SEED_LIMIT, WHY_BATCH, WHY_IMAGES, WHY_LIST,
-                                 WHY_STEPS, Encoder, Optim, Strict)
+                                 WHY_STEPS, Encoder, Optim, Selection, Strict)
 from transferlab.strategies import METHODS
 
 
@@ -296,6 +296,7 @@ class Params(Strict):
     pretrain: Pretrain
     extract: Extract
     transfer: Transfer
+    selection: Selection
     study: Study
     augment: Augment
     compute: Compute

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from transferlab.errors import UserError, one_line, path_error, show_path
 from transferlab.io import check_readable
 from transferlab.params import Prepare
+from transferlab.validators import NAMES, VALIDATORS
 
 RERUN = "delete it and run `dvc repro` again"
 # The pipeline's JSON files are a few kB (study/metrics.json of a 100-cell study: ~20 kB) and
@@ -45,7 +46,9 @@ class Open(Checked):
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 # how a checkpoint was chosen (train.fit, transfer.selection_metrics; source-val: the source model)
-Selection = Literal["target-val", "source-val+SND", "source-val", "none"]
+Selection = Literal[("target-val", *(f"source-val+{v.label}" for v in VALIDATORS.values()),  # type: ignore[valid-type]
+                     "source-val", "none")]
+ValidatorKey = Literal[NAMES]  # type: ignore[valid-type]
 Gain = Annotated[float, Field(ge=-1, le=1)]  # accuracy points / 100 between two strategies
 
 
@@ -116,6 +119,11 @@ class TransferMetrics(Open):
     val_accuracy: Fraction | None = None
     selection: Selection | None = None
     snd: float | None = None  # soft neighbourhood density: label-free selection only
+    # label-free choices (transferlab/selection.py): every validator's score of the shipped
+    # model and of the source model, and the guard's verdict
+    validators: dict[ValidatorKey, float] | None = None
+    source_validators: dict[ValidatorKey, float] | None = None
+    guard: Annotated[str, Field(max_length=2000)] | None = None
 
     @model_validator(mode="after")
     def _complete(self):
@@ -124,8 +132,10 @@ class TransferMetrics(Open):
         if self.val_accuracy is None or self.selection is None:
             raise ValueError("a strategy that ran records val_accuracy and selection: one is "
                              "missing")
-        if self.selection == "source-val+SND" and self.snd is None:
-            raise ValueError("selection source-val+SND records snd: it is missing")
+        if self.selection.startswith("source-val+") and self.snd is None:
+            raise ValueError(f"selection {self.selection} records snd: it is missing")
+        if self.selection.startswith("source-val+") and self.validators is None:
+            raise ValueError(f"selection {self.selection} records validators: they are missing")
         return self
 
 

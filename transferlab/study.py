@@ -57,8 +57,31 @@ def train_cell(target: dict[str, torch.Tensor], unlabelled: torch.Tensor, params
         make_deterministic(seed)
         inputs = make_inputs(method, target, params, seed, source_model=source_model,
                              source=source, unlabelled=unlabelled)
+        # k = 0: every label-free candidate's weights stay, for `checkpoint_rows` to score
+        inputs = dataclasses.replace(inputs, keep_checkpoints=shots == 0)
         outcomes[name] = strategies.run(name, inputs, getattr(params.transfer, name))
     return outcomes
+
+
+def checkpoint_rows(outcomes: dict[str, strategies.Outcome], x_test: torch.Tensor,
+                    y_test: np.ndarray) -> dict[str, list[dict]]:
+    """{method: one row per label-free candidate (the starting model, step 0, then every
+    evaluation): its step, target-val accuracy, every validator's score and its target-test
+    accuracy}, for the methods whose fit kept its checkpoints (k = 0). Called after every model
+    was chosen: the selection replay (transferlab/selection_stats.py) reads these rows."""
+    out = {}
+    for name, outcome in outcomes.items():
+        fit = outcome.fit
+        if fit is None or fit.checkpoints is None:
+            continue
+        rows = []
+        for row in fit.candidates():
+            model = _copy_with_state(outcome.model, fit.checkpoints[row["step"]])
+            accuracy = float((predict(model, x_test) == y_test).mean())
+            rows.append({k: round(v, 6) for k, v in row.items() if k not in ("train_loss", "val_loss")}
+                        | {"step": row["step"], "test_accuracy": round(accuracy, 4)})
+        out[name] = rows
+    return out
 
 
 def selected_models(outcomes: dict[str, strategies.Outcome]) -> dict[str, Classifier]:

@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from transferlab import compute
+from transferlab import compute, selection
 from transferlab.errors import UserError
+from transferlab.validators import VALIDATORS, View, anchors, score_all
 
 EVALUATIONS_PER_RUN = 30  # checkpoints considered by model selection when no epochs are given
 
@@ -242,55 +244,55 @@ class Adapt:
 
 @dataclass
 class LabelFree:
-    """Checkpoint selection without target labels (0 shots).
-
-    Eligible: checkpoints whose source-validation accuracy is at most `max_source_drop` below
-    the starting model's (adaptation must not forget the task it transfers). Among them, the
-    highest soft neighbourhood density on unlabelled target images (SND, Saito et al., "Tune it
-    the right way: unsupervised validation of domain adaptation via soft neighborhood density",
-    ICCV 2021). SND alone prefers a collapsed model (every prediction alike is a dense
-    neighbourhood), which the source guard rules out."""
+    """What a run with 0 target labels chooses by: the source validation split, a seeded
+    subsample of the unlabelled target pool (`pool_size` anchors), and the `selection` params
+    (options.Selection). Every registered validator is recorded at every evaluation and for
+    the starting model (step 0, a candidate: "do not adapt" is always an answer);
+    transferlab/selection.py picks and guards. The target validation labels only give the
+    "oracle" row, recorded for reporting."""
     source_x: torch.Tensor
     source_y: torch.Tensor
     target_x: torch.Tensor  # unlabelled target images (no labels exist here)
     forward: Callable[[torch.Tensor], torch.Tensor]
-    max_source_drop: float = 0.02
+    selection: Any  # options.Selection
+    seed: int = 0
+    keep_checkpoints: bool = False  # the study: keep every candidate's weights to score them
+    _anchors: Any = None
 
     def scores(self) -> dict[str, float]:
-        source_acc = (predict_logits(self.forward, self.source_x).argmax(1) == self.source_y)
-        return {"source_val_accuracy": source_acc.float().mean().item(),
-                "snd": soft_neighborhood_density(predict_logits(self.forward, self.target_x))}
+        if self._anchors is None:  # tensors or DiskImages: either takes an index tensor
+            index = anchors(len(self.target_x), self.selection.pool_size, self.seed)
+            self._anchors = self.target_x[index.to(self.target_x.device)]
+        return score_all(View(predict_logits(self.forward, self._anchors),
+                              predict_logits(self.forward, self.source_x), self.source_y))
 
 
 def soft_neighborhood_density(logits: torch.Tensor, temperature: float = 0.05) -> float:
-    """SND (Saito et al. 2021): the mean entropy of each sample's softmax-normalised similarity
-    to all others, in the space of L2-normalised class probabilities; higher = denser."""
-    p = F.normalize(logits.float().softmax(1), dim=1)
-    n = len(p)
-    if not n:
-        return float("nan")
-    # rows of the N x N similarity matrix a chunk at a time: 2**26 values (256 MiB) at most, so
-    # a large unlabelled pool does not need N^2 memory; up to 8,192 samples it is one chunk
-    rows = max(1, (1 << 26) // max(1, n))
-    entropy = []
-    for start in range(0, n, rows):
-        sim = p[start:start + rows] @ p.T / temperature
-        # a sample is not its own neighbour
-        sim[torch.arange(len(sim)), torch.arange(start, start + len(sim))] = float("-inf")
-        q = sim.softmax(1)
-        entropy.append(-(q * q.clamp_min(1e-12).log()).sum(1))
-    return torch.cat(entropy).mean().item()
+    """SND (Saito et al. 2021) of these logits: transferlab/validators/snd.py."""
+    from transferlab.validators.snd import density  # the registry imported it already
+
+    return density(logits, temperature)
 
 
 @dataclass
 class FitResult:
-    best_step: int
+    best_step: int  # 0: the starting model (label-free runs whose guard kept the source model)
     best_val_accuracy: float  # target val accuracy of the selected checkpoint
     history: list[dict] = field(default_factory=list)  # one row per evaluation
-    selection: str = "target-val"  # or "source-val+SND" (0 target labels: label-free)
+    selection: str = "target-val"  # or "source-val+<validator label>" (0 target labels)
     oracle_step: int | None = None  # label-free runs: what target-val selection would pick
     oracle_val_accuracy: float | None = None
     oracle_state: dict | None = None  # its weights, for reporting only (the study scores them)
+    # label-free runs: the validators' pick before the guard, and why the guard kept the source
+    # model (None: the pick was shipped)
+    picked_step: int | None = None
+    guard: str | None = None
+    checkpoints: dict | None = None  # {step: weights} of every candidate (keep_checkpoints)
+    start: dict | None = None  # label-free runs: the starting model's row (step 0, no loss)
+
+    def candidates(self) -> list[dict]:
+        """Label-free runs: the rows a choice is made among, the starting model first."""
+        return [self.start, *self.history]
 
 
 def set_train_mode(model: nn.Module) -> None:
@@ -337,17 +339,23 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
         if len(adapt.x) == 0:
             raise ValueError("the unlabelled target stream is empty")
         unlabelled = IndexSampler(len(adapt.x), batch_size, gen)
-    floor = None
-    if label_free is not None:  # the guard: the starting model's source accuracy
-        model.eval()
-        floor = label_free.scores()["source_val_accuracy"] - label_free.max_source_drop
     optimizer = AdamW([dict(g, peak_lr=g["lr"]) for g in param_groups],
                                   weight_decay=weight_decay)
     eval_every = eval_every or max(1, steps // EVALUATIONS_PER_RUN)
     val_x, val_y, val_forward = val
     best_key, best_state, oracle_best = None, None, None
-    result = FitResult(best_step=0, best_val_accuracy=0.0,
-                       selection="target-val" if label_free is None else "source-val+SND")
+    result = FitResult(best_step=0, best_val_accuracy=0.0)
+    states = {}  # label-free: every candidate's weights until the choice (copies on the device)
+    if label_free is not None:  # the starting model is candidate 0
+        result.selection = f"source-val+{VALIDATORS[label_free.selection.validator].label}"
+        model.eval()
+        logits = predict_logits(val_forward, val_x)
+        row = {"step": 0, "val_loss": F.cross_entropy(logits, val_y).item() if len(val_y) else
+               float("nan"), "val_accuracy": _accuracy(logits, val_y), **label_free.scores()}
+        result.start = row
+        states[0] = _copy_state(model)
+        oracle_best = (row["val_accuracy"], -row["val_loss"])
+        result.oracle_step, result.oracle_val_accuracy = 0, row["val_accuracy"]
     running = torch.zeros((), device=val_x.device)
 
     def streams_loss(batches: list, xu: torch.Tensor | None, progress: float) -> torch.Tensor:
@@ -410,27 +418,56 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
                    "val_loss": val_loss, "val_accuracy": val_acc}
             running.zero_()
             oracle_key = (val_acc, -val_loss)
-            if label_free is None:
-                key = oracle_key
-            else:
-                row.update(label_free.scores())
-                key = (row["source_val_accuracy"] >= floor, row["snd"] if
-                       row["source_val_accuracy"] >= floor else row["source_val_accuracy"])
-                if oracle_best is None or oracle_key > oracle_best:
-                    oracle_best = oracle_key
-                    result.oracle_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    result.oracle_step, result.oracle_val_accuracy = step + 1, val_acc
             result.history.append(row)
-            if best_key is None or key > best_key:
-                best_key = key
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if label_free is not None:  # chosen after the last step, from the recorded scores
+                row.update(label_free.scores())
+                states[step + 1] = _copy_state(model)
+                if oracle_key > oracle_best:
+                    oracle_best = oracle_key
+                    result.oracle_step, result.oracle_val_accuracy = step + 1, val_acc
+                if not label_free.keep_checkpoints:  # keep the weights a choice may still need
+                    keep = {0, result.oracle_step, _label_free_pick(result, label_free.selection)}
+                    states = {k: v for k, v in states.items() if k in keep}
+            elif best_key is None or oracle_key > best_key:
+                best_key = oracle_key
+                best_state = _copy_state(model)
                 result.best_step, result.best_val_accuracy = step + 1, val_acc
+    if label_free is not None:
+        best_state = _choose_label_free(result, label_free.selection, states)
+        result.oracle_state = states[result.oracle_step]
+        if label_free.keep_checkpoints:
+            result.checkpoints = states
     model.load_state_dict(best_state)
     model.eval()
     if bad := [k for k, v in best_state.items() if v.is_floating_point() and not v.isfinite().all()]:
         # finite logits can hide a NaN BatchNorm statistic of a unit the ReLU zeroes out
         raise TrainingDiverged(f"training diverged: {bad[0]} holds NaN or infinity")
     return result
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item() if len(y) else float("nan")
+
+
+def _copy_state(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _label_free_pick(result: FitResult, cfg) -> int:
+    """The step the validator picks among the rows recorded so far."""
+    rows = result.candidates()
+    return rows[selection.pick(rows, cfg.validator, cfg.max_source_drop)]["step"]
+
+
+def _choose_label_free(result: FitResult, cfg, states: dict) -> dict:
+    """Fill in the label-free choice (selection.decide on the recorded rows, row 0 the starting
+    model) and return the shipped checkpoint's weights."""
+    rows = result.candidates()
+    shipped, picked, why = selection.decide(rows, cfg.validator, cfg.max_source_drop, cfg.guard,
+                                            cfg.guard_margin)
+    result.picked_step, result.guard = rows[picked]["step"], why
+    result.best_step, result.best_val_accuracy = rows[shipped]["step"], rows[shipped]["val_accuracy"]
+    return states[result.best_step]
 
 
 class DiskImages:

@@ -54,7 +54,8 @@ def make_inputs(method: Method, target: dict[str, torch.Tensor], params: Params,
                   num_classes=int(target["y_val"].max()) + 1, seed=seed,
                   source_model=need("source_model", source_model),
                   source=need("source_data", source), features=need("features", features),
-                  unlabelled=need("unlabelled", unlabelled), augment=params.augment.photo())
+                  unlabelled=need("unlabelled", unlabelled), augment=params.augment.photo(),
+                  selection=params.selection)
 
 
 def new_classifier(inputs: Inputs) -> Classifier:
@@ -86,24 +87,18 @@ def adapt(inputs: Inputs, cfg: Adaptation, term: Callable[[AdaptBatch], torch.Te
     with an unlabelled target batch at every step; `extra` holds the term's own trainable
     modules (DANN's discriminator). With shots, the target validation set selects the
     checkpoint; with 0 shots, source validation + SND do (train.LabelFree)."""
-    source_model, source, t = inputs.source_model, inputs.source, inputs.target
-    if len(inputs.unlabelled) == 0:
-        raise UserError("the unlabelled target pool is empty (prepare.shots takes every target "
-                        "train image): lower prepare.shots, or use a strategy that needs no pool")
-    if source_model.head.out_features != inputs.num_classes:
-        raise UserError(f"domain adaptation needs the source and target classes to be the same "
-                        f"({source_model.head.out_features} vs {inputs.num_classes}): set "
-                        "data.source.classes and data.target.classes alike")
-    torch.manual_seed(inputs.seed)
-    model = new_classifier(inputs)
-    model.load_state_dict(source_model.state_dict(), strict=True)
+    source, t = inputs.source, inputs.target
+    model = source_copy(inputs, "domain adaptation")
     both = nn.ModuleDict({"model": model, **({"extra": extra} if extra is not None else {})})
     both.to(t["x_val"].device)
     streams = [Stream(source["x_train"], source["y_train"], model)]
     if len(t["y_train"]):
         streams.append(Stream(t["x_train"], t["y_train"], model))
+    if not len(t["y_train"]) and inputs.selection is None:
+        raise ValueError("0 target labels: Inputs.selection (params.selection) says how to choose")
     label_free = None if len(t["y_train"]) else LabelFree(
-        source["x_val"], source["y_val"], inputs.unlabelled, model)
+        source["x_val"], source["y_val"], inputs.unlabelled, model, inputs.selection,
+        inputs.seed, inputs.keep_checkpoints)
     result = fit(both, [{"params": list(both.parameters()), "lr": cfg.lr}], streams,
                  (t["x_val"], t["y_val"], model), steps=cfg.steps, batch_size=cfg.batch_size,
                  weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=inputs.seed,
@@ -111,9 +106,39 @@ def adapt(inputs: Inputs, cfg: Adaptation, term: Callable[[AdaptBatch], torch.Te
                  adapt=Adapt(inputs.unlabelled, model.encoder, model.head, term, cfg.loss_weight),
                  label_free=label_free)
     if result.oracle_state is not None:  # fit saw `both`: keep the classifier's own tensors
-        result.oracle_state = {k.removeprefix("model."): v for k, v in result.oracle_state.items()
-                               if k.startswith("model.")}
+        result.oracle_state = _own(result.oracle_state)
+    if result.checkpoints is not None:
+        result.checkpoints = {step: _own(state) for step, state in result.checkpoints.items()}
     return model, result
+
+
+def _own(state: dict) -> dict:
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def source_copy(inputs: Inputs, what: str) -> Classifier:
+    """A copy of the source model (encoder and head) on the target's device, for a method that
+    adapts it to the unlabelled target (`what`: its kind, for the messages): needs a non-empty
+    pool and the same classes in both domains."""
+    if len(inputs.unlabelled) < 2:
+        raise UserError("the unlabelled target pool has fewer than 2 images (prepare.shots takes "
+                        "every target train image): lower prepare.shots, or use a strategy that "
+                        "needs no pool")
+    source_model = inputs.source_model
+    if source_model.head.out_features != inputs.num_classes:
+        raise UserError(f"{what} needs the source and target classes to be the same "
+                        f"({source_model.head.out_features} vs {inputs.num_classes}): set "
+                        "data.source.classes and data.target.classes alike")
+    torch.manual_seed(inputs.seed)
+    model = new_classifier(inputs)
+    model.load_state_dict(source_model.state_dict(), strict=True)
+    return model.to(inputs.target["x_val"].device)
+
+
+def label_free_scores(model: Classifier, inputs: Inputs) -> dict[str, float]:
+    """Every validator's score of `model` (eval mode) on the inputs' anchors and source val."""
+    return LabelFree(inputs.source["x_val"], inputs.source["y_val"], inputs.unlabelled,
+                     model.eval(), inputs.selection, inputs.seed).scores()
 
 
 def selection_metrics(outcome: Outcome) -> dict:
@@ -125,9 +150,20 @@ def selection_metrics(outcome: Outcome) -> dict:
     out = {"val_accuracy": round(fit_result.best_val_accuracy, 4), "best_step": fit_result.best_step,
            "selection": fit_result.selection}
     if fit_result.oracle_step is not None:
-        chosen = next(r for r in fit_result.history if r["step"] == fit_result.best_step)
-        out.update(snd=round(chosen["snd"], 6),  # what chose it, and what export compares
-                   source_val_accuracy=round(chosen["source_val_accuracy"], 4),
-                   oracle_step=fit_result.oracle_step,
+        rows = {r["step"]: r for r in fit_result.candidates()}
+        out.update(label_free_record(rows[fit_result.best_step], rows[0], fit_result.guard),
+                   picked_step=fit_result.picked_step, oracle_step=fit_result.oracle_step,
                    oracle_val_accuracy=round(fit_result.oracle_val_accuracy, 4))
     return out
+
+
+def label_free_record(chosen: dict, source: dict, guard: str | None) -> dict:
+    """The metrics of a label-free choice: the shipped model's validator scores (export ranks
+    methods by them), the source model's, and the guard's verdict."""
+    from transferlab.validators import NAMES
+
+    return {"snd": round(chosen["snd"], 6),
+            "source_val_accuracy": round(chosen["source_accuracy"], 4),
+            "validators": {n: round(chosen[n], 6) for n in NAMES},
+            "source_validators": {n: round(source[n], 6) for n in NAMES},
+            "guard": "accepted" if guard is None else f"kept the source model: {guard}"}

@@ -69,6 +69,8 @@ class Inputs:
     features: dict | None = None  # frozen source features of the shots and val (extract stage)
     unlabelled: Any = None  # (M, C, H, W) uint8 target train images minus the shots: no labels
     augment: Any = None  # train.PhotoAugment (params augment.mode: photo), None: shift_px
+    selection: Any = None  # options.Selection: how a run with 0 target labels chooses
+    keep_checkpoints: bool = False  # the study: keep every label-free candidate's weights
 
     @property
     def shots(self) -> int:

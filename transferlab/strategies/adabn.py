@@ -11,13 +11,15 @@ normalising each batch by its own statistics as in training; a larger batch_size
 to the pool's own variance. On an appearance shift the source statistics are what breaks
 first, and this costs a few forward passes: the label-free baseline every adaptation method
 should beat. A model without BatchNorm (`model.norm` other than batch) comes out unchanged.
+With 0 target labels the recalibrated model is a candidate beside the source model, like any
+adapted checkpoint (transferlab/selection.py): it replaces the source model only when the
+guard's validators agree, which reads the source validation split.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from transferlab.errors import UserError
 from transferlab.options import MAX_BATCH, WHY_BATCH, Strict
 from transferlab.strategies import Inputs, Method, Outcome
 
@@ -28,7 +30,7 @@ class Options(Strict):
 
 
 METHOD = Method("domain adaptation", "AdaBN: source model, BatchNorm statistics of the target",
-                Options, needs_labels=False, reads=frozenset({"source_model", "unlabelled"}))
+                Options, needs_labels=False, reads=frozenset({"source_model", "source_data", "unlabelled"}))
 
 
 def recalibrate(model, images, batch_size: int) -> int:
@@ -62,28 +64,30 @@ def recalibrate(model, images, batch_size: int) -> int:
 
 
 def run(inputs: Inputs, cfg: Options) -> Outcome:
-    import torch
+    from transferlab.train import predict_logits
+    from transferlab.transfer import label_free_record, label_free_scores, source_copy
 
-    from transferlab.train import predict_logits, soft_neighborhood_density
-    from transferlab.transfer import new_classifier
-
-    if len(inputs.unlabelled) < 2:
-        raise UserError("adabn needs at least 2 unlabelled target images (prepare.shots takes "
-                        "every target train image): lower prepare.shots")
-    if inputs.source_model.head.out_features != inputs.num_classes:
-        raise UserError(f"adabn keeps the source head: the source and target classes must be "
-                        f"the same ({inputs.source_model.head.out_features} vs "
-                        f"{inputs.num_classes}): set data.source.classes and data.target.classes "
-                        "alike")
-    torch.manual_seed(inputs.seed)
-    model = new_classifier(inputs)
-    model.load_state_dict(inputs.source_model.state_dict(), strict=True)
-    model.to(inputs.target["x_val"].device)
+    model = source_copy(inputs, "adabn (it keeps the source head)")
+    x_val, y_val = inputs.target["x_val"], inputs.target["y_val"]
+    label_free = not len(inputs.target["y_train"])
+    if label_free:
+        if inputs.selection is None:
+            raise ValueError("0 target labels: Inputs.selection (params.selection) says how to "
+                             "choose")
+        source = {"step": 0, **label_free_scores(model, inputs)}
+        source_state = {k: v.clone() for k, v in model.state_dict().items()}
     layers = recalibrate(model, inputs.unlabelled, cfg.batch_size)
-    logits = predict_logits(model, inputs.target["x_val"])
-    val_accuracy = float((logits.argmax(1) == inputs.target["y_val"]).float().mean()) \
-        if len(inputs.target["y_val"]) else 0.0
-    # nothing is selected here; SND on the pool lets export compare it label-free at 0 shots
-    snd = soft_neighborhood_density(predict_logits(model, inputs.unlabelled))
-    return Outcome(model, None, {"val_accuracy": val_accuracy, "snd": round(snd, 6),
-                                 "recalibrated_layers": layers})
+    info = {"recalibrated_layers": layers}
+    if label_free:  # 0 target labels: recalibrated only if the validators say so
+        from transferlab.selection import decide
+
+        adapted = {"step": 1, **label_free_scores(model, inputs)}
+        cfg_sel = inputs.selection
+        shipped, _, why = decide([source, adapted], cfg_sel.validator, cfg_sel.max_source_drop,
+                                 cfg_sel.guard, cfg_sel.guard_margin)
+        if not shipped:
+            model.load_state_dict(source_state)
+        info.update(label_free_record(adapted if shipped else source, source, why))
+    logits = predict_logits(model.eval(), x_val)
+    info["val_accuracy"] = float((logits.argmax(1) == y_val).float().mean()) if len(y_val) else 0.0
+    return Outcome(model, None, info)

@@ -1,0 +1,62 @@
+"""The registry of label-free validators: one module per validator in this package.
+
+A validator scores a model without any target label, from its outputs on a seeded subsample
+of the unlabelled target pool (`anchors`: at most `selection.pool_size` images, so its cost is
+bounded whatever the pool's size) and on the source validation split. Higher is better for
+every one of them. `fit` records every registered validator at every evaluation of a
+label-free run (0 target labels); `selection.validator` names the one that chooses the
+checkpoint, `selection.guard` the ones that must agree before an adapted model replaces the
+source model (transferlab/selection.py). The study measures each against the target test
+accuracy of the same checkpoints (docs/selection.md).
+
+Each module declares `VALIDATORS = (Validator(...),)`: its name (the module's), a label for
+tables, its reference, its cost, and `score(view) -> float`. torch is imported inside `score`:
+the params schema reads the names, and check_params must stay light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from transferlab.registry import discover
+
+
+@dataclass(frozen=True)
+class View:
+    """A model's outputs, all a validator may read (never a target label)."""
+    target: Any        # (n, K) float logits on the anchors of the unlabelled target pool
+    source: Any        # (m, K) float logits on the source validation images
+    source_y: Any      # (m,) their labels
+
+
+@dataclass(frozen=True)
+class Validator:
+    name: str
+    label: str          # how tables and the selection record name it ("SND")
+    summary: str        # one line: what it rewards
+    reference: str
+    cost: str           # in the anchors n and classes K
+    score: Callable[[View], float]
+    family: str = ""    # the module, filled in by the registry
+
+
+VALIDATORS: dict[str, Validator] = discover(__name__, __path__, "VALIDATORS", "validator")
+NAMES = tuple(VALIDATORS)
+
+
+def score_all(view: View, names: Iterable[str] = NAMES) -> dict[str, float]:
+    """{name: score} of the named validators (all registered ones by default)."""
+    return {name: float(VALIDATORS[name].score(view)) for name in names}
+
+
+def anchors(n: int, limit: int, seed: int):
+    """Indices of the pool images validators read: all of them up to `limit`, else a seeded
+    draw of `limit`, in pool order (the same images at every evaluation of a run)."""
+    import torch
+
+    if n <= limit:
+        return torch.arange(n)
+    draw = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+    return draw.sort().values
