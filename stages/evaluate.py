@@ -83,7 +83,8 @@ def main(argv=None):
         if classes == target_classes:  # source-only needs the very same classes, in order
             predictions[name] = predict(model, x_test)
             on_target[name] = predict(model, health_x)
-            facts[name] = {"target_labels": record.target_labels, "selection": record.selection}
+            facts[name] = {"target_labels": record.target_labels, "selection": record.selection,
+                           "guard": record.guard}
             if name == "source_only" or name in ADAPTATION:
                 encoders["before" if name == "source_only" else name] = model.encoder
     if not set(predictions) - {"source_only"}:
@@ -98,6 +99,8 @@ def main(argv=None):
     health = check_models(on_target, num_classes, prior, where)
     for name, s in scores.items():
         s["selection"] = facts[name]["selection"]
+        if facts[name]["guard"]:
+            s["guard"] = facts[name]["guard"]
         s.update(health[name].record())
 
     write_json(args.metrics, {**{name: {k: v for k, v in s.items() if k != "per_class_accuracy"}

@@ -41,8 +41,8 @@ def main(argv=None):
     # (DVC leaves outputs of a removed matrix entry in place) is not counted
     params = load_params()
     study = params.study
-    cells = [read_json(_cell(args.cells / f"k{k}-s{s}.json")) for k in study.shots
-             for s in study.seeds]
+    paths = [args.cells / f"k{k}-s{s}.json" for k in study.shots for s in study.seeds]
+    cells = [read_json(_cell(path)) for path in paths]
     grids = [read_json(_cell(args.layers / f"s{s}.json")) for s in study.seeds]
     rows, layers = study_table(cell_records(cells)), layer_table(grids)
     seeds = sorted({c["seed"] for c in cells})
@@ -58,7 +58,10 @@ def main(argv=None):
             "negative_transfer": r["negative_transfer"]} for r in rows},
         "layers": {f"{r['variant']}@n{r['blocks']}": {"accuracy": r["mean"], "ci_low": r["ci_low"],
                                                      "ci_high": r["ci_high"]} for r in layers}})
-    runs = selection_stats.runs_of(cells)
+    try:
+        runs = selection_stats.runs_of({str(p): c for p, c in zip(paths, cells)})
+    except ValueError as err:  # written by another version, or edited
+        raise UserError(f"{err}: delete it and run `dvc repro study/dvc.yaml`") from None
     drop = params.selection.max_source_drop
     replay = ({"validators": selection_stats.validator_table(runs, drop),
                "guards": selection_stats.guard_table(

@@ -69,12 +69,14 @@ def main(argv=None):
     save_state_dict(args.model, outcome.model.state_dict(),
                     {**model_metadata(inputs.architecture, classes, preprocess),
                      "selection": metrics["selection"],
+                     **({"guard": metrics["guard"]} if "guard" in metrics else {}),
                      "target_labels": str(len(inputs.target["y_train"]))})
     write_json(args.metrics, metrics)
     history = outcome.fit.history if outcome.fit else [{"step": 0, "val_accuracy": metrics["val_accuracy"]}]
     write_history(args.curve, history)
     print(f"{args.strategy}: target val accuracy {metrics['val_accuracy']:.4f} "
-          f"(selection: {metrics['selection']})")
+          f"(selection: {metrics['selection']})"
+          + (f"; guard: {metrics['guard']}" if "guard" in metrics else ""))
 
 
 if __name__ == "__main__":

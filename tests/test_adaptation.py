@@ -180,3 +180,25 @@ def test_empty_unlabelled_pool_is_one_clear_error(tiny_target, tiny_source, sour
     inputs.unlabelled = inputs.unlabelled[:0]
     with pytest.raises(UserError, match="unlabelled target pool has fewer than 2 images"):
         strategies.run("coral", inputs, cfg("coral"))
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_guard_no_checkpoint_clears_ships_the_source_model_bit_for_bit(
+        tiny_target, tiny_source, source_model, keep):
+    """0 shots, a guard margin no adapted checkpoint can clear: fit returns the starting (source)
+    model's weights, says why, and still records the validators' pick and the oracle; with
+    keep_checkpoints (the study) every candidate's weights are kept, the source model's first."""
+    import dataclasses
+
+    inputs = make_inputs(tiny_target, tiny_source, source_model, shots=False)
+    inputs = dataclasses.replace(inputs, keep_checkpoints=keep, selection=inputs.selection.model_copy(
+        update={"guard": ["snd", "info_max"], "guard_margin": 100.0}))
+    outcome = strategies.run("coral", inputs, cfg("coral"))
+    fit = outcome.fit
+    assert fit.best_step == 0 and fit.guard and fit.picked_step is not None
+    source = source_model.state_dict()
+    assert all(torch.equal(v, outcome.model.state_dict()[k]) for k, v in source.items())
+    if keep:
+        assert list(fit.checkpoints) == [r["step"] for r in fit.candidates()]
+    else:
+        assert fit.checkpoints is None

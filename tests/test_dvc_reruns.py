@@ -111,6 +111,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/registry.py": EVERY,
     "transferlab/report.py": frozenset({"report"}),
     "transferlab/scenario.py": frozenset({"prepare"}),
+    "transferlab/selection_stats.py": frozenset(),  # study only (the selection replay)
     # the label-free choice: imported by train.py
     "transferlab/selection.py": EVERY - {"check_params", "download", "prepare", "report"},
     "transferlab/source.py": EVERY - {"check_params", "download", "prepare", "evaluate", "export",

@@ -332,3 +332,17 @@ def test_a_malformed_curve_or_confusion_file_is_one_line(tmp_path, name, content
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert named in proc.stderr and str(path) in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_a_label_free_row_shows_the_guards_verdict():
+    """0 shots: the selection cell says what chose the model and, under it, the guard's verdict
+    (an adapted model accepted, or the source model kept and why)."""
+    n = 6
+    actual = np.arange(n) % 3
+    why = "kept the source model: not above the source model on info_max (0.41 vs 0.52)"
+    scores = {"mcc": {"accuracy": 0.9, "macro_f1": 0.9, "selection": "source-val+SND",
+                      "guard": why}}
+    page = render_report(scores, {"target_test": n}, {}, {"mcc": (actual, actual)},
+                         np.zeros((n, 1, 8, 8), np.uint8), CLASSES)
+    assert "source-val+SND<br><small>guard: kept the source model: not above the source model " \
+           "on info_max (0.41 vs 0.52)</small>" in page

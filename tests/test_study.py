@@ -135,7 +135,7 @@ def test_report_stage_aggregates_cells_and_flags_negative_transfer(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
         study={"shots": [5], "seeds": [0, 1, 2]})))
     run_main(tmp_path, "study_report", "cells", "layers", "--metrics", "metrics.json",
-             "--report", "report.md", "--plots", "plots")
+             "--report", "report.md", "--plots", "plots", "--selection", "selection.json")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     # gains -0.05, -0.06, -0.05: mean -0.0533, std 0.00577, t(2)=4.3027 -> half-width 0.0143
     assert metrics["cells"]["finetune@k5"]["gain"] == pytest.approx(-0.0533, abs=1e-4)
@@ -156,5 +156,61 @@ def test_report_stage_names_a_missing_cell(tmp_path):
         study={"shots": [5], "seeds": [0]})))
     with pytest.raises(UserError, match=r"k5-s0.json is missing: run `dvc repro study/dvc.yaml`"):
         run_main(tmp_path, "study_report", "cells", "layers", "--metrics", "metrics.json",
-                 "--report", "report.md", "--plots", "plots")
+                 "--report", "report.md", "--plots", "plots", "--selection", "selection.json")
     assert not (tmp_path / "metrics.json").exists()
+
+
+def _candidate(step, test, val, snd, info_max, source_accuracy=0.95):
+    """A checkpoint row as study.checkpoint_rows writes it."""
+    return {"step": step, "val_accuracy": val, "test_accuracy": test, "snd": snd,
+            "info_max": info_max, "entropy": -0.1, "bnm": 0.3, "source_accuracy": source_accuracy}
+
+
+def test_report_stage_replays_label_free_selection(tmp_path):
+    """k = 0 cells with their candidates: each validator's pick, its gap to the oracle and its
+    rank correlation; each guard rule's verdict against the source model (step 0)."""
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "layers").mkdir()
+    for seed in (0, 1):
+        rows = [_candidate(0, 0.80, 0.8, 1.0, 0.50),
+                _candidate(10, 0.90, 0.9, 0.9, 0.70),   # the best: IM ranks it first
+                _candidate(20, 0.60, 0.5, 2.0, 0.20),   # SND's favourite: far worse
+                _candidate(30, 0.99, 1.0, 9.0, 0.99, source_accuracy=0.5)]  # forgot the source
+        cell = {"shots": 0, "seed": seed, "test": {"source_only": {"accuracy": 0.8, "macro_f1": 0.8}},
+                "checkpoints": {"coral": rows}}
+        (tmp_path / "cells" / f"k0-s{seed}.json").write_text(json.dumps(cell))
+        (tmp_path / "layers" / f"s{seed}.json").write_text(json.dumps({"shots": 5, "seed": seed,
+                                                                      "grid": []}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        study={"shots": [0], "seeds": [0, 1]},
+        selection={"validator": "snd", "guard": ["snd", "info_max"], "guard_margin": 0.0})))
+    run_main(tmp_path, "study_report", "cells", "layers", "--metrics", "metrics.json",
+             "--report", "report.md", "--plots", "plots", "--selection", "selection.json")
+    replay = json.loads((tmp_path / "selection.json").read_text())
+    by = {r["validator"]: r for r in replay["validators"]}
+    # step 30 is ineligible (source accuracy 0.5 < 0.95 - 0.02): SND picks step 20, IM step 10
+    assert by["snd"]["accuracy"]["mean"] == pytest.approx(0.60)
+    assert by["snd"]["gap_to_oracle"]["mean"] == pytest.approx(-0.39)  # oracle: step 30, 0.99
+    assert by["info_max"]["gain_over_source"]["mean"] == pytest.approx(0.10)
+    assert by["info_max"]["spearman"] == pytest.approx(1.0)
+    rules = {r["rule"]: r for r in replay["guards"]}
+    # the params' rule: SND picks step 20, IM disagrees (0.20 < 0.50): the source model is kept
+    assert rules["snd; guard info_max+snd"]["method_gain"]["mean"] == pytest.approx(0.0)
+    assert rules["snd; guard no guard"]["methods_harmed"] == "2/2"
+    assert rules["info_max; guard info_max"]["recommended_gain"]["mean"] == pytest.approx(0.10)
+    assert "Selection without target labels" in (tmp_path / "report.md").read_text()
+
+
+def test_report_stage_names_a_malformed_checkpoint_row(tmp_path):
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "layers").mkdir()
+    bad = {k: v for k, v in _candidate(0, 0.8, 0.8, 1.0, 0.5).items() if k != "snd"}
+    cell = {"shots": 0, "seed": 0, "test": {}, "checkpoints": {"coral": [bad]}}
+    (tmp_path / "cells" / "k0-s0.json").write_text(json.dumps(cell))
+    (tmp_path / "layers" / "s0.json").write_text(json.dumps({"shots": 5, "seed": 0, "grid": []}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        study={"shots": [0], "seeds": [0]})))
+    with pytest.raises(UserError, match=r"k0-s0.json: checkpoints.coral\[0\] has no 'snd'"):
+        run_main(tmp_path, "study_report", "cells", "layers", "--metrics", "metrics.json",
+                 "--report", "report.md", "--plots", "plots", "--selection", "selection.json")
+    assert not (tmp_path / "selection.json").exists()

@@ -410,9 +410,10 @@ def test_a_domain_that_breaks_the_framing_premise_stops_prepare(case, params, na
                                                            folders(source, target, **explicit))))
     before = snapshot(work, *OUTPUT_DIRS)
     code, _, err = run_entry(work, *PREPARE, capsys=capsys)
-    fixes = [f"set {key}: none" if key.startswith("prepare") else key for key in names[:1]]
+    fixes = [f"set {key}: auto (or none)" if key.startswith("prepare") else key
+             for key in names[:1]]
     line = assert_one_line_error(code, err, *names, fragments=fixes)
-    assert "none" in line.split(": set ")[-1]
+    assert "auto (or none)" in line.split(": set ")[-1]
     assert_untouched(work, before)
 
 

@@ -686,3 +686,20 @@ def test_an_input_error_inside_an_output_block_names_the_input(tmp_path):
         with atomic_path(tmp_path / "out.json"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert list(tmp_path.iterdir()) == [loop]
+
+
+@pytest.mark.parametrize("foreign", ["params.yaml", "dvc.lock", "README.md"])
+def test_a_foreign_file_given_as_arrays_is_not_called_corrupt(tmp_path, foreign):
+    """A file of another kind passed where a .safetensors belongs (a slip on the command line):
+    one line saying what is expected, never "delete it" (the file is the user's params.yaml)."""
+    from tests.conftest import ROOT
+
+    path = tmp_path / foreign
+    path.write_bytes((ROOT / foreign).read_bytes())
+    for name, read in readers(path):
+        with pytest.raises(UserError) as caught:
+            read()
+        message = str(caught.value)
+        assert "is not a safetensors file" in message and "delete" not in message, (name, message)
+        assert "\n" not in message
+    assert path.read_bytes() == (ROOT / foreign).read_bytes()

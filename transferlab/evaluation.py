@@ -88,7 +88,8 @@ def results_markdown(scores: dict) -> str:
         flag = {True: f"yes (below {s.get('best_baseline')})", False: ""}.get(
             s.get("negative_transfer"), "")
         name = f"⚠ {n}" if s.get("degenerate") else n
-        lines.append(f"| {name} | {describe(n)} | {s.get('selection', '')} "
+        kept = " (guard kept the source model)" if str(s.get("guard", "")).startswith("kept") else ""
+        lines.append(f"| {name} | {describe(n)} | {s.get('selection', '')}{kept} "
                      f"| {100 * s['accuracy']:.1f} | {100 * s['macro_f1']:.1f} "
                      f"| {_points(s.get('gain_over_scratch'))} "
                      f"| {_points(s.get('gain_over_source_only'))} | {flag} | {_health_cell(s)} |")

@@ -338,7 +338,13 @@ def _corrupt(path: Path, why: str) -> UserError:
 
 
 def _not_safetensors(path: Path, why: str) -> UserError:
-    return _corrupt(path, f"not a valid safetensors file: {why}")
+    """A file that does not parse as safetensors: corrupt if named like one (delete it, the
+    pipeline writes it anew); else another file given where an array or model file belongs
+    (deleting it would be the wrong advice: it may be params.yaml)."""
+    if path.suffix == ".safetensors":
+        return _corrupt(path, f"not a valid safetensors file: {why}")
+    return UserError(f"{show_path(path)} is not a safetensors file ({one_line(why)[:200]}): "
+                     "give the .safetensors file the pipeline wrote (dvc.yaml names it)")
 
 
 TRAIN_VAL = ("x_train", "y_train", "x_val", "y_val")

@@ -150,6 +150,7 @@ class Score(Open):
     negative_transfer: bool | None = None
     best_baseline: str | None = None
     selection: Selection | None = None
+    guard: Annotated[str, Field(max_length=2000)] | None = None  # label-free: the guard's verdict
     # the label-free health check (transferlab/health.py) on the unlabelled target images
     degenerate: bool | None = None
     top_share: Fraction | None = None
@@ -322,6 +323,8 @@ def model_record_schema() -> type[BaseModel]:
         skipped=(Annotated[str, Field(min_length=1, max_length=2000)] | None, None),
         preprocess=(preprocess_schema() | None, None),
         selection=(Selection, "source-val"),
+        # label-free choices: "accepted", or why the source model was kept (selection.guard)
+        guard=(Annotated[str, Field(min_length=1, max_length=2000)] | None, None),
         target_labels=(Annotated[int, Field(ge=0, le=10 ** 9)], 0))
 
 

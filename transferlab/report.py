@@ -303,7 +303,9 @@ def results_table(scores: Mapping[str, Mapping], errors: Mapping[str, int]) -> s
                 if s.get("negative_transfer") else "")
         row, name = (('<tr class="flagged">', f"&#9888; {html.escape(n)}") if s.get("degenerate")
                      else ("<tr>", html.escape(n)))
-        rows.append(f"{row}<td>{name}</td><td>{html.escape(str(s.get('selection', '')))}"
+        guard = (f"<br><small>guard: {html.escape(str(s['guard']))}</small>"
+                 if s.get("guard") else "")
+        rows.append(f"{row}<td>{name}</td><td>{html.escape(str(s.get('selection', '')))}{guard}"
                     f"</td><td>{_pct(s['accuracy'])}</td><td>{_pct(s['macro_f1'])}</td>"
                     f"<td>{_gain(s, 'scratch')}</td><td>{_gain(s, 'source_only')}</td>"
                     f"<td>{flag}</td><td>{_health(s)}</td><td>{errors.get(n, '')}</td></tr>")

@@ -207,12 +207,12 @@ def check_framing(stats: dict[str, dict[str, float]], p: Prepare) -> None:
     for role, s in stats.items():
         fixes, why = [], []
         if p.crop == "bbox" and s["full_frame_share"] > FULL_FRAME_LIMIT:
-            fixes.append("prepare.crop: none")
+            fixes.append("prepare.crop: auto (or none)")
             why.append(f"prepare.crop: bbox assumes a zero background around each image's "
                        f"content, but {s['full_frame_share']:.0%} of its images have content up "
                        "to all four edges (bbox keeps those whole and crops and enlarges the rest)")
         if p.scale == "max" and s["background_level"] > BACKGROUND_LIMIT:
-            fixes.append("prepare.scale: none")
+            fixes.append("prepare.scale: auto (or none)")
             why.append("prepare.scale: max assumes a dark background, but its median border "
                        f"level is {s['background_level']:.2f} of each image's maximum")
         if fixes:

@@ -1,0 +1,88 @@
+"""The label-free validators (transferlab/validators/) and the choice they make
+(transferlab/selection.py): known values on constructed outputs, bounded cost, and the guard."""
+
+import math
+
+import pytest
+import torch
+
+from transferlab import selection
+from transferlab.validators import NAMES, VALIDATORS, View, anchors, score_all
+
+K = 4
+
+
+def view(target_logits, source_logits=None, source_y=None):
+    if source_logits is None:
+        source_logits, source_y = torch.eye(K) * 10, torch.arange(K)
+    return View(target_logits, source_logits, source_y)
+
+
+def confident(classes, scale=50.0):
+    return torch.nn.functional.one_hot(torch.as_tensor(classes), K).float() * scale
+
+
+def test_the_registry_finds_every_module_once():
+    assert set(NAMES) == {"source_accuracy", "entropy", "info_max", "bnm", "snd"}
+    assert all(v.family == v.name for v in VALIDATORS.values())  # one validator per module
+    assert len({v.label for v in VALIDATORS.values()}) == len(VALIDATORS)
+
+
+def test_known_values():
+    balanced = view(confident([0, 1, 2, 3] * 8))
+    collapsed = view(confident([2] * 32))
+    uniform = view(torch.zeros(32, K))
+    assert score_all(uniform)["entropy"] == pytest.approx(-1.0)
+    assert score_all(balanced)["entropy"] == pytest.approx(0.0, abs=1e-6)
+    # information maximisation: ln K for confident balanced predictions, 0 once collapsed
+    assert score_all(balanced)["info_max"] == pytest.approx(1.0, abs=1e-5)
+    assert score_all(collapsed)["info_max"] == pytest.approx(0.0, abs=1e-5)
+    assert score_all(uniform)["info_max"] == pytest.approx(0.0, abs=1e-6)
+    # batch nuclear norm: K singular values sqrt(n / K) over n rows; one of sqrt(n) collapsed
+    assert score_all(balanced)["bnm"] == pytest.approx(K * math.sqrt(32 / K) / 32, rel=1e-4)
+    assert score_all(collapsed)["bnm"] == pytest.approx(math.sqrt(32) / 32, rel=1e-4)
+    # SND: 8 exact copies per class -> entropy ln 7 (Saito et al.); collapsed: ln 31
+    assert score_all(balanced)["snd"] == pytest.approx(math.log(7), rel=1e-4)
+    assert score_all(collapsed)["snd"] == pytest.approx(math.log(31), rel=1e-4)
+    wrong = view(confident([0]), torch.eye(K) * 10, torch.tensor([0, 1, 3, 3]))
+    assert score_all(wrong)["source_accuracy"] == pytest.approx(0.75)
+
+
+def test_empty_inputs_score_nan_not_an_error():
+    empty = view(torch.zeros(0, K), torch.zeros(0, K), torch.zeros(0, dtype=torch.long))
+    assert all(math.isnan(v) for v in score_all(empty).values())
+
+
+def test_anchors_bound_the_cost_and_are_seeded():
+    assert torch.equal(anchors(5, 10, seed=0), torch.arange(5))
+    drawn = anchors(10_000, 2048, seed=3)
+    assert len(drawn) == 2048 == len(set(drawn.tolist())) and torch.equal(drawn, drawn.sort().values)
+    assert torch.equal(drawn, anchors(10_000, 2048, seed=3))
+    assert not torch.equal(drawn, anchors(10_000, 2048, seed=4))
+
+
+def rows(*scores):
+    """Candidates (source model first) from (snd, info_max, source_accuracy) triples."""
+    return [{"step": 10 * i, "snd": s, "info_max": m, "source_accuracy": a}
+            for i, (s, m, a) in enumerate(scores)]
+
+
+def test_pick_prefers_eligible_candidates_and_can_answer_do_not_adapt():
+    cands = rows((1.0, 0.5, 0.95), (3.0, 0.6, 0.80), (2.0, 0.7, 0.94), (float("nan"), 0.9, 0.95))
+    # 3.0 forgot the source task (0.80 < 0.95 - 0.02); NaN is never picked
+    assert selection.pick(cands, "snd", 0.02) == 2
+    assert selection.pick(cands, "snd", 0.5) == 1
+    only_worse = rows((1.0, 0.5, 0.95), (0.5, 0.6, 0.95))
+    assert selection.pick(only_worse, "snd", 0.02) == 0  # the source model itself
+    shipped, picked, why = selection.decide(only_worse, "snd", 0.02, ["snd"], 0.0)
+    assert (shipped, picked) == (0, 0) and "ranks the source model first" in why
+
+
+def test_the_guard_keeps_the_source_model_unless_every_validator_agrees():
+    cands = rows((1.0, 0.5, 0.95), (2.0, 0.4, 0.95))
+    shipped, picked, why = selection.decide(cands, "snd", 0.02, ["snd", "info_max"], 0.0)
+    assert (shipped, picked) == (0, 1) and "info_max (0.4 vs 0.5)" in why
+    assert selection.decide(cands, "snd", 0.02, ["snd"], 0.0) == (1, 1, None)
+    # a margin: SND must rise by more than 200 % of |1.0|
+    assert selection.decide(cands, "snd", 0.02, ["snd"], 2.0)[0] == 0
+    assert selection.decide(cands, "snd", 0.02, [], 0.0) == (1, 1, None)  # no guard
