@@ -212,7 +212,7 @@ def test_with_zero_shots_no_target_label_chooses_what_is_exported():
 
     with_labels = {"finetune": {"selection": "target-val", "val_accuracy": 0.9},
                    "mcc": {"selection": "target-val", "val_accuracy": 0.95}}
-    assert choose(with_labels) == ("mcc", "target-val")
+    assert choose(with_labels, "snd") == ("mcc", "target-val")
     # 0 shots: every candidate label-free; target-val accuracy would pick dann, SND picks mcc
     def scores(snd, info_max):
         return {"snd": snd, "info_max": info_max}
@@ -221,15 +221,15 @@ def test_with_zero_shots_no_target_label_chooses_what_is_exported():
                            "validators": scores(1.2, 0.9)},
                   "mcc": {"selection": "source-val+SND", "val_accuracy": 0.93,
                           "validators": scores(1.9, 0.5)}}
-    assert choose(label_free) == ("mcc", "source-val+SND")
+    assert choose(label_free, "snd") == ("mcc", "source-val+SND")
     assert choose(label_free, "info_max") == ("dann", "source-val+IM")  # selection.validator
     # adabn selects nothing and trains on no label: compared by its scores too, never by val
     with_adabn = {**label_free, "adabn": {"selection": "none", "val_accuracy": 0.99,
                                           "validators": scores(1.5, 0.1)}}
-    assert choose(with_adabn) == ("mcc", "source-val+SND")
+    assert choose(with_adabn, "snd") == ("mcc", "source-val+SND")
     # with shots, features (selection none, no SND) makes it a target-val choice
     features = {"selection": "none", "val_accuracy": 0.5}
-    assert choose({**with_adabn, "features": features}) == ("adabn", "target-val")
+    assert choose({**with_adabn, "features": features}, "snd") == ("adabn", "target-val")
 
 
 def test_export_passes_over_a_degenerate_best_model(pipeline, tmp_path, capsys):

@@ -24,7 +24,7 @@ from transferlab.models import Classifier
 OPSET = 17  # onnxruntime 1.16+ runs it; every op the encoders use exists there
 
 
-def choose(val_metrics: Mapping[str, Mapping], validator: str = "snd") -> tuple[str, str]:
+def choose(val_metrics: Mapping[str, Mapping], validator: str) -> tuple[str, str]:
     """The strategy to export and what chose it (the first one on a tie). With target labels:
     the best target-validation accuracy. When every candidate was chosen without target labels
     (prepare.shots: 0), no target label chooses here either: the highest `validator` score
@@ -40,7 +40,7 @@ def label_free(metrics: Mapping) -> bool:
     return "validators" in metrics and metrics.get("selection") != "target-val"
 
 
-def ranked(val_metrics: Mapping[str, Mapping], validator: str = "snd") -> tuple[list[str], str]:
+def ranked(val_metrics: Mapping[str, Mapping], validator: str) -> tuple[list[str], str]:
     """Every candidate, best first by `choose`'s rule (ties in the given order), and the rule's
     name: export ships the first one the health check passes."""
     if not val_metrics:
