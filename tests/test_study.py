@@ -195,8 +195,8 @@ def test_report_stage_replays_label_free_selection(tmp_path):
     assert by["info_max"]["spearman"] == pytest.approx(1.0)
     rules = {r["rule"]: r for r in replay["guards"]}
     # the params' rule: SND picks step 20, IM disagrees (0.20 < 0.50): the source model is kept
-    assert replay["guards"][0]["rule"] == "snd; guard snd+info_max"  # params first
-    assert rules["snd; guard snd+info_max"]["method_gain"]["mean"] == pytest.approx(0.0)
+    assert replay["guards"][0]["rule"] == "snd; guard info_max+snd"  # params first
+    assert rules["snd; guard info_max+snd"]["method_gain"]["mean"] == pytest.approx(0.0)
     assert rules["snd; guard no guard"]["methods_harmed"] == "2/2"
     assert rules["info_max; guard info_max"]["recommended_gain"]["mean"] == pytest.approx(0.10)
     assert "Selection without target labels" in (tmp_path / "report.md").read_text()

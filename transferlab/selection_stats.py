@@ -153,8 +153,8 @@ def default_rules(params_selection) -> list[dict]:
     """The rules the study replays: params.selection's own first, then each validator without
     a guard, guarded by itself, and guarded by itself with IM and BNM (the two that ranked
     candidates best on every task measured, docs/selection.md), at margins 0 and 0.01."""
-    own = {"validator": params_selection.validator, "guard": list(params_selection.guard),
-           "margin": params_selection.guard_margin}
+    own = {"validator": params_selection.validator, "guard": sorted(set(params_selection.guard)),
+           "margin": params_selection.guard_margin}  # the order of a guard's names is no rule
     rules = [own]
     for name in NAMES:
         for guard in ([], [name], sorted({name, "info_max", "bnm"})):
