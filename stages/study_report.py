@@ -74,7 +74,9 @@ def main(argv=None):
     report = "\n".join([
         f"Target-test accuracy over seeds {seeds} (each seed: another shot draw and "
         "initialisation), 95 % Student-t intervals; gains over scratch and over source-only "
-        "paired by seed. At k = 0 no target label selects anything (source validation + SND); "
+        "paired by seed. At k = 0 no target label selects anything: params.yaml's selection does "
+        "(a label-free validator, and a guard that keeps the source model unless the adapted one "
+        "scores higher, docs/selection.md); "
         "'(oracle)' rows: what target-validation selection would have picked, for comparison only.",
         "Negative transfer (gain over the best baseline using no more target labels entirely "
         "below zero): "

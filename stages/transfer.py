@@ -74,8 +74,10 @@ def main(argv=None):
     write_json(args.metrics, metrics)
     history = outcome.fit.history if outcome.fit else [{"step": 0, "val_accuracy": metrics["val_accuracy"]}]
     write_history(args.curve, history)
+    label_free = metrics["selection"].startswith("source-val+")
     print(f"{args.strategy}: target val accuracy {metrics['val_accuracy']:.4f} "
-          f"(selection: {metrics['selection']})"
+          + ("(oracle only, not used to choose; " if label_free else "(")
+          + f"selection: {metrics['selection']})"
           + (f"; guard: {metrics['guard']}" if "guard" in metrics else ""))
 
 

@@ -156,7 +156,7 @@ EDITS = {
     "transfer.joint.*": {"transfer.joint.target_weight": 0.5},
     "transfer.adabn.*": {"transfer.adabn.batch_size": 100},  # other batches: other averages
     "transfer.mcc.*": {"transfer.mcc.temperature": 2.0},
-    ", ".join(f"transfer.{m}.*" for m in OUTSIDE): {f"transfer.{OUTSIDE[0]}.loss_weight": 0.5},
+    ", ".join(f"transfer.{m}.*" for m in OUTSIDE): {f"transfer.{OUTSIDE[0]}.steps": 7},
     "study.*": {"study.layer_shots": 3},
     "ranking.*": {"ranking.shots": 2},
     "compute.*": {"compute.precision": "bf16"},

@@ -3,8 +3,8 @@
 A cell (k, seed) draws its own k shots per class from the target train pool (nested across k
 for a seed), takes the rest of the pool without its labels as the unlabelled target set, trains
 every registered method on them with the same code as the default pipeline (selection on the
-target validation set; at k = 0 label-free, source validation + SND, where the methods that
-need labels are skipped), and only then scores the selected models on the target test set.
+target validation set; at k = 0 label-free, by `selection.*` (transferlab/selection.py), where
+the methods that need labels are skipped), and only then scores the selected models on the target test set.
 `train_cell` and `train_layer_grid` never receive the test set; the stage scripts load it after
 training has finished.
 """

@@ -9,9 +9,10 @@ domain adaptation an unlabelled target stream with the method's extra loss term 
 
 Model selection: the weights of the evaluation with the best validation accuracy (ties: lower
 validation loss) are returned. The validation set is the only held-out data `fit` ever sees.
-With `label_free` (0 target labels) no target label may choose: the checkpoint is chosen by
-source validation accuracy and SND (`LabelFree`), and the target-validation choice is only
-recorded, as the "oracle", for reporting.
+With `label_free` (0 target labels) no target label may choose: every checkpoint and the
+starting model are scored by the label-free validators (`LabelFree`), transferlab/selection.py
+chooses among them (source accuracy kept, `selection.validator`, the guard), and the
+target-validation choice is only recorded, as the "oracle", for reporting.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def adapt(inputs: Inputs, cfg: Adaptation, term: Callable[[AdaptBatch], torch.Te
         CE(source batch) + CE(target shots, if any) + loss_weight * term(features, logits)
     with an unlabelled target batch at every step; `extra` holds the term's own trainable
     modules (DANN's discriminator). With shots, the target validation set selects the
-    checkpoint; with 0 shots, source validation + SND do (train.LabelFree)."""
+    checkpoint; with 0 shots, the label-free selection does (train.LabelFree, selection.py)."""
     source, t = inputs.source, inputs.target
     model = source_copy(inputs, "domain adaptation")
     both = nn.ModuleDict({"model": model, **({"extra": extra} if extra is not None else {})})
@@ -110,6 +110,49 @@ def adapt(inputs: Inputs, cfg: Adaptation, term: Callable[[AdaptBatch], torch.Te
     if result.checkpoints is not None:
         result.checkpoints = {step: _own(state) for step, state in result.checkpoints.items()}
     return model, result
+
+
+def source_free(inputs: Inputs, cfg: Adaptation, params: Callable[[Classifier], list],
+                term: Callable[[AdaptBatch], torch.Tensor], what: str
+                ) -> tuple[Classifier, FitResult]:
+    """Adaptation without the source data: start from the source model, train only
+    `params(model)` on
+        CE(target shots, if any) + loss_weight * term(unlabelled target batch)
+    -- the source images are never trained on. With shots, the target validation set selects
+    the checkpoint; with 0 shots the label-free selection does, as for every method
+    (train.LabelFree: the source validation split checks that the task is not forgotten, the
+    validators read the unlabelled pool)."""
+    t = inputs.target
+    model = source_copy(inputs, what)
+    chosen = params(model)
+    if not chosen:
+        raise UserError(f"{what}: this model has none of the parameters it would train")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in chosen:
+        p.requires_grad_(True)
+    streams = [Stream(t["x_train"], t["y_train"], model)] if len(t["y_train"]) else []
+    if not streams and inputs.selection is None:
+        raise ValueError("0 target labels: Inputs.selection (params.selection) says how to choose")
+    label_free = None if streams else LabelFree(
+        inputs.source["x_val"], inputs.source["y_val"], inputs.unlabelled, model,
+        inputs.selection, inputs.seed, inputs.keep_checkpoints)
+    result = fit(model, [{"params": chosen, "lr": cfg.lr}], streams,
+                 (t["x_val"], t["y_val"], model), steps=cfg.steps, batch_size=cfg.batch_size,
+                 weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=inputs.seed,
+                 photo=inputs.augment,
+                 adapt=Adapt(inputs.unlabelled, model.encoder, model.head, term, cfg.loss_weight),
+                 label_free=label_free)
+    return model, result
+
+
+def parameter_budget(model: nn.Module, trained: list[nn.Parameter]) -> dict:
+    """How many weights a method trains, of how many, and the share: what must be stored beside
+    the source model to rebuild its result (buffers such as BatchNorm statistics aside)."""
+    total = sum(p.numel() for p in model.parameters())
+    count = sum(p.numel() for p in trained)
+    return {"trainable_params": count, "total_params": total,
+            "trainable_share": round(count / total, 6) if total else 0.0}
 
 
 def _own(state: dict) -> dict:

@@ -30,7 +30,7 @@ from transferlab.errors import UserError
 READS = ("source_model", "source_data", "features", "unlabelled")
 # Table order: the control, then the founding document's four families, then adaptation.
 FAMILIES = ("none (the control)", "parameter transfer", "feature transfer", "structural transfer",
-            "knowledge transfer", "domain adaptation", "self-training")
+            "knowledge transfer", "domain adaptation", "source-free adaptation", "self-training")
 
 
 @dataclass(frozen=True)
