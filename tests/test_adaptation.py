@@ -89,7 +89,7 @@ def test_the_adaptation_term_reaches_the_encoder(name, tiny_target, tiny_source,
             value = term(batch)
             assert value.ndim == 0 and torch.isfinite(value)
             if not grads and batch.progress > 0:
-                params = list(encoder.parameters())
+                params = [p for p in encoder.parameters() if p.requires_grad]  # tent: BN only
                 g = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
                 grads["total"] = sum(float(v.abs().sum()) for v in g if v is not None)
             return value
