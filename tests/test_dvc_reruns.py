@@ -162,7 +162,7 @@ EDITS = {
     "compute.*": {"compute.precision": "bf16"},
     "augment.*": {"augment.mode": "photo"},
     "health.*": {"health.allow_degenerate": True},
-    "selection.*": {"selection.validator": "info_max"},
+    "selection.*": {"selection.validator": "bnm"},
 }
 PARAM_ROWS = [row for row in RERUNS if not row.endswith(".py") and row != COMMENT_ONLY]
 # rows the tiny pipeline cannot edit: their stages are checked against dvc.yaml only
