@@ -72,7 +72,7 @@ def test_predict_sees_exactly_the_tensors_the_test_set_holds(pipeline):
 def test_predictions_are_the_models_own_with_class_names(pipeline, tmp_path):
     model_path = pipeline / "models/transfer/finetune.safetensors"
     files = sorted((pipeline / "digits/test").rglob("*.png"))[:40]
-    rows, problems = predict_files(model_path, files, top_k=3)
+    rows, problems, _ = predict_files(model_path, files, top_k=3)
     assert problems == [] and [r[0] for r in rows] == [str(f) for f in files]
     model, classes = load_classifier(model_path)
     prep, decode_size = preprocessing(load_state_dict(model_path)[1], model_path)
@@ -257,3 +257,98 @@ def test_export_passes_over_a_degenerate_best_model(pipeline, tmp_path, capsys):
     summary = json.loads((work / "metrics/export.json").read_text())
     assert summary["strategy"] != best and summary["degenerate"] is False
     assert summary["chosen_by"] == f"target-val, {best} degenerate"
+
+
+def run_predict(*argv) -> int:
+    import sys
+    from unittest import mock
+
+    from transferlab.launcher import run_stage
+    from transferlab.predict import main
+
+    with mock.patch.object(sys, "argv", ["transferlab-predict", *map(str, argv)]):
+        try:
+            run_stage(main)
+        except SystemExit as exc:
+            return exc.code
+    return 0
+
+
+def inverted_digits(pipeline, folder: Path, count: int = 30) -> list[Path]:
+    """A shifted target: test digits with their grey levels inverted, as PNG files."""
+    from PIL import Image, ImageOps
+
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, source in enumerate(sorted((pipeline / "digits/test").rglob("*.png"))[:count]):
+        paths.append(folder / f"{i:03d}.png")
+        ImageOps.invert(Image.open(source).convert("L")).save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("how", ["bn_adapt", "tent"])
+def test_adapt_changes_batchnorm_only_where_it_says(pipeline, tmp_path, how):
+    from transferlab.predict import adapt
+
+    model_path = pipeline / "models/transfer/finetune.safetensors"
+    model, _ = load_classifier(model_path)
+    prep, decode_size = preprocessing(load_state_dict(model_path)[1], model_path)
+    x = torch.from_numpy(np.stack([preprocess_file(f, prep, decode_size)
+                                   for f in inverted_digits(pipeline, tmp_path)]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    said = adapt(model.eval(), x, how, steps=5, lr=0.01)
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    norms = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    statistics = {f"{n}.{b}" for n in norms for b in ("running_mean", "running_var")}
+    affine = {f"{n}.{p}" for n in norms for p in ("weight", "bias")}
+    counters = {f"{n}.num_batches_tracked" for n in norms}
+    assert statistics <= moved, "every BatchNorm layer's statistics are the images' now"
+    assert moved - counters == (statistics | affine if how == "tent" else statistics)
+    assert f"{len(norms)} layers" in said and ("entropy steps" in said) == (how == "tent")
+    assert not model.training
+
+
+def test_predict_with_adapt_says_so_and_leaves_the_model_file(pipeline, tmp_path, capsys):
+    model = pipeline / "models/transfer/finetune.safetensors"
+    images = tmp_path / "inverted digits"
+    inverted_digits(pipeline, images)
+    before = model.read_bytes()
+    outputs = {}
+    for how in ("none", "bn_adapt", "tent"):
+        out = tmp_path / f"{how}.csv"
+        assert run_predict(model, images, "--out", out, "--adapt", how, "--adapt-steps", 3) == 0
+        said = capsys.readouterr().out
+        assert ("adapted to these images" in said) == (how != "none"), said
+        outputs[how] = out.read_text()
+    assert model.read_bytes() == before
+    assert outputs["bn_adapt"] != outputs["none"] and outputs["tent"] != outputs["bn_adapt"]
+    # deterministic: the same images give the same bytes
+    assert run_predict(model, images, "--out", tmp_path / "again.csv", "--adapt", "tent",
+                       "--adapt-steps", 3) == 0
+    assert (tmp_path / "again.csv").read_text() == outputs["tent"]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--adapt", "tent", "--adapt-steps", "0"], "--adapt-steps=0"),
+    (["--adapt", "tent", "--adapt-lr", "nan"], "--adapt-lr=nan"),
+    (["--adapt", "bn_adapt"], "give 2 or more images"),  # one image only
+])
+def test_adapt_refusals_are_one_line(pipeline, tmp_path, capsys, argv, fragment):
+    image = inverted_digits(pipeline, tmp_path / "one", count=1)[0]
+    out = tmp_path / "out.csv"
+    code = run_predict(pipeline / "models/transfer/finetune.safetensors", image, "--out", out,
+                       *argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and fragment in err, err
+    assert not out.exists()
+
+
+def test_adapt_refuses_a_model_without_batchnorm():
+    from transferlab.errors import UserError
+    from transferlab.models import Classifier, SmallCNN
+    from transferlab.predict import adapt
+
+    model = Classifier(SmallCNN(1, [4, 8], "group", "pool"), 3).eval()
+    with pytest.raises(UserError, match="has none.*without --adapt"):
+        adapt(model, torch.zeros(4, 1, 8, 8, dtype=torch.uint8), "tent", 3, 1e-3)

@@ -13,6 +13,17 @@ before any image is read (transferlab.records); the ONNX export and the placehol
 strategy are named as such.
 
     transferlab-predict models/transfer/finetune.safetensors photos/ extra.png --out predictions.csv --top-k 3
+
+`--adapt` adapts the model to the images it is given before predicting them (test-time
+adaptation, no label, the source data not needed; the model file is not changed):
+  bn_adapt  every BatchNorm layer's running mean and variance := those of the given images
+            (AdaBN, Li et al. 2017);
+  tent      bn_adapt, then only the BatchNorm scale and shift trained for --adapt-steps Adam
+            steps (lr --adapt-lr) to minimise the mean entropy of the predictions on batches of
+            the given images (TENT, Wang et al. 2021, with the statistics of all the images
+            rather than of each batch, so a prediction does not depend on its batch).
+Either way a prediction then depends on which images were given together: the output says so.
+A model without BatchNorm has nothing to adapt: refused, as is a run with fewer than 2 images.
 """
 
 from __future__ import annotations
@@ -142,10 +153,55 @@ def preprocess_file(path: Path, prep, decode_size: int) -> np.ndarray:
     return align(RawDataset(image[None], np.zeros(1, np.int64), 255, ("?",)), prep)[0]
 
 
-def predict_files(model_path: Path, files: Sequence[Path], top_k: int, batch_size: int = 256
-                  ) -> tuple[list[list], list[str]]:
-    """CSV rows (path, then top-k class and probability pairs) for the readable files, and one
-    message per file that could not be read."""
+ADAPT = ("none", "bn_adapt", "tent")
+
+
+def adapt(model, x, how: str, steps: int, lr: float, batch_size: int = 256) -> str:
+    """Adapt `model` in place to the uint8 images `x` (N x C x H x W) by `how` (ADAPT); returns
+    what changed, for the output. Only BatchNorm statistics (bn_adapt), and with tent the
+    BatchNorm scale and shift, change; the model is left in eval mode."""
+    import torch
+
+    from transferlab.strategies.adabn import recalibrate
+    from transferlab.strategies.tent import batch_norm_affine, entropy
+    from transferlab.train import to_float
+
+    if how == "none":
+        return ""
+    affine = batch_norm_affine(model)
+    if not affine:
+        raise UserError(f"--adapt {how} adapts BatchNorm layers and this model has none "
+                        "(model.norm other than batch): predict without --adapt")
+    if len(x) < 2:
+        raise UserError(f"--adapt {how} estimates statistics of the images given and there is "
+                        f"{len(x)}: give 2 or more images, or predict without --adapt")
+    layers = recalibrate(model, x, batch_size)
+    what = f"BatchNorm statistics of {layers} layers from these {len(x)} images"
+    if how == "tent":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in affine:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(affine, lr=lr)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        model.eval()  # the statistics just estimated normalise every batch
+        for step in range(steps):
+            start = step * batch_size % len(x)
+            batch = x[order[start:start + batch_size]]
+            optimizer.zero_grad(set_to_none=True)
+            entropy(model(to_float(batch))).backward()
+            optimizer.step()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        what += f", BatchNorm scale and shift by {steps} entropy steps"
+    return what
+
+
+def predict_files(model_path: Path, files: Sequence[Path], top_k: int, batch_size: int = 256,
+                  adapt_how: str = "none", adapt_steps: int = 10, adapt_lr: float = 1e-3
+                  ) -> tuple[list[list], list[str], str]:
+    """CSV rows (path, then top-k class and probability pairs) for the readable files, one
+    message per file that could not be read, and what --adapt changed ("" for none)."""
     import torch
 
     from transferlab.train import predict_logits
@@ -162,15 +218,16 @@ def predict_files(model_path: Path, files: Sequence[Path], top_k: int, batch_siz
             continue
         kept.append(path)
     if not kept:
-        return [], problems
+        return [], problems, ""
     model.eval()
     x = torch.from_numpy(np.stack(aligned))
+    adapted = adapt(model, x, adapt_how, adapt_steps, adapt_lr, batch_size)
     probs = torch.softmax(predict_logits(model, x, batch_size), dim=1)
     values, indices = probs.topk(top_k, dim=1)
     rows = [[str(path)] + [item for v, i in zip(vs.tolist(), ix.tolist())
                            for item in (classes[i], round(v, 6))]
             for path, vs, ix in zip(kept, values, indices)]
-    return rows, problems
+    return rows, problems, adapted
 
 
 def main(argv=None):
@@ -180,9 +237,17 @@ def main(argv=None):
     ap.add_argument("images", type=Path, nargs="+", help="image files and/or folders")
     ap.add_argument("--out", type=Path, default=Path("predictions.csv"), help="output CSV")
     ap.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
+    ap.add_argument("--adapt", choices=ADAPT, default="none",
+                    help="adapt the model to the given images first (see above; default none)")
+    ap.add_argument("--adapt-steps", type=int, default=10, help="tent: Adam steps (default 10)")
+    ap.add_argument("--adapt-lr", type=float, default=1e-3, help="tent: Adam lr (default 0.001)")
     args = ap.parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k={args.top_k}: give 1 or more")
+    if not 1 <= args.adapt_steps <= 100_000:
+        raise UserError(f"--adapt-steps={args.adapt_steps}: give 1 to 100000")
+    if not 0 < args.adapt_lr <= 10:  # NaN fails both comparisons
+        raise UserError(f"--adapt-lr={args.adapt_lr}: give a rate above 0 and at most 10")
     check_output(args.out)  # a link, device, FIFO, loop or over-long name: one line, before work
     if args.out.is_dir():
         raise UserError(f"--out {show_path(args.out)} is a folder: give a file path for the CSV, "
@@ -194,7 +259,8 @@ def main(argv=None):
     if os.path.realpath(args.out) in read:
         raise UserError(f"--out {show_path(args.out)} is a file this command reads (the model or "
                         "an image): give another path for the CSV")
-    rows, problems = predict_files(args.model, files, args.top_k)
+    rows, problems, adapted = predict_files(args.model, files, args.top_k, adapt_how=args.adapt,
+                                            adapt_steps=args.adapt_steps, adapt_lr=args.adapt_lr)
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
     if not rows:
@@ -202,7 +268,12 @@ def main(argv=None):
     header = ["path"] + [f"{kind}_{k}" for k in range(1, len(rows[0]) // 2 + 1)
                          for kind in ("class", "probability")]
     write_csv(args.out, header, rows)
+    if adapted:
+        print(f"--adapt {args.adapt}: the model was adapted to these images before predicting "
+              f"({adapted}); each prediction depends on which images were given together; the "
+              f"model file is unchanged")
     print(f"{len(rows)} images predicted -> {show_path(args.out)}"
+          + (f" (after --adapt {args.adapt})" if adapted else "")
           + (f"; {len(problems)} skipped" if problems else ""))
     if problems:
         sys.exit(2)
