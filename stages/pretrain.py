@@ -25,7 +25,8 @@ def main(argv=None):
 
     make_deterministic(params.pretrain.seed)
     source = to_device(load_arrays(args.source, required=TRAIN_VAL, lazy=True), pick_device())
-    architecture = architecture_from(params.model, source["x_train"].shape[1])
+    architecture = architecture_from(params.model, source["x_train"].shape[1],
+                                     source["x_train"].shape[-1])
     model, result = pretrain(source, architecture, params.pretrain, params.model.weights,
                              params.augment.photo())
 

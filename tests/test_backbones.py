@@ -19,9 +19,9 @@ WIDTHS = (4, 8)
 def test_every_backbone_builds_as_the_registry_says(name):
     backbone = backbones.get(name)
     widths = WIDTHS if backbone.uses_widths() else ()
-    encoder = build_encoder(name, 1, widths).eval()
-    assert len(encoder.block_names) == backbone.block_count(widths)
     size = backbone.fixed_size or backbone.smallest_input(widths, False)
+    encoder = build_encoder(name, 1, widths, image_size=size).eval()
+    assert len(encoder.block_names) == backbone.block_count(widths)
     with torch.no_grad():
         features = encoder(torch.rand(2, 1, size, size))
         logits = Classifier(encoder, 3).eval()(torch.rand(2, 1, size, size))

@@ -49,7 +49,8 @@ PRESETS = readme_presets()
 def test_the_readme_lists_the_presets_of_the_issue():
     assert set(PRESETS) == {"mnist-to-usps", "svhn-to-mnist", "cifar10-split",
                             "cifar10-split-resnet18", "usps-official", "my-photos-resnet18",
-                            "mnist-blend", "mnist-blend-reverse", "digits-ink"}
+                            "mnist-blend", "mnist-blend-reverse", "digits-ink",
+                            "my-photos-dinov2", "my-photos-clip"}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -164,3 +165,47 @@ def test_the_photo_preset_runs_with_official_splits_and_imagenet_weights(tmp_pat
     state, _ = load_state_dict(tmp_path / "models/source.safetensors")
     assert torch.allclose(state["encoder.input_mean"].flatten(), torch.tensor([0.485, 0.456, 0.406]))
     assert (tmp_path / "models/export/model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_the_dinov2_preset_runs_from_a_timm_checkpoint_file(tmp_path, monkeypatch):
+    """`my-photos-dinov2` on a colour photo folder, the CIFAR-10 source in its real format and a
+    timm-format DINOv2 checkpoint (random tensors under timm's names, 37 x 37 positions as
+    published at 518 px) at a path with a space: every stage, export included, offline."""
+    import timm
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from transferlab.io import load_state_dict
+
+    cache, photos = tmp_path / "cache", tmp_path / "photos"
+    write_fixtures("cifar10", cache, monkeypatch)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for name, colour in (("red", (200, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 200))):
+            (photos / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(np.array(colour) + rng.integers(-40, 41, (50, 60, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(photos / split / name / f"{i}.jpg")
+    torch.manual_seed(0)
+    published = timm.create_model("vit_small_patch14_dinov2", pretrained=False)
+    weights = tmp_path / "dinov2 weights/model.safetensors"
+    weights.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in published.state_dict().items()}, str(weights))
+
+    params = merge(merge(tiny_params_dict(), PRESETS["my-photos-dinov2"]), TINY_RUN)
+    params["data"]["cache_dir"], params["data"]["target"]["root"] = str(cache), str(photos)
+    params["model"]["weights"] = str(weights)
+    params["model"]["widths"] = [32, 64, 128]  # unused by a ViT
+    params["prepare"]["target_val_per_class"] = 2
+    params["prepare"]["image_size"] = 28  # the preset's 224, smaller for a CPU test's time
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for script, argv in stage_commands():
+        run_main(tmp_path, script, *argv)
+    state, metadata = load_state_dict(tmp_path / "models/source.safetensors")
+    assert metadata["arch"] == "timm/vit_small_patch14_dinov2" and metadata["image_size"] == "28"
+    assert torch.allclose(state["encoder.input_mean"].flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert state["encoder.blocks.embed.net.pos_embed"].shape == (1, 1 + 2 * 2, 384)
+    summary = json.loads((tmp_path / "metrics/export.json").read_text())
+    assert summary["onnx_max_abs_logit_diff"] <= 1e-4

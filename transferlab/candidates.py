@@ -63,7 +63,8 @@ def train_candidate(source: dict[str, torch.Tensor], cand: Candidate, params: Pa
                     ) -> Classifier:
     """The candidate's source model: pretrained for `epochs` (best source-val epoch), or with
     epochs = 0 the same architecture at its seeded random initialisation."""
-    architecture = architecture_from(params.model, source["x_train"].shape[1])
+    architecture = architecture_from(params.model, source["x_train"].shape[1],
+                                     source["x_train"].shape[-1])
     if cand.epochs == 0:
         torch.manual_seed(params.pretrain.seed)
         model = Classifier(architecture.build(), int(source["y_train"].max()) + 1)

@@ -156,6 +156,37 @@ class TorchvisionEncoder(Encoder):
         return self.pool_norm(x.mean(dim=(2, 3), keepdim=True)).flatten(1)
 
 
+class TimmViTEmbedding(nn.Module):
+    """A timm VisionTransformer's input side as one block: `net` is the timm model with its
+    transformer blocks and final norm taken out (they are the encoder's next blocks); its patch
+    embedding, tokens, positions and pre-norm run here, and its pooling at the encoder's end."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        return net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(x))))
+
+
+class TimmViTEncoder(TorchvisionEncoder):
+    """A timm VisionTransformer cut into blocks `embed`, `block0`.., `norm` (transferlab/backbones/
+    timm_vit.py), the input normalised by the model file's buffers; the output is timm's own
+    pooled feature, so features equal timm's `forward_head(forward_features(x), pre_logits=True)`."""
+
+    def __init__(self, arch: str, in_channels: int, net: nn.Module):
+        layers, norm = list(net.blocks), net.norm
+        net.blocks, net.norm, net.head = nn.Sequential(), nn.Identity(), nn.Identity()
+        blocks = OrderedDict(embed=TimmViTEmbedding(net),
+                             **{f"block{i}": layer for i, layer in enumerate(layers)}, norm=norm)
+        super().__init__(arch, in_channels, blocks, net.num_features, token_output=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.blocks((x - self.input_mean) / self.input_std)
+        return self.blocks.embed.net.forward_head(tokens, pre_logits=True)
+
+
 def ResNet18(in_channels: int, small_input_stem: bool) -> "TorchvisionEncoder":  # noqa: N802
     """torchvision's resnet18 as blocks stem, layer1..layer4 (the name earlier code used)."""
     return build_encoder("resnet18", in_channels, (), small_input_stem)
@@ -163,11 +194,15 @@ def ResNet18(in_channels: int, small_input_stem: bool) -> "TorchvisionEncoder": 
 
 def build_encoder(arch: str, in_channels: int, widths: Sequence[int] = (),
                   small_input_stem: bool = False, norm: str = "batch",
-                  head: str = "pool") -> Encoder:
+                  head: str = "pool", image_size: int | None = None) -> Encoder:
     backbone = backbones.get(arch)  # ValueError naming the registered ones
     # a family that builds one normalisation and one head is not asked which
     options = {**({"norm": norm} if len(backbone.norms) > 1 else {}),
                **({"head": head} if len(backbone.heads) > 1 else {})}
+    if backbone.sized:  # built for one input size (a ViT's position embedding)
+        if image_size is None:
+            raise ValueError(f"{arch} is built for one input size: give image_size")
+        options["image_size"] = image_size
     return backbones.family_module(arch).build(arch, in_channels, tuple(widths),
                                                small_input_stem and backbone.takes_small_stem(),
                                                **options)
@@ -233,21 +268,25 @@ class Architecture:
     small_input_stem: bool = False
     norm: str = "batch"  # model.norm, model.head: what the backbone builds (backbones.Backbone)
     head: str = "pool"
+    image_size: int | None = None  # only for a backbone built for one size (Backbone.sized)
 
     def build(self) -> Encoder:
         return build_encoder(self.arch, self.in_channels, self.widths, self.small_input_stem,
-                             self.norm, self.head)
+                             self.norm, self.head, self.image_size)
 
 
-def architecture_from(model_cfg, in_channels: int) -> Architecture:
+def architecture_from(model_cfg, in_channels: int, image_size: int | None = None
+                      ) -> Architecture:
     """From params.yaml's `model` section (arch, widths, small_input_stem, norm, head; auto:
-    the backbone's first, its default)."""
+    the backbone's first, its default) and the prepared images' channels and size (the size
+    is kept only for a backbone built for one size)."""
     backbone = backbones.get(model_cfg.arch)
     widths = tuple(model_cfg.widths) if backbone.uses_widths() else ()
     norm = backbone.norms[0] if model_cfg.norm == "auto" else model_cfg.norm
     head = backbone.heads[0] if model_cfg.head == "auto" else model_cfg.head
     return Architecture(model_cfg.arch, in_channels, widths,
-                        model_cfg.small_input_stem and backbone.takes_small_stem(), norm, head)
+                        model_cfg.small_input_stem and backbone.takes_small_stem(), norm, head,
+                        image_size if backbone.sized else None)
 
 
 def model_metadata(architecture: Architecture, classes: Sequence[str],
@@ -258,6 +297,8 @@ def model_metadata(architecture: Architecture, classes: Sequence[str],
             "widths": json.dumps(list(architecture.widths)),
             "small_input_stem": json.dumps(architecture.small_input_stem),
             "norm": architecture.norm, "head": architecture.head,
+            **({"image_size": str(architecture.image_size)}
+               if architecture.image_size is not None else {}),
             "classes": json.dumps(list(classes)),
             **({"preprocess": preprocess} if preprocess else {})}
 
@@ -290,7 +331,15 @@ def architecture_from_metadata(metadata: dict[str, str]) -> tuple[Architecture, 
     if norm not in backbone.norms or head not in backbone.heads:
         raise ValueError(f"its metadata describes no model this pipeline builds ({metadata['arch']}"
                          f" with norm={norm!r:.20}, head={head!r:.20})")
-    return Architecture(metadata["arch"], in_channels, tuple(widths), stem, norm, head), classes
+    size = None
+    if backbone.sized:  # an untrusted file: a size this pipeline's params allow, or refused
+        size = metadata.get("image_size", "")
+        if not size.isdigit() or not backbone.min_size <= int(size) <= 4096:
+            raise ValueError(f"its metadata gives {metadata['arch']} no valid image_size "
+                             f"({size!r:.20})")
+        size = int(size)
+    return Architecture(metadata["arch"], in_channels, tuple(widths), stem, norm, head,
+                        size), classes
 
 
 def classifier_from_state(state: dict, metadata: dict[str, str]) -> tuple[Classifier, list[str]]:
@@ -348,6 +397,9 @@ def load_pretrained(encoder: TorchvisionEncoder, state: dict[str, torch.Tensor]
     gives the same response). Returns (copied, skipped with reasons). Refuses a file that
     matches nothing: it is not that architecture.
     """
+    family = backbones.family_module(encoder.arch)
+    if hasattr(family, "convert_state"):  # e.g. a position embedding resampled to the grid
+        state = family.convert_state(encoder.arch, state, encoder)
     own = encoder.state_dict()
     copied, skipped = [], []
     for name, tensor in state.items():

@@ -315,6 +315,10 @@ class Params(Strict):
             if value != "auto" and value not in built:
                 raise ValueError(f"model.{key}={value}: model.arch={m.arch} builds "
                                  f"{' | '.join(built)} only: use auto or {built[0]}")
+        if backbone.weights == "timm" and is_weights_name(m.weights):
+            raise ValueError(f"model.weights={m.weights}: model.arch={m.arch} reads its weights "
+                             "from a checkpoint file on disk: give its path (see "
+                             "docs/datasets.md, Backbones), or none")
         if is_weights_name(m.weights) and self.prepare.channels == 1:
             raise ValueError(f"model.weights={m.weights} expects colour input: set "
                              "prepare.channels=3")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -35,8 +36,14 @@ def read_weights(arch: str, weights: str) -> tuple[dict[str, torch.Tensor], tupl
     """A torchvision-format state dict of `arch` and the input normalisation (mean, std) it
     expects: a torchvision weights name (torchvision's enum and cache under $TORCH_HOME;
     imagenet = DEFAULT), or a local file loaded with weights_only=True (no code runs), which is
-    taken to expect the normalisation of the arch's DEFAULT weights."""
+    taken to expect the normalisation of the arch's DEFAULT weights. A timm backbone reads a
+    timm-format checkpoint file only (`_read_timm_weights`)."""
     from torchvision.models import get_model_weights
+
+    from transferlab import backbones
+
+    if backbones.get(arch).weights == "timm":
+        return _read_timm_weights(arch, weights)
 
     enum = get_model_weights(arch)
     names = ["DEFAULT", *enum.__members__]
@@ -55,6 +62,38 @@ def read_weights(arch: str, weights: str) -> tuple[dict[str, torch.Tensor], tupl
                             f"{spec.url} there (set TORCH_HOME to move it)") from None
         return state, _normalisation(spec)
     return _read_weights_file(Path(weights)), _normalisation(enum.DEFAULT)
+
+
+def _read_timm_weights(arch: str, weights: str) -> tuple[dict[str, torch.Tensor], tuple]:
+    """A timm / Hugging Face checkpoint file of `arch` (model.safetensors, or a torch state dict
+    such as pytorch_model.bin) and its published normalisation; nothing is downloaded."""
+    from transferlab import backbones
+
+    family = backbones.family_module(arch)
+    url = backbones.get(arch).weights_url()
+    if is_weights_name(weights):
+        raise UserError(f"model.weights={weights}: {arch} reads its weights from a checkpoint "
+                        f"file: download model.safetensors from {url} and give its path")
+    path = Path(weights)
+    if not path.exists() and not path.is_symlink():
+        raise UserError(f"model.weights: {show_path(path)} not found: place model.safetensors "
+                        f"from {url} there (nothing is downloaded)")
+    if path.suffix == ".safetensors" and path.is_file():
+        from transferlab.io import load_state_dict
+
+        try:
+            state = load_state_dict(path)[0]
+        except UserError as err:  # its advice ("delete it, run dvc repro") is for the pipeline's
+            why = re.sub(r":? delete it and run `dvc repro`.*$", "", str(err))  # own files
+            raise UserError(f"model.weights: {why}: place model.safetensors from {url} "
+                            "there") from None
+        if bad := [k for k, v in state.items()
+                   if v.is_floating_point() and not torch.isfinite(v).all()]:
+            raise UserError(f"model.weights: {show_path(path)}: tensor {bad[0]} holds NaN or "
+                            "infinity")
+    else:
+        state = _read_weights_file(path)
+    return state, family.normalisation(arch)
 
 
 def _normalisation(spec) -> tuple | None:

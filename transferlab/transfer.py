@@ -50,7 +50,8 @@ def make_inputs(method: Method, target: dict[str, torch.Tensor], params: Params,
     if method.needs_labels and len(target["y_train"]) == 0:
         raise UserError(f"strategy {method.name} needs target labels but prepare.shots=0")
     return Inputs(target=target,
-                  architecture=architecture_from(params.model, target["x_val"].shape[1]),
+                  architecture=architecture_from(params.model, target["x_val"].shape[1],
+                                                 target["x_val"].shape[-1]),
                   num_classes=int(target["y_val"].max()) + 1, seed=seed,
                   source_model=need("source_model", source_model),
                   source=need("source_data", source), features=need("features", features),

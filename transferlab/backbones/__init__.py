@@ -5,7 +5,10 @@ Each module declares `BACKBONES = (Backbone(...), ...)`, the facts the params sc
 exist, which normalisations and heads it builds), and a `build(name, in_channels, widths,
 small_input_stem)` that returns a `models.Encoder` with named blocks; a family that declares
 more than one of `norms` or `heads` also takes `norm=` / `head=` keywords (model.norm,
-model.head). Torchvision families also map torchvision's tensor names to ours (`block_name`),
+model.head), and one declared `sized` an `image_size=` keyword (prepare.image_size: a ViT's
+position embedding is built for one grid). A family may also declare
+`convert_state(arch, state, encoder)`, which fits a published state dict to the built encoder
+before it is copied (a position embedding resampled to the grid). Torchvision families also map torchvision's tensor names to ours (`block_name`),
 which is how pretrained weights are copied.
 
 This package imports no torch: params.py reads it to build its schema (`check_params` must not
@@ -35,6 +38,7 @@ class Backbone:
     # published for torchvision's; small_cnn's by measurement)
     norms: tuple[str, ...] = ("batch",)
     heads: tuple[str, ...] = ("pool",)
+    sized: bool = False         # built for one input size: its build() takes image_size=
     family: str = ""            # filled in from the module name
 
     def block_count(self, widths: Sequence[int]) -> int:
