@@ -69,11 +69,15 @@ test-fast: install  ## without the end-to-end dvc runs
 clean:  ## remove the pipeline's cached outputs (the DVC cache keeps them: `dvc checkout`)
 	rm -rf data/raw data/prepared data/features models
 
-study: install  ## the label-budget x seed study and the layer grid (about 25 minutes on 2 cores)
-	PATH="$(abspath $(BIN)):$$PATH" dvc repro study/dvc.yaml
+# the study's and the ranking's independent stages at once (transferlab-fanout, docs/scaling.md);
+# `dvc repro study/dvc.yaml` runs the same stages one at a time and records the same dvc.lock
+JOBS ?= $(shell nproc)
+
+study: install  ## the label-budget x seed study and the layer grid, JOBS stages at once
+	PATH="$(abspath $(BIN)):$$PATH" transferlab-fanout study/dvc.yaml --jobs $(JOBS)
 
 ranking: install  ## transferability scores vs real outcomes of candidate sources (ranking/dvc.yaml)
-	PATH="$(abspath $(BIN)):$$PATH" dvc repro ranking/dvc.yaml
+	PATH="$(abspath $(BIN)):$$PATH" transferlab-fanout ranking/dvc.yaml --jobs $(JOBS)
 
 readme:  ## copy the committed result tables into README.md (a test checks they agree)
 	$(BIN)/python scripts/sync_readme.py

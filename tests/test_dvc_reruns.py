@@ -83,7 +83,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/__init__.py": EVERY,
     # the backbone registry imports every family module: the schema and every model builder
     **{f"transferlab/backbones/{m}.py": EVERY
-       for m in ("__init__", "resnet", "small_cnn", "staged", "vit")},
+       for m in ("__init__", "resnet", "small_cnn", "staged", "timm_vit", "vit")},
     "transferlab/candidates.py": frozenset(),  # ranking only
     "transferlab/compute.py": EVERY - {"check_params", "download", "prepare", "report"},  # as train.py
     # the dataset registry imports every dataset module, and the schema imports the registry
@@ -92,6 +92,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/errors.py": EVERY,  # UserError: imported by io, so by every stage
     "transferlab/evaluation.py": frozenset({"evaluate"}),
     "transferlab/export.py": frozenset({"export"}),
+    "transferlab/fanout.py": frozenset(),  # the transferlab-fanout command: no stage
     # the label-free health check: evaluate's flags, export's gate, the report's banner
     "transferlab/health.py": frozenset({"evaluate", "export", "report"}),
     "transferlab/images.py": frozenset({"download"}),  # folder images (and predict's reader)

@@ -1,0 +1,258 @@
+"""transferlab-fanout (issue 27): a dvc.yaml's out-of-date stages run in parallel and land in DVC
+as `dvc repro` would have recorded them; failures, kills and Ctrl-C leave DVC consistent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.dvc_helpers import git
+
+CELL = """\
+import os, sys, time
+name, seconds = sys.argv[1], float(sys.argv[2])
+marker = f"kill-{name}"
+if os.path.exists(marker):  # the test's fault: this try dies as an OOM kill would
+    os.remove(marker)
+    os.kill(os.getpid(), 9)
+if os.path.exists(f"fail-{name}"):
+    print(f"error: cell {name} cannot run: remove fail-{name}", file=sys.stderr)
+    sys.exit(2)
+time.sleep(seconds)
+open(f"out/{name}.txt.tmp", "w").write(name * 3)
+os.replace(f"out/{name}.txt.tmp", f"out/{name}.txt")  # atomic, as the pipeline's stages
+"""
+
+
+def toy(tmp_path: Path, cells=("a", "b", "c", "d"), seconds: float = 0.3) -> Path:
+    """A DVC project: independent cells (a foreach over params) and a report reading them."""
+    repo = tmp_path / "toy repo"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, env=env())
+    (repo / "cell.py").write_text(CELL)
+    (repo / "out").mkdir()
+    (repo / "params.yaml").write_text(yaml.safe_dump({"cells": list(cells), "sep": "-"}))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "cell": {"foreach": "${cells}", "do": {
+            "cmd": f"python cell.py ${{item}} {seconds}", "deps": ["cell.py"],
+            "outs": ["out/${item}.txt"]}},
+        "report": {"cmd": "python -c \"import sys; open('report.txt','w').write('${sep}'.join("
+                          "open(f'out/{c}.txt').read() for c in sys.argv[1:]))\" "
+                          + " ".join(cells),
+                   "deps": [f"out/{c}.txt" for c in cells], "params": ["sep"],
+                   "outs": ["report.txt"]}}}, sort_keys=False))
+    return repo
+
+
+def env() -> dict:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def fanout(repo: Path, *args: str, wait: bool = True):
+    command = [sys.executable, "-m", "transferlab.fanout", "dvc.yaml", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=repo, env=env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=repo, env=env(), capture_output=True, text=True)
+
+
+def dvc(repo: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env(),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def outputs(repo: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in [*sorted((repo / "out").glob("*.txt")),
+                                             repo / "report.txt", repo / "dvc.lock"]
+            if p.exists()}
+
+
+def test_parallel_run_records_what_a_sequential_repro_records(tmp_path):
+    sequential = toy(tmp_path / "one")
+    dvc(sequential, "repro")
+    parallel = toy(tmp_path / "two")
+    done = fanout(parallel, "--jobs", "3")
+    assert done.returncode == 0, done.stderr
+    assert outputs(parallel) == outputs(sequential)  # dvc.lock byte for byte included
+    assert "up to date" in dvc(parallel, "status")
+    assert "didn't change" in dvc(parallel, "repro", "--dry") or \
+        "Running" not in dvc(parallel, "repro", "--dry")
+    again = fanout(parallel, "--jobs", "3")
+    assert "0 stages ran, 5 unchanged" in again.stdout
+
+
+def test_a_params_edit_reruns_only_the_stages_that_read_it(tmp_path):
+    repo = toy(tmp_path)
+    assert fanout(repo, "--jobs", "2").returncode == 0
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "sep": "+"}))
+    done = fanout(repo, "--jobs", "2")
+    assert done.returncode == 0 and "1 stages ran, 4 unchanged" in done.stdout, done.stdout
+    assert (repo / "report.txt").read_text() == "aaa+bbb+ccc+ddd"
+    assert "up to date" in dvc(repo, "status")
+
+
+def test_a_failing_stage_stops_the_run_with_its_line_and_records_the_others(tmp_path):
+    repo = toy(tmp_path, seconds=0.1)
+    (repo / "fail-c").write_text("")
+    done = fanout(repo, "--jobs", "1")
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: stage cell@c failed: cell c cannot run: remove fail-c"), err
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert {"cell@a", "cell@b"} <= set(lock) and "cell@c" not in lock and "report" not in lock
+    (repo / "fail-c").unlink()
+    done = fanout(repo, "--jobs", "2")
+    assert done.returncode == 0 and "ran" in done.stdout
+    assert "cell@a" not in done.stdout.split("stages ran")[0].replace("0 stages", "")  # not redone
+    assert "up to date" in dvc(repo, "status")
+
+
+def test_a_killed_command_runs_again_and_the_run_completes(tmp_path):
+    repo = toy(tmp_path, seconds=0.1)
+    (repo / "kill-b").write_text("")
+    done = fanout(repo, "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    assert "again    cell@b: killed by signal" in done.stdout
+    assert (repo / "out/b.txt").read_text() == "bbb"
+    assert "up to date" in dvc(repo, "status")
+
+
+def test_retries_zero_reports_the_kill(tmp_path):
+    repo = toy(tmp_path, seconds=0.1)
+    (repo / "kill-a").write_text("")
+    done = fanout(repo, "--jobs", "2", "--retries", "0")
+    assert done.returncode == 2 and "stage cell@a failed" in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_stops_every_command_and_leaves_dvc_consistent(tmp_path, signum):
+    repo = toy(tmp_path, seconds=30)
+    runner = fanout(repo, "--jobs", "4", wait=False)
+    deadline = time.monotonic() + 60
+    while not list((repo / ".dvc/tmp/fanout").glob("*.pgid")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    begin = time.monotonic()
+    runner.send_signal(signum)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 130, err
+    assert time.monotonic() - begin < 20  # the 30 s cells were stopped, not waited for
+    assert "interrupted: 0 stages recorded, 4 stopped" in out
+    leftover = subprocess.run(["pgrep", "-f", "cell.py"], capture_output=True, text=True).stdout
+    assert not any(Path(f"/proc/{pid}/cwd").resolve() == repo.resolve()
+                   for pid in leftover.split() if Path(f"/proc/{pid}").exists())
+    assert not list((repo / "out").glob("*.txt")) and not (repo / "dvc.lock").exists()
+    assert "changed" in dvc(repo, "status") or "modified" in dvc(repo, "status") or \
+        "up to date" not in dvc(repo, "status")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--jobs", "0"], "--jobs=0: give 1 to 1024"),
+    (["--retries", "-1"], "--retries=-1"),
+    (["--cpus-per-job", "nan"], "--cpus-per-job=nan"),
+])
+def test_bad_arguments_are_one_line(tmp_path, args, fragment):
+    repo = toy(tmp_path)
+    done = fanout(repo, *args)
+    assert done.returncode == 2 and done.stderr.strip() == f"error: {done.stderr.strip()[7:]}"
+    assert fragment in done.stderr and "\n" not in done.stderr.strip()
+
+
+def test_a_target_that_is_no_dvc_yaml_is_one_line(tmp_path):
+    repo = toy(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "transferlab.fanout", "nowhere/dvc.yaml"],
+                          cwd=repo, env=env(), capture_output=True, text=True)
+    assert done.returncode == 2 and "no such dvc.yaml" in done.stderr
+    (repo / "empty.yaml").write_text("stages: {}\n")
+    outside = subprocess.run([sys.executable, "-m", "transferlab.fanout", str(tmp_path)],
+                             cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert outside.returncode == 2 and "\n" not in outside.stderr.strip()
+
+
+def test_a_second_runner_is_refused_by_dvcs_lock(tmp_path):
+    repo = toy(tmp_path, seconds=5)
+    first = fanout(repo, "--jobs", "1", wait=False)
+    deadline = time.monotonic() + 60
+    while not list((repo / ".dvc/tmp/fanout").glob("*.pgid")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = fanout(repo, "--jobs", "1")
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    assert second.returncode != 0 and "lock" in (second.stderr + second.stdout).lower()
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line(tmp_path):
+    pytest.importorskip("ray")
+    repo = toy(tmp_path)
+    done = fanout(repo, "--ray", "127.0.0.1:1")
+    assert done.returncode == 2 and "no Ray cluster answers there" in done.stderr
+    assert "\n" not in done.stderr.strip()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """Two Ray nodes on 127.0.0.1 (`ray start --head`, then a second `ray start` joining it),
+    one CPU each; stopped at the end of the module."""
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tmp_path_factory.mktemp("ray")
+    ray = str(Path(sys.executable).parent / "ray")
+    ray_env = {**env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1",
+                    "--include-dashboard=false", "--disable-usage-stats",
+                    f"--temp-dir={temp}"], check=True, capture_output=True, env=ray_env)
+    try:
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"],
+                       check=True, capture_output=True, env=ray_env)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=ray_env)
+
+
+@pytest.mark.slow
+def test_a_ray_cluster_of_two_nodes_records_what_a_sequential_repro_records(tmp_path,
+                                                                            ray_cluster):
+    sequential = toy(tmp_path / "one")
+    dvc(sequential, "repro")
+    on_ray = toy(tmp_path / "two")
+    done = fanout(on_ray, "--ray", ray_cluster)
+    assert done.returncode == 0, done.stderr
+    assert outputs(on_ray) == outputs(sequential)
+    assert "up to date" in dvc(on_ray, "status")
+
+
+@pytest.mark.slow
+def test_killing_a_ray_worker_mid_run_still_completes_with_the_same_outputs(tmp_path,
+                                                                           ray_cluster):
+    sequential = toy(tmp_path / "one", seconds=3)
+    dvc(sequential, "repro")
+    on_ray = toy(tmp_path / "two", seconds=3)
+    runner = fanout(on_ray, "--ray", ray_cluster, wait=False)
+    deadline = time.monotonic() + 120
+    while not list((on_ray / ".dvc/tmp/fanout").glob("*.pgid")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    workers = subprocess.run(["pgrep", "-f", "ray::run_command"], capture_output=True,
+                             text=True).stdout.split()
+    assert workers, "no Ray worker was running a stage"
+    os.kill(int(workers[0]), signal.SIGKILL)
+    out, err = runner.communicate(timeout=180)
+    assert runner.returncode == 0, err
+    assert outputs(on_ray) == outputs(sequential)
+    assert "up to date" in dvc(on_ray, "status")
