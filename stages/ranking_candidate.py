@@ -12,6 +12,7 @@ from transferlab.candidates import candidate_source, evaluate_candidate, train_c
 from transferlab.rawdata import load_raw
 from transferlab.errors import UserError
 from transferlab.io import load_arrays, read_metadata, write_json
+from transferlab import compute
 from transferlab.launcher import run_stage
 from transferlab.params import load_params
 from transferlab.records import PREPROCESS_KEYS, model_record
@@ -30,6 +31,9 @@ def main(argv=None):
     ap.add_argument("--timing", type=Path, required=True, help="output: wall times, JSON")
     args = ap.parse_args(argv)
     params = load_params()
+    # compute.threads (auto: cores / stages at once, e.g. transferlab-fanout --jobs): two cells
+    # at once with every core each spin-wait on each other's cores (4x slower, measured)
+    compute.set_threads(params.compute)
     if args.name not in params.ranking.candidates:
         raise UserError(f"ranking.candidates has no '{args.name}': use one of "
                         f"{', '.join(params.ranking.candidates)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.io import load_arrays, write_json
+from transferlab import compute
 from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
 from transferlab.params import load_params
@@ -26,6 +27,9 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, required=True, help="output: the grid's scores, JSON")
     args = ap.parse_args(argv)
     params = load_params()
+    # compute.threads (auto: cores / stages at once, e.g. transferlab-fanout --jobs): two cells
+    # at once with every core each spin-wait on each other's cores (4x slower, measured)
+    compute.set_threads(params.compute)
     shots = params.study.layer_shots
 
     make_deterministic(args.seed)
