@@ -38,6 +38,7 @@ TASKS = {
     "default": {},  # params.yaml as it is: mnist_5k -> uci_digits (also `make study`)
     "reverse": {"data.source.name": "uci_digits", "data.target.name": "mnist_5k"},
     "blend": {"data.source.name": "mnist_half", "data.target.name": "mnist_blend"},
+    "noise": {"data.target.name": "uci_digits_noise"},  # the default target, corrupted
 }
 
 

@@ -241,3 +241,19 @@ def test_dvc_repro_with_two_processes_writes_each_output_once(tmp_path):
         assert (repo / path).is_file(), path
     assert not list(repo.rglob("*.tmp")), "a rank left a temporary file"
     assert "up to date" in dvc(repo, "status", "transfer@finetune")
+
+
+def test_every_training_stage_sets_its_threads():
+    """A stage that trains sets torch's threads from compute.threads (auto: cores / stages at
+    once): without it two study cells run by transferlab-fanout each took every core and spun
+    on each other's, 4x slower per cell (measured on 2 cores)."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    for name in ("pretrain", "transfer", "study_cell", "study_layers", "ranking_candidate"):
+        calls = {f"{node.func.value.id}.{node.func.attr}"
+                 for node in ast.walk(ast.parse((ROOT / f"stages/{name}.py").read_text()))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                 and isinstance(node.func.value, ast.Name)}
+        assert calls & {"compute.launch", "compute.set_threads"}, name

@@ -367,7 +367,8 @@ def test_every_registered_dataset_is_in_the_schema_and_loads_by_its_module():
 @pytest.mark.parametrize("source, target, refused", [
     ("mnist_5k", "mnist_blend", True), ("mnist_blend", "mnist_5k", True),
     ("mnist_5k", "mnist_half", True), ("mnist_half", "mnist_blend", False),
-    ("mnist_blend", "mnist_half", False)])
+    ("mnist_blend", "mnist_half", False), ("uci_digits", "uci_digits_noise", True),
+    ("mnist_5k", "uci_digits_noise", False)])
 def test_a_pair_made_from_the_same_images_is_refused(source, target, refused):
     """mnist_blend hides mnist_5k's digits under photo patches: prepare's content check cannot
     find them, so the params check refuses the pair (disjoint class lists are allowed)."""
@@ -382,3 +383,20 @@ def test_a_pair_made_from_the_same_images_is_refused(source, target, refused):
             parse_params(params)
         params["data"]["source"]["classes"], params["data"]["target"]["classes"] = [0, 1], [2, 3]
     assert parse_params(params).data.target.name == target
+
+
+def test_the_noisy_digits_are_the_uci_digits_under_seeded_gaussian_noise():
+    """uci_digits_noise: the same labels and order as uci_digits, every image moved by noise of
+    sd 0.25 (on [0, 1]) clipped to the range, the same bytes on every load."""
+    from transferlab import datasets
+    from transferlab.datasets.corrupted import SIGMA
+
+    clean, noisy = datasets.fetch("uci_digits"), datasets.fetch("uci_digits_noise")
+    again = datasets.fetch("uci_digits_noise")
+    assert np.array_equal(noisy.labels, clean.labels) and noisy.classes == clean.classes
+    assert noisy.max_value == 255 and noisy.images.shape == clean.images.shape
+    assert np.array_equal(noisy.images, again.images)
+    difference = noisy.images / 255.0 - clean.images / clean.max_value
+    inside = (noisy.images > 0) & (noisy.images < 255)  # the clipped pixels lose their noise
+    assert abs(difference[inside].std() - SIGMA) < 0.03
+    assert (difference != 0).mean() > 0.6  # a 0 background pixel under negative noise stays 0

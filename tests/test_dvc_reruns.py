@@ -88,7 +88,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/compute.py": EVERY - {"check_params", "download", "prepare", "report"},  # as train.py
     # the dataset registry imports every dataset module, and the schema imports the registry
     **{f"transferlab/datasets/{m}.py": EVERY
-       for m in ("__init__", "blend", "embedded", "folder", "torchvision_sets")},
+       for m in ("__init__", "blend", "corrupted", "embedded", "folder", "torchvision_sets")},
     "transferlab/errors.py": EVERY,  # UserError: imported by io, so by every stage
     "transferlab/evaluation.py": frozenset({"evaluate"}),
     "transferlab/export.py": frozenset({"export"}),

@@ -50,7 +50,7 @@ def test_the_readme_lists_the_presets_of_the_issue():
     assert set(PRESETS) == {"mnist-to-usps", "svhn-to-mnist", "cifar10-split",
                             "cifar10-split-resnet18", "usps-official", "my-photos-resnet18",
                             "mnist-blend", "mnist-blend-reverse", "digits-ink",
-                            "my-photos-dinov2", "my-photos-clip"}
+                            "my-photos-dinov2", "my-photos-clip", "digits-noise"}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
