@@ -256,3 +256,38 @@ def test_killing_a_ray_worker_mid_run_still_completes_with_the_same_outputs(tmp_
     assert runner.returncode == 0, err
     assert outputs(on_ray) == outputs(sequential)
     assert "up to date" in dvc(on_ray, "status")
+
+
+@pytest.mark.slow
+def test_the_study_by_fanout_has_the_bytes_of_a_sequential_repro(tmp_path):
+    """The real study/dvc.yaml on tiny params (2 seeds x 2 budgets, the layer grid, the
+    reports), from one fully run default pipeline: `dvc repro study/dvc.yaml` in one copy,
+    `transferlab-fanout --jobs 2` in another, each stage with the same torch threads
+    (TRANSFERLAB_JOBS=2: a thread count changes float sums, which is not what is tested)."""
+    from tests.dvc_helpers import env as project_env
+    from tests.dvc_helpers import fully_run_project, read_params, write_params
+
+    copies = {}
+    for name in ("sequential", "fanout"):
+        repo = fully_run_project(tmp_path / name)
+        params = read_params(repo)
+        params["study"]["seeds"] = [0, 1]
+        write_params(repo, params)
+        copies[name] = repo
+    jobs = {**project_env(copies["sequential"]), "TRANSFERLAB_JOBS": "2"}
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "study/dvc.yaml"],
+                          cwd=copies["sequential"], env=jobs, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = subprocess.run([sys.executable, "-m", "transferlab.fanout", "study/dvc.yaml",
+                           "--jobs", "2"], cwd=copies["fanout"],
+                          env=project_env(copies["fanout"]), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "9 stages ran" in done.stdout  # check_params, 4 cells, 2 layer grids, 2 reports
+
+    def study(repo):
+        return {p.relative_to(repo): p.read_bytes() for p in sorted((repo / "study").rglob("*"))
+                if p.is_file()}
+
+    assert study(copies["fanout"]) == study(copies["sequential"])
+    for repo in copies.values():
+        assert "up to date" in dvc(repo, "status", "study/dvc.yaml")
