@@ -307,3 +307,14 @@ def test_the_study_by_fanout_has_the_bytes_of_a_sequential_repro(tmp_path):
     assert study(copies["fanout"]) == study(copies["sequential"])
     for repo in copies.values():
         assert "up to date" in dvc(repo, "status", "study/dvc.yaml")
+
+
+def test_a_dvc_yaml_that_does_not_parse_is_one_line(tmp_path):
+    """Any of the repository's dvc.yaml files: DVC reads them all to build its graph."""
+    repo = toy(tmp_path)
+    (repo / "elsewhere").mkdir()
+    (repo / "elsewhere/dvc.yaml").write_text("stages:\n  a: [\n")
+    done = fanout(repo, "--jobs", "2")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().startswith("error: dvc: unable to read: 'elsewhere/dvc.yaml'")
+    assert "\n" not in done.stderr.strip()

@@ -73,6 +73,20 @@ def write_fixtures(name: str, cache, monkeypatch) -> None:
     trust_fixture_md5s(monkeypatch, name, cache)
 
 
+def write_photos(photos) -> None:
+    """A colour photo folder with train/ and test/: red, green and blue noise of any size."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for name, colour in (("red", (200, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 200))):
+            (photos / split / name).mkdir(parents=True)
+            for i in range(count):
+                size = (int(rng.integers(40, 90)), int(rng.integers(40, 90)))  # any size
+                pixels = np.clip(np.array(colour) + rng.integers(-40, 41, (size[1], size[0], 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(photos / split / name / f"{i}.jpg")
+
+
 TINY_RUN = {"pretrain": {"epochs": 1}, "prepare": {"shots": 2, "target_val_per_class": 3},
             "model": {"widths": [4, 8]},
             "transfer": {n: {"steps": 3} for n, m in METHODS.items()
@@ -132,21 +146,13 @@ def test_the_photo_preset_runs_with_official_splits_and_imagenet_weights(tmp_pat
     from pathlib import Path
 
     import torch
-    from PIL import Image
     from torchvision.models import ResNet18_Weights, resnet18
 
     from transferlab.io import load_state_dict
 
     cache, photos = tmp_path / "cache", tmp_path / "photos"
     write_fixtures("cifar10", cache, monkeypatch)
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("test", 4)):
-        for name, colour in (("red", (200, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 200))):
-            (photos / split / name).mkdir(parents=True)
-            for i in range(count):
-                size = (int(rng.integers(40, 90)), int(rng.integers(40, 90)))  # any size
-                pixels = np.clip(np.array(colour) + rng.integers(-40, 41, (size[1], size[0], 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(photos / split / name / f"{i}.jpg")
+    write_photos(photos)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     weights_file = tmp_path / "torch/hub/checkpoints" / Path(ResNet18_Weights.DEFAULT.url).name
     weights_file.parent.mkdir(parents=True)
@@ -174,20 +180,13 @@ def test_the_dinov2_preset_runs_from_a_timm_checkpoint_file(tmp_path, monkeypatc
     published at 518 px) at a path with a space: every stage, export included, offline."""
     import timm
     import torch
-    from PIL import Image
     from safetensors.torch import save_file
 
     from transferlab.io import load_state_dict
 
     cache, photos = tmp_path / "cache", tmp_path / "photos"
     write_fixtures("cifar10", cache, monkeypatch)
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("test", 4)):
-        for name, colour in (("red", (200, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 200))):
-            (photos / split / name).mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.integers(-40, 41, (50, 60, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(photos / split / name / f"{i}.jpg")
+    write_photos(photos)
     torch.manual_seed(0)
     published = timm.create_model("vit_small_patch14_dinov2", pretrained=False)
     weights = tmp_path / "dinov2 weights/model.safetensors"

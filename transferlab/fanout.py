@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import transferlab
-from transferlab.errors import UserError, one_line
+from transferlab.errors import UserError, one_line, show_path
 
 LOGS = Path(".dvc/tmp/fanout")
 
@@ -304,6 +304,8 @@ def record_in_order(the_plan: Plan, outcome: dict[str, str], unrecorded: list[st
 
 def run(target: str, engine, jobs: int, retries: int, say=print) -> dict[str, str]:
     """Run `target`'s out-of-date stages on `engine`; returns {stage: ran | unchanged}."""
+    from dvc.exceptions import DvcException
+    from dvc.lock import LockError
     from dvc.repo import Repo
 
     repo = Repo(".")
@@ -355,13 +357,20 @@ def run(target: str, engine, jobs: int, retries: int, say=print) -> dict[str, st
                         engine.stop()
                         why = done.error or f"exit status {done.code}"
                         raise UserError(f"stage {job.name} failed: {why.removeprefix('error: ')}"
-                                        f" (its output: {show(job.log)}); stages that finished "
+                                        f" (its output: {show_path(os.path.relpath(job.log))}); stages that finished "
                                         "are recorded, rerun the same command after the fix")
             unrecorded = record_in_order(the_plan, outcome, unrecorded)
-    except (KeyboardInterrupt, UserError) as stopped:
+    except (KeyboardInterrupt, UserError, DvcException) as stopped:
         engine.stop()
-        with repo.lock:  # what finished is recorded, whatever stopped the run
-            record_in_order(the_plan, outcome, unrecorded, every=True)
+        try:
+            with repo.lock:  # what finished is recorded, whatever stopped the run
+                record_in_order(the_plan, outcome, unrecorded, every=True)
+        except DvcException:
+            pass  # the repository itself is what failed: DVC's own message follows
+        if isinstance(stopped, DvcException) and not isinstance(stopped, LockError):
+            # a dvc.yaml that does not parse, an output DVC cannot hash: its one line
+            raise UserError(f"dvc: {one_line(str(stopped))[:300]}: fix what it names, then run "
+                            "this again (stages that finished are recorded)") from None
         if isinstance(stopped, KeyboardInterrupt):
             say(f"interrupted: {sum(v == 'ran' for v in outcome.values())} stages recorded, "
                 f"{len(running)} stopped and not recorded")
@@ -371,13 +380,6 @@ def run(target: str, engine, jobs: int, retries: int, say=print) -> dict[str, st
             signal.signal(signum, handler)
     engine.stop()
     return outcome
-
-
-def show(path: str) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return path
 
 
 def main(argv: list[str] | None = None) -> None:
