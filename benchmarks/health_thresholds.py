@@ -26,8 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from transferlab import health  # noqa: E402
 
-COLLAPSE_MARGIN = 0.20  # accuracy below chance + this: collapsed
-NEAR_BEST = 0.05        # accuracy within this of the run's best: healthy by any account
+COLLAPSE_MARGIN, NEAR_BEST = health.COLLAPSE_MARGIN, health.NEAR_BEST  # one definition
 
 
 def models(paths: list[Path]) -> list[dict]:
@@ -43,23 +42,14 @@ def models(paths: list[Path]) -> list[dict]:
         for name, s in ran.items():
             rows.append({"run": file.parent.parent.name or str(file), "name": name,
                          "accuracy": s["accuracy"], "top_share": s["top_share"],
-                         "entropy": s["marginal_entropy"], "best": best})
+                         "marginal_entropy": s["marginal_entropy"], "best": best})
     return rows
 
 
 def verdicts(rows: list[dict], top_limit: float, entropy_limit: float, k: int) -> dict:
     """Hits, misses and false alarms of a check with these limits (K classes)."""
-    out = {"hits": 0, "misses": 0, "false_alarms": 0, "collapsed": 0, "near_best": 0}
-    for r in rows:
-        fires = r["top_share"] >= top_limit or r["entropy"] < entropy_limit
-        collapsed = r["accuracy"] < 1 / k + COLLAPSE_MARGIN
-        near = r["accuracy"] >= r["best"] - NEAR_BEST
-        out["collapsed"] += collapsed
-        out["near_best"] += near
-        out["hits"] += collapsed and fires
-        out["misses"] += collapsed and not fires
-        out["false_alarms"] += near and fires
-    return out
+    return health.score_detector(rows, k, lambda r: r["top_share"] >= top_limit
+                                 or r["marginal_entropy"] < entropy_limit)
 
 
 def main() -> None:
@@ -73,11 +63,11 @@ def main() -> None:
     k = args.classes
     print(f"{'run':34s} {'model':12s} {'acc %':>6s} {'top %':>6s} {'entropy':>7s}  verdict")
     for r in sorted(rows, key=lambda r: (r["run"], -r["accuracy"])):
-        said = health.problems(r["top_share"], r["entropy"], k)
+        said = health.problems(r["top_share"], r["marginal_entropy"], k)
         tag = ("collapsed" if r["accuracy"] < 1 / k + COLLAPSE_MARGIN else
                "near best" if r["accuracy"] >= r["best"] - NEAR_BEST else "")
         print(f"{r['run'][:34]:34s} {r['name'][:12]:12s} {100 * r['accuracy']:6.1f} "
-              f"{100 * r['top_share']:6.1f} {r['entropy']:7.3f}  "
+              f"{100 * r['top_share']:6.1f} {r['marginal_entropy']:7.3f}  "
               f"{'FLAGGED' if said else 'ok':8s} {tag}")
     current = (health.top_share_limit(k), health.MIN_MARGINAL_ENTROPY)
     print(f"\n{len(rows)} models; K = {k}; collapsed = accuracy < {1 / k + COLLAPSE_MARGIN:.2f}; "

@@ -39,9 +39,11 @@ def main(argv=None):
                                   scratch=tmp.parent,
                                   needs_colour=is_weights_name(params.model.weights))
         source_meta = {"classes": json.dumps(scenario.source_classes),
-                       "preprocess": preprocess_record(scenario.prepare, decoded["source"])}
+                       "preprocess": preprocess_record(scenario.prepare, decoded["source"]),
+                       "backdrop": scenario.backdrop}
         target_meta = {"classes": json.dumps(scenario.target_classes),
-                       "preprocess": preprocess_record(scenario.prepare, decoded["target"])}
+                       "preprocess": preprocess_record(scenario.prepare, decoded["target"]),
+                       "backdrop": scenario.backdrop}
         tmp.mkdir()
         save_arrays(tmp / "source.safetensors", scenario.source, source_meta)
         save_arrays(tmp / "target.safetensors", scenario.target, target_meta)

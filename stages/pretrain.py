@@ -9,6 +9,7 @@ from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata,
 from transferlab.launcher import run_stage
 from transferlab.models import architecture_from, model_metadata
 from transferlab.params import load_params
+from transferlab.scenario import read_backdrop
 from transferlab.source import pretrain
 from transferlab.train import make_deterministic, pick_device, to_device
 
@@ -26,7 +27,8 @@ def main(argv=None):
     make_deterministic(params.pretrain.seed)
     source = to_device(load_arrays(args.source, required=TRAIN_VAL, lazy=True), pick_device())
     architecture = architecture_from(params.model, source["x_train"].shape[1],
-                                     source["x_train"].shape[-1])
+                                     source["x_train"].shape[-1],
+                                     read_backdrop(read_metadata(args.source), args.source))
     model, result = pretrain(source, architecture, params.pretrain, params.model.weights,
                              params.augment.photo())
 

@@ -15,6 +15,7 @@ from transferlab.io import load_arrays, read_metadata, write_json
 from transferlab import compute
 from transferlab.launcher import run_stage
 from transferlab.params import load_params
+from transferlab.scenario import read_backdrop
 from transferlab.records import PREPROCESS_KEYS, model_record
 from transferlab.train import make_deterministic, pick_device, to_device
 
@@ -40,7 +41,9 @@ def main(argv=None):
     cand = params.ranking.candidates[args.name]
 
     # the framing prepare chose for the target (prepare.* auto resolved), from the pool's record
-    framing = model_record(args.pool, read_metadata(args.pool)).preprocess
+    pool_meta = read_metadata(args.pool)
+    framing = model_record(args.pool, pool_meta).preprocess
+    backdrop = read_backdrop(pool_meta, args.pool)  # model.norm auto: as the pipeline's model
     if framing is None:
         raise UserError(f"{args.pool} records no preprocessing: run `dvc repro prepare`")
     params = params.model_copy(update={"prepare": params.prepare.model_copy(
@@ -53,9 +56,9 @@ def main(argv=None):
                               load_raw(args.raw / "target.safetensors"), args.name, cand, params,
                               official)  # the target's images never become source images
     source = to_device(source, device)
-    model = train_candidate(source, cand, params)
+    model = train_candidate(source, cand, params, backdrop)
     pool = to_device(load_arrays(args.pool, required=POOL, lazy=True), device)
-    results, timings = evaluate_candidate(model, pool, params)
+    results, timings = evaluate_candidate(model, pool, params, backdrop)
     write_json(args.out, {"candidate": args.name, "source_train_images": len(source["y_train"]),
                           "source_classes": int(source["y_train"].max()) + 1, "seeds": results})
     write_json(args.timing, {"candidate": args.name, "seeds": timings})

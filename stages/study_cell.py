@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.io import load_arrays, read_classes, write_json
+from transferlab.io import load_arrays, read_classes, read_metadata, write_json
 from transferlab import compute
 from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
 from transferlab.params import load_params
-from transferlab.study import (cell_target, checkpoint_rows, score, selected_models,
-                               train_cell)
+from transferlab.scenario import read_backdrop
+from transferlab.health import class_prior
+from transferlab.study import (cell_target, checkpoint_rows, health_rows, score,
+                               selected_models, train_cell)
 from transferlab.train import make_deterministic, pick_device, to_device
 from transferlab.transfer import selection_metrics
 
@@ -39,10 +41,12 @@ def main(argv=None):
     pool = to_device(load_arrays(args.prepared / "target_pool.safetensors", lazy=True), device)
     source_model, source_classes = load_classifier(args.source_model, device)
     target_classes = read_classes(args.prepared / "target_pool.safetensors")
+    backdrop = read_backdrop(read_metadata(args.prepared / "target_pool.safetensors"),
+                             args.prepared / "target_pool.safetensors")
     target, unlabelled = cell_target(pool, args.shots, args.seed)
-    outcomes = train_cell(target, unlabelled, params, args.seed, source_model,
-                          to_device(load_arrays(args.prepared / "source.safetensors", lazy=True), device),
-                          source_classes, target_classes)
+    source = to_device(load_arrays(args.prepared / "source.safetensors", lazy=True), device)
+    outcomes = train_cell(target, unlabelled, params, args.seed, source_model, source,
+                          source_classes, target_classes, backdrop)
 
     test = load_arrays(args.prepared / "target_test.safetensors", lazy=True)  # models are chosen: score
     models = selected_models(outcomes)
@@ -52,8 +56,12 @@ def main(argv=None):
     scores = score(models, x_test, y_test)
     selection = {name: selection_metrics(o) for name, o in outcomes.items()}
     checkpoints = checkpoint_rows(outcomes, x_test, y_test)  # k = 0: the selection replay's rows
+    prior = (class_prior(source["y_train"].cpu().numpy(), len(target_classes))
+             if source_classes == target_classes else None)
+    health = health_rows(models, unlabelled, len(target_classes), prior)  # label-free
     write_json(args.out, {"shots": args.shots, "seed": args.seed, "selection": selection,
-                          "test": scores, **({"checkpoints": checkpoints} if checkpoints else {})})
+                          "classes": len(target_classes), "test": scores, "health": health,
+                          **({"checkpoints": checkpoints} if checkpoints else {})})
     print(f"k={args.shots} seed={args.seed}: " + ", ".join(
         f"{n} {100 * s['accuracy']:.1f}" for n, s in scores.items()))
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.io import load_arrays, write_json
+from transferlab.io import load_arrays, read_metadata, write_json
 from transferlab import compute
 from transferlab.launcher import run_stage
 from transferlab.models import load_classifier
 from transferlab.params import load_params
+from transferlab.scenario import read_backdrop
 from transferlab.strategies import METHODS
 from transferlab.study import cell_target, score, train_layer_grid
 from transferlab.train import make_deterministic, pick_device, to_device
@@ -36,8 +37,10 @@ def main(argv=None):
     device = pick_device()
     pool = to_device(load_arrays(args.prepared / "target_pool.safetensors", lazy=True), device)
     source = load_classifier(args.source_model, device)[0]
+    backdrop = read_backdrop(read_metadata(args.prepared / "target_pool.safetensors"),
+                             args.prepared / "target_pool.safetensors")
     inputs = make_inputs(METHODS["structure"], cell_target(pool, shots, args.seed)[0], params,
-                         args.seed, source_model=source)
+                         args.seed, source_model=source, backdrop=backdrop)
     outcomes = train_layer_grid(inputs, params)
 
     test = load_arrays(args.prepared / "target_test.safetensors", lazy=True)  # models are chosen: score

@@ -11,7 +11,7 @@ the plot data (accuracy and gain against k, accuracy against copied blocks n).
 import argparse
 from pathlib import Path
 
-from transferlab import selection_stats
+from transferlab import health, selection_stats
 from transferlab.errors import UserError
 from transferlab.io import atomic_path, read_json, write_csv, write_json
 from transferlab.launcher import run_stage
@@ -24,6 +24,32 @@ def _cell(path: Path) -> Path:
         raise UserError(f"{path} is missing: run `dvc repro study/dvc.yaml` (it writes every "
                         "cell of params.yaml's study.shots x study.seeds)")
     return path
+
+
+def detector_rows(cells: list[dict]) -> list[dict]:
+    """One row per model scored in a cell that also ran the health check on it: its test
+    accuracy, the best test accuracy of its cell, and what the check read (label-free)."""
+    rows = []
+    for c in cells:
+        checked = {n: h for n, h in c.get("health", {}).items() if n in c["test"]}
+        if not checked:
+            continue
+        best = max(c["test"][n]["accuracy"] for n in checked)
+        rows += [{"name": n, "shots": c["shots"], "seed": c["seed"], "classes": c["classes"],
+                  "accuracy": c["test"][n]["accuracy"], "best": best, **h}
+                 for n, h in checked.items()]
+    return rows
+
+
+def detector_summary(rows: list[dict]) -> dict:
+    """health.score_detector over every checked model of the study (K from each cell)."""
+    total = {"models": 0, "collapsed": 0, "hits": 0, "misses": 0, "near_best": 0,
+             "false_alarms": 0}
+    for k in sorted({r["classes"] for r in rows}):
+        counts = health.score_detector([r for r in rows if r["classes"] == k], k)
+        total = {key: total[key] + counts[key] for key in total}
+    flagged = sorted({f"{r['name']}@k{r['shots']}" for r in rows if r["degenerate"]})
+    return {**total, "flagged": len([r for r in rows if r["degenerate"]]), "flagged_cells": flagged}
 
 
 def main(argv=None):
@@ -45,6 +71,7 @@ def main(argv=None):
     cells = [read_json(_cell(path)) for path in paths]
     grids = [read_json(_cell(args.layers / f"s{s}.json")) for s in study.seeds]
     rows, layers = study_table(cell_records(cells)), layer_table(grids)
+    detector = detector_summary(detector_rows(cells))
     seeds = sorted({c["seed"] for c in cells})
     write_json(args.metrics, {
         "cells": {f"{r['strategy']}@k{r['shots']}": {
@@ -57,7 +84,8 @@ def main(argv=None):
                if "gain_source_only" in r else {}),
             "negative_transfer": r["negative_transfer"]} for r in rows},
         "layers": {f"{r['variant']}@n{r['blocks']}": {"accuracy": r["mean"], "ci_low": r["ci_low"],
-                                                     "ci_high": r["ci_high"]} for r in layers}})
+                                                     "ci_high": r["ci_high"]} for r in layers},
+        "health": {k: v for k, v in detector.items() if k != "flagged_cells"}})
     try:
         runs = selection_stats.runs_of({str(p): c for p, c in zip(paths, cells)})
     except ValueError as err:  # written by another version, or edited
@@ -83,6 +111,16 @@ def main(argv=None):
         + (", ".join(negative) if negative else "none found") + ".",
         "",
         study_markdown(rows),
+        f"**Health check** (label-free, on each cell's unlabelled target images; "
+        "transferlab/health.py): of "
+        f"{detector['models']} models, {detector['flagged']} flagged"
+        + (f" ({', '.join(detector['flagged_cells'])})" if detector["flagged_cells"] else "")
+        + f"; {detector['collapsed']} collapsed (test accuracy below chance + "
+        f"{100 * health.COLLAPSE_MARGIN:.0f} points): {detector['hits']} caught, "
+        f"{detector['misses']} missed; {detector['near_best']} within "
+        f"{100 * health.NEAR_BEST:.0f} points of their cell's best: {detector['false_alarms']} "
+        "false alarms.",
+        "",
         f"**Layer transfer** (structure strategy, k={grids[0]['shots'] if grids else '?'}): "
         "frozen = copied source blocks kept fixed (AnB); fine-tuned = copied then trained "
         "(AnB+); random-frozen = the same blocks frozen at a random initialisation (control).",

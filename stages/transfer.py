@@ -19,6 +19,7 @@ from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata,
 from transferlab.launcher import run_stage
 from transferlab.models import load_classifier, model_metadata
 from transferlab.params import load_params
+from transferlab.scenario import read_backdrop
 from transferlab.train import make_deterministic, pick_device, to_device
 from transferlab.transfer import make_inputs, selection_metrics, why_skipped
 
@@ -54,18 +55,20 @@ def main(argv=None):
     arrays = lambda name, need=TRAIN_VAL: to_device(  # noqa: E731
         load_arrays(args.prepared / f"{name}.safetensors", required=need, lazy=True), device)
     reads = method.reads
+    target_meta = read_metadata(args.prepared / "target.safetensors")
     inputs = make_inputs(
         method, arrays("target"), params, params.seed,
         source_model=load_classifier(args.source_model, device)[0] if "source_model" in reads else None,
         source=arrays("source") if "source_data" in reads else None,
         features=load_arrays(args.features) if "features" in reads else None,
-        unlabelled=arrays("target_unlabelled", ("x_unlabelled",))["x_unlabelled"] if "unlabelled" in reads else None)
+        unlabelled=arrays("target_unlabelled", ("x_unlabelled",))["x_unlabelled"] if "unlabelled" in reads else None,
+        backdrop=read_backdrop(target_meta, args.prepared / "target.safetensors"))
     outcome = strategies.run(args.strategy, inputs, cfg)
     if not compute.publishes():  # after every rank finished: rank 0 alone writes
         return
 
     metrics = {**outcome.info, **selection_metrics(outcome)}
-    preprocess = read_metadata(args.prepared / "target.safetensors").get("preprocess")
+    preprocess = target_meta.get("preprocess")
     save_state_dict(args.model, outcome.model.state_dict(),
                     {**model_metadata(inputs.architecture, classes, preprocess),
                      "selection": metrics["selection"],

@@ -49,3 +49,34 @@ def test_the_registry_imports_no_torch():
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", backbones.NAMES)
+def test_model_norm_auto_builds_a_norm_the_backbone_has_on_either_backdrop(name):
+    """auto: norms[0] on a blank backdrop, `textured_norm` (one of its norms) on a textured one;
+    an explicit model.norm wins on both."""
+    from transferlab.models import architecture_from
+    from transferlab.params import Model
+
+    backbone = backbones.get(name)
+    assert backbone.textured_norm is None or backbone.textured_norm in backbone.norms
+    auto = Model(arch=name, widths=[4, 8], small_input_stem=False, norm="auto", head="auto",
+                 weights="none")
+    size = backbone.fixed_size or 224
+    assert architecture_from(auto, 3, size).norm == backbone.norms[0]
+    assert architecture_from(auto, 3, size, "textured").norm == (backbone.textured_norm
+                                                                 or backbone.norms[0])
+    explicit = auto.model_copy(update={"norm": backbone.norms[-1]})
+    assert architecture_from(explicit, 3, size, "textured").norm == backbone.norms[-1]
+
+
+def test_small_cnn_on_a_textured_backdrop_is_built_with_group_norm():
+    from transferlab.models import architecture_from
+    from transferlab.params import Model
+
+    auto = Model(arch="small_cnn", widths=[4, 8], small_input_stem=False, norm="auto",
+                 head="auto", weights="none")
+    encoder = architecture_from(auto, 3, 16, "textured").build()
+    kinds = {type(m).__name__ for m in encoder.modules()}
+    assert "GroupNorm" in kinds and "BatchNorm2d" not in kinds
+    assert "BatchNorm2d" in {type(m).__name__ for m in architecture_from(auto, 3, 16).build().modules()}

@@ -215,3 +215,46 @@ def test_report_stage_names_a_malformed_checkpoint_row(tmp_path):
         run_main(tmp_path, "study_report", "cells", "layers", "--metrics", "metrics.json",
                  "--report", "report.md", "--plots", "plots", "--selection", "selection.json")
     assert not (tmp_path / "selection.json").exists()
+
+
+def test_report_stage_scores_the_health_check_against_test_accuracy(tmp_path):
+    """Each cell carries the label-free verdict of every model; the report counts, against test
+    accuracy it never showed the check, the collapsed models caught and missed and the false
+    alarms among models within 5 points of their cell's best (health.score_detector)."""
+    def checked(degenerate):
+        return {"degenerate": degenerate, "top_share": 0.9 if degenerate else 0.3,
+                "marginal_entropy": 0.2 if degenerate else 0.95}
+
+    # 4 classes: collapsed below 0.25 + 0.20 = 0.45
+    verdicts = {"scratch": (0.80, False), "finetune": (0.78, True),   # near best, flagged
+                "mcc": (0.30, True), "dann": (0.40, False)}            # collapsed: hit, miss
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "layers").mkdir()
+    for seed in (0, 1):
+        cell = {"shots": 5, "seed": seed, "classes": 4,
+                "test": {n: {"accuracy": a, "macro_f1": a} for n, (a, _) in verdicts.items()},
+                "health": {n: checked(d) for n, (_, d) in verdicts.items()}}
+        (tmp_path / "cells" / f"k5-s{seed}.json").write_text(json.dumps(cell))
+        grid = {"shots": 5, "seed": seed, "grid": [
+            {"variant": "none", "blocks": 0, "val_accuracy": 0.8, "accuracy": 0.8}]}
+        (tmp_path / "layers" / f"s{seed}.json").write_text(json.dumps(grid))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        study={"shots": [5], "seeds": [0, 1]})))
+    run_main(tmp_path, "study_report", "cells", "layers", "--metrics", "metrics.json",
+             "--report", "report.md", "--plots", "plots", "--selection", "selection.json")
+    counts = json.loads((tmp_path / "metrics.json").read_text())["health"]
+    assert counts == {"models": 8, "collapsed": 4, "hits": 2, "misses": 2, "near_best": 4,
+                      "false_alarms": 2, "flagged": 4}
+    report = (tmp_path / "report.md").read_text()
+    assert "of 8 models, 4 flagged (finetune@k5, mcc@k5)" in report
+    assert "2 caught, 2 missed" in report and "2 false alarms" in report
+
+
+def test_health_rows_flag_a_model_that_answers_one_class(pool, source_model):
+    stuck = study._copy_with_state(source_model, source_model.state_dict())
+    with torch.no_grad():  # a head that ignores the features and always favours class 1
+        stuck.head.weight.zero_()
+        stuck.head.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
+    rows = study.health_rows({"stuck": stuck, "source": source_model}, pool["x_pool"], 4, None)
+    assert rows["stuck"] == {"degenerate": True, "top_share": 1.0, "marginal_entropy": 0.0}
+    assert set(rows["source"]) == {"degenerate", "top_share", "marginal_entropy"}

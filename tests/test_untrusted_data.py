@@ -33,7 +33,7 @@ from tests.test_bad_input import (OUTPUT_DIRS, PREPARE, assert_one_line_error, a
                                   prepared_base, run_entry, snapshot, work)  # noqa: F401
 from transferlab.images import read_image
 from transferlab.errors import UserError
-from transferlab.io import load_arrays
+from transferlab.io import load_arrays, read_metadata
 
 # Ink on a blank page, as the default alignment expects: a bright blob off-centre on black.
 SIZE = 12
@@ -446,6 +446,42 @@ def test_auto_frames_both_domains_alike_where_the_ink_premise_fails(case, tmp_pa
                                                                scale="auto"), capsys)
     assert code == 0, err
     assert summary["framing_crop_bbox"] == 0 and summary["framing_scale_max"] == 0
+    # the backdrop is textured for both domains' files: model.norm auto builds group norm
+    assert summary["framing_backdrop_textured"] == 1
+    for name in ("source", "target", "target_pool", "target_test"):
+        metadata = read_metadata(tmp_path / "work/data/prepared" / f"{name}.safetensors")
+        assert metadata["backdrop"] == "textured"
+
+
+def test_ink_on_a_blank_page_in_both_domains_is_a_blank_backdrop(tmp_path, capsys):
+    source = digit_folder(tmp_path / "digits", {"a": 8, "b": 8})
+    target = digit_folder(tmp_path / "more digits", {"a": 8, "b": 8}, seed=7)
+    code, err, summary = run_stages(tmp_path / "work", folders(source, target), capsys)
+    assert code == 0, err
+    assert summary["framing_backdrop_textured"] == 0
+    metadata = read_metadata(tmp_path / "work/data/prepared/target.safetensors")
+    assert metadata["backdrop"] == "blank"
+
+
+@pytest.mark.parametrize("value", ["checkered", ""])
+def test_a_prepared_file_with_a_foreign_backdrop_stops_the_stage_that_reads_it(value, tmp_path,
+                                                                               capsys):
+    """pretrain builds the model for the backdrop its prepared source records: a value prepare
+    does not write is one line naming the file and the fix, and no model is written."""
+    from transferlab.io import save_arrays
+
+    source = digit_folder(tmp_path / "digits", {"a": 8, "b": 8})
+    target = digit_folder(tmp_path / "more digits", {"a": 8, "b": 8}, seed=7)
+    work = tmp_path / "work"
+    code, err, _ = run_stages(work, folders(source, target), capsys)
+    assert code == 0, err
+    path = work / "data/prepared/source.safetensors"
+    save_arrays(path, load_arrays(path), {**read_metadata(path), "backdrop": value})
+    code, _, err = run_entry(work, "pretrain", "data/prepared/source.safetensors",
+                             "models/source.safetensors", "--metrics", "metrics/pretrain.json",
+                             "--curve", "plots/pretrain.csv", capsys=capsys)
+    assert_one_line_error(code, err, "source.safetensors", "backdrop", "dvc repro -f prepare")
+    assert not (work / "models/source.safetensors").exists()
 
 
 def test_auto_keeps_the_ink_steps_for_ink_on_a_blank_page(tmp_path, capsys):

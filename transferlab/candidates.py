@@ -59,12 +59,12 @@ def candidate_source(raw: RawDataset, target: RawDataset, name: str, cand: Candi
             "x_val": x[split["val"]], "y_val": raw.labels[split["val"]]}
 
 
-def train_candidate(source: dict[str, torch.Tensor], cand: Candidate, params: Params
-                    ) -> Classifier:
+def train_candidate(source: dict[str, torch.Tensor], cand: Candidate, params: Params,
+                    backdrop: str = "blank") -> Classifier:
     """The candidate's source model: pretrained for `epochs` (best source-val epoch), or with
     epochs = 0 the same architecture at its seeded random initialisation."""
     architecture = architecture_from(params.model, source["x_train"].shape[1],
-                                     source["x_train"].shape[-1])
+                                     source["x_train"].shape[-1], backdrop)
     if cand.epochs == 0:
         torch.manual_seed(params.pretrain.seed)
         model = Classifier(architecture.build(), int(source["y_train"].max()) + 1)
@@ -73,8 +73,8 @@ def train_candidate(source: dict[str, torch.Tensor], cand: Candidate, params: Pa
     return pretrain(source, architecture, cfg, params.model.weights, params.augment.photo())[0].eval()
 
 
-def evaluate_candidate(model: Classifier, pool: dict[str, torch.Tensor], params: Params
-                       ) -> tuple[list[dict], list[dict]]:
+def evaluate_candidate(model: Classifier, pool: dict[str, torch.Tensor], params: Params,
+                       backdrop: str = "blank") -> tuple[list[dict], list[dict]]:
     """(results, timings), one entry per seed of `ranking.seeds`.
 
     result: the seed's scores on its shots + validation set, and the target-validation
@@ -100,7 +100,7 @@ def evaluate_candidate(model: Classifier, pool: dict[str, torch.Tensor], params:
         for name in OUTCOMES:
             make_deterministic(seed)
             inputs = make_inputs(strategies.METHODS[name], target, params, seed,
-                                 source_model=model, features=features)
+                                 source_model=model, features=features, backdrop=backdrop)
             start, cpu = time.perf_counter(), time.process_time()
             outcome = strategies.run(name, inputs, getattr(params.transfer, name))
             timing[f"{name}_s"] = time.perf_counter() - start

@@ -228,3 +228,31 @@ def nce_uninformative(nce: float, labels, source_classes: int) -> bool:
     time). NaN counts as uninformative."""
     return not (nce >= nce_no_information(labels, source_classes)
                 + NCE_MARGIN * label_entropy(labels))
+
+
+# How the check is scored where labels exist (the study, benchmarks/health_thresholds.py): two
+# labelled facts it never reads. A model below chance + COLLAPSE_MARGIN has collapsed (the check
+# should fire: a hit, else a miss); one within NEAR_BEST of the best model of its run (its study
+# cell) is healthy by any account (the check should not fire: else a false alarm).
+COLLAPSE_MARGIN = 0.20
+NEAR_BEST = 0.05
+
+
+def score_detector(rows, num_classes: int, fires=None) -> dict[str, int]:
+    """Hits, misses and false alarms of the check over `rows` (dicts with accuracy, the best
+    accuracy of their run, and top_share / marginal_entropy); `fires(row)` overrides the
+    check's own limits (a grid of other limits in the benchmark)."""
+    fires = fires or (lambda r: bool(problems(r["top_share"], r["marginal_entropy"], num_classes)))
+    out = {"models": 0, "collapsed": 0, "hits": 0, "misses": 0, "near_best": 0,
+           "false_alarms": 0}
+    for r in rows:
+        fired = fires(r)
+        collapsed = r["accuracy"] < 1 / num_classes + COLLAPSE_MARGIN
+        near = r["accuracy"] >= r["best"] - NEAR_BEST
+        out["models"] += 1
+        out["collapsed"] += collapsed
+        out["hits"] += collapsed and fired
+        out["misses"] += collapsed and not fired
+        out["near_best"] += near
+        out["false_alarms"] += near and fired
+    return out

@@ -275,14 +275,18 @@ class Architecture:
                              self.norm, self.head, self.image_size)
 
 
-def architecture_from(model_cfg, in_channels: int, image_size: int | None = None
-                      ) -> Architecture:
+def architecture_from(model_cfg, in_channels: int, image_size: int | None = None,
+                      backdrop: str = "blank") -> Architecture:
     """From params.yaml's `model` section (arch, widths, small_input_stem, norm, head; auto:
-    the backbone's first, its default) and the prepared images' channels and size (the size
-    is kept only for a backbone built for one size)."""
+    the backbone's first, its default, and for norm on a textured backdrop the backbone's
+    `textured_norm` where it has one) and the prepared images' channels, size (kept only for a
+    backbone built for one size) and backdrop (scenario.backdrop, from the prepared files)."""
     backbone = backbones.get(model_cfg.arch)
     widths = tuple(model_cfg.widths) if backbone.uses_widths() else ()
-    norm = backbone.norms[0] if model_cfg.norm == "auto" else model_cfg.norm
+    norm = model_cfg.norm
+    if norm == "auto":
+        norm = (backbone.textured_norm if backdrop == "textured" and backbone.textured_norm
+                else backbone.norms[0])
     head = backbone.heads[0] if model_cfg.head == "auto" else model_cfg.head
     return Architecture(model_cfg.arch, in_channels, widths,
                         model_cfg.small_input_stem and backbone.takes_small_stem(), norm, head,

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from transferlab.rawdata import RawDataset
-from transferlab.errors import UserError
+from transferlab.errors import UserError, show_path
 from transferlab.io import DiskArray, array_writer, load_arrays, resident_limit, row_chunks
 from transferlab.params import DatasetSpec, Prepare
 
@@ -183,6 +183,31 @@ def resolve_framing(p: Prepare, stats: dict[str, dict[str, float]],
     if p.channels == "auto":
         update["channels"] = 3 if needs_colour or any(s["colour_share"] > 0 for s in domains) else 1
     return p.model_copy(update=update)
+
+
+BACKDROPS = ("blank", "textured")
+
+
+def backdrop(stats: dict[str, dict[str, float]]) -> str:
+    """'textured' where any domain's content fills its frame or sits on a bright background
+    (a premise of bbox or of max fails there: photos, digits blended onto photo patches),
+    else 'blank' (ink on a blank page in every domain). Recorded in the prepared files'
+    metadata: model.norm auto builds a backbone's `textured_norm` on a textured backdrop,
+    where BatchNorm's source statistics mislead it on the target (docs/datasets.md)."""
+    textured = any(s["full_frame_share"] > FULL_FRAME_LIMIT or s["background_level"] > BACKGROUND_LIMIT
+                   for s in stats.values())
+    return "textured" if textured else "blank"
+
+
+def read_backdrop(metadata: dict[str, str], path) -> str:
+    """The backdrop a prepared file records ('blank' for one prepared before it was recorded);
+    a value this pipeline does not write is a UserError naming the file."""
+    value = metadata.get("backdrop", "blank")
+    if value not in BACKDROPS:
+        raise UserError(f"{show_path(path)}: its metadata gives backdrop {value!r}, not one of "
+                        f"{', '.join(BACKDROPS)}: not written by this pipeline's prepare: rerun "
+                        "it (dvc repro -f prepare)")
+    return value
 
 
 def framing_summary(p: Prepare) -> dict[str, int]:
@@ -504,6 +529,7 @@ class Scenario:
     source_classes: tuple[str, ...]
     target_classes: tuple[str, ...]
     prepare: Prepare  # the framing used: params' prepare section with every auto resolved
+    backdrop: str = "blank"  # `backdrop` of both domains' framing statistics
 
 
 def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int,
@@ -566,7 +592,7 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
                "official_val_split": int(val is not None),
                "classes": int(np.unique(target.labels).size), "shots": p.shots, **dropped,
                **{f"{role}_{k}": v for role, stats in framing.items() for k, v in stats.items()},
-               **framing_summary(p)}
+               **framing_summary(p), "framing_backdrop_textured": int(backdrop(framing) == "textured")}
     return Scenario(
         source={"x_train": take_rows(xs, s["rest"]), "y_train": source.labels[s["rest"]],
                 "x_val": take_rows(xs, s["val"]), "y_val": source.labels[s["val"]]},
@@ -578,5 +604,5 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
         target_test={"x_test": x_test, "y_test": y_test},
         summary={k: v if isinstance(v, float) else int(v) for k, v in summary.items()},
         source_classes=tuple(source.classes), target_classes=tuple(target.classes),
-        prepare=p,
+        prepare=p, backdrop=backdrop(framing),
     )

@@ -19,6 +19,7 @@ import torch
 
 from transferlab import strategies
 from transferlab.evaluation import compare, predict
+from transferlab.health import check_models
 from transferlab.models import Classifier
 from transferlab.params import Params, encoder_blocks
 from transferlab.scenario import draw_shots
@@ -44,7 +45,8 @@ def cell_target(pool: dict[str, torch.Tensor], shots: int, seed: int
 
 def train_cell(target: dict[str, torch.Tensor], unlabelled: torch.Tensor, params: Params,
                seed: int, source_model: Classifier, source: dict, source_classes: list[str],
-               target_classes: list[str]) -> dict[str, strategies.Outcome]:
+               target_classes: list[str], backdrop: str = "blank"
+               ) -> dict[str, strategies.Outcome]:
     """Every registered method on one cell, each from the same seeded state and with only the
     inputs it reads. A method is left out exactly where the pipeline's `transfer` stage skips
     it (`why_skipped`, on class names: at k = 0 the methods that need target labels; across
@@ -56,7 +58,7 @@ def train_cell(target: dict[str, torch.Tensor], unlabelled: torch.Tensor, params
             continue
         make_deterministic(seed)
         inputs = make_inputs(method, target, params, seed, source_model=source_model,
-                             source=source, unlabelled=unlabelled)
+                             source=source, unlabelled=unlabelled, backdrop=backdrop)
         # k = 0: every label-free candidate's weights stay, for `checkpoint_rows` to score
         inputs = dataclasses.replace(inputs, keep_checkpoints=shots == 0)
         outcomes[name] = strategies.run(name, inputs, getattr(params.transfer, name))
@@ -132,3 +134,15 @@ def score(models: dict[str, Classifier], x_test: torch.Tensor, y_test: np.ndarra
     scores = compare({name: predict(m, x_test) for name, m in models.items()}, y_test, num_classes)
     return {name: {"accuracy": s["accuracy"], "macro_f1": s["macro_f1"]}
             for name, s in scores.items()}
+
+
+def health_rows(models: dict[str, Classifier], unlabelled: torch.Tensor, num_classes: int,
+                source_prior: np.ndarray | None) -> dict[str, dict]:
+    """The label-free health check of every scored model on the cell's unlabelled target
+    images, as evaluate runs it: its verdict and the two numbers it reads. The study report
+    scores the verdicts against test accuracy (health.score_detector)."""
+    checks = check_models({name: predict(m, unlabelled) for name, m in models.items()},
+                          num_classes, source_prior, "unlabelled target images")
+    return {name: {"degenerate": h.degenerate, "top_share": round(h.top_share, 4),
+                   "marginal_entropy": round(h.marginal_entropy, 4)}
+            for name, h in checks.items()}

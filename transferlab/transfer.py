@@ -37,9 +37,11 @@ def why_skipped(method: Method, shots: int, source_classes, target_classes) -> s
 
 def make_inputs(method: Method, target: dict[str, torch.Tensor], params: Params, seed: int, *,
                 source_model: Classifier | None = None, source: dict | None = None,
-                features: dict | None = None, unlabelled: torch.Tensor | None = None) -> Inputs:
+                features: dict | None = None, unlabelled: torch.Tensor | None = None,
+                backdrop: str = "blank") -> Inputs:
     """Inputs for `method`: the target shots and validation set, plus only what it reads
-    (registry `reads`); the frozen features are computed from the source model if not given."""
+    (registry `reads`); the frozen features are computed from the source model if not given.
+    backdrop: the prepared files' (scenario.backdrop), for model.norm auto."""
     def need(what: str, value):
         if what in method.reads and value is None:
             raise ValueError(f"strategy {method.name} reads {what}, none was given")
@@ -51,7 +53,7 @@ def make_inputs(method: Method, target: dict[str, torch.Tensor], params: Params,
         raise UserError(f"strategy {method.name} needs target labels but prepare.shots=0")
     return Inputs(target=target,
                   architecture=architecture_from(params.model, target["x_val"].shape[1],
-                                                 target["x_val"].shape[-1]),
+                                                 target["x_val"].shape[-1], backdrop),
                   num_classes=int(target["y_val"].max()) + 1, seed=seed,
                   source_model=need("source_model", source_model),
                   source=need("source_data", source), features=need("features", features),

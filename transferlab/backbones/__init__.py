@@ -38,6 +38,9 @@ class Backbone:
     # published for torchvision's; small_cnn's by measurement)
     norms: tuple[str, ...] = ("batch",)
     heads: tuple[str, ...] = ("pool",)
+    # what model.norm auto builds instead of norms[0] where prepare found a textured or bright
+    # background in either domain (scenario.backdrop); None: norms[0] everywhere
+    textured_norm: str | None = None
     sized: bool = False         # built for one input size: its build() takes image_size=
     family: str = ""            # filled in from the module name
 

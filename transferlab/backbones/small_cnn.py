@@ -34,10 +34,11 @@ class SmallCNNBackbone(Backbone):
 
 
 BACKBONES = (SmallCNNBackbone("small_cnn", blocks=0, min_size=1, weights=None,
-                              # the first of each is model.norm/head auto: chosen by measurement
-                              # on the three offline tasks (docs/datasets.md, "The encoder")
+                              # the first of each is model.norm/head auto, and group norm where a
+                              # domain has a textured background: chosen by measurement on the
+                              # three offline tasks (docs/datasets.md, "The encoder")
                               norms=("batch", "group", "layer", "none"),
-                              heads=("flatten", "pool")),)
+                              heads=("flatten", "pool"), textured_norm="group"),)
 
 
 def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool, *,
