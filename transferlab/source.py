@@ -87,10 +87,7 @@ def _read_timm_weights(arch: str, weights: str) -> tuple[dict[str, torch.Tensor]
             why = re.sub(r":? delete it and run `dvc repro`.*$", "", str(err))  # own files
             raise UserError(f"model.weights: {why}: place model.safetensors from {url} "
                             "there") from None
-        if bad := [k for k, v in state.items()
-                   if v.is_floating_point() and not torch.isfinite(v).all()]:
-            raise UserError(f"model.weights: {show_path(path)}: tensor {bad[0]} holds NaN or "
-                            "infinity")
+        _check_finite(state, path)
     else:
         state = _read_weights_file(path)
     return state, family.normalisation(arch)
@@ -130,9 +127,13 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise UserError(f"model.weights: {show_path(path)} holds no state dict of named tensors")
+    _check_finite(state, path)
+    return state
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
     if bad := [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
         raise UserError(f"model.weights: {show_path(path)}: tensor {bad[0]} holds NaN or infinity")
-    return state
 
 
 def pretrain(source: dict[str, torch.Tensor], architecture: Architecture, cfg: Pretrain,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from transferlab import backbones
 from transferlab.backbones import Backbone
 
 
@@ -53,7 +54,7 @@ def create(arch: str, in_channels: int, image_size: int):
     for the size padded up to whole patches (what dynamic_img_pad feeds it)."""
     import timm
 
-    patch = next(b.min_size for b in BACKBONES if b.name == arch)
+    patch = backbones.get(arch).min_size  # the patch side
     net = timm.create_model(timm_name(arch), pretrained=False, num_classes=0,
                             in_chans=in_channels, img_size=-(-image_size // patch) * patch,
                             dynamic_img_pad=True)
@@ -102,6 +103,5 @@ def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std of the published weights' config."""
     import timm
 
-    cfg = timm.get_pretrained_cfg(next(b.hub for b in BACKBONES if b.name == arch)
-                                  .removeprefix("timm/"))
+    cfg = timm.get_pretrained_cfg(backbones.get(arch).hub.removeprefix("timm/"))
     return tuple(cfg.mean), tuple(cfg.std)

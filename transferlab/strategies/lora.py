@@ -74,10 +74,7 @@ def run(inputs: Inputs, cfg: Options) -> Outcome:
     from transferlab.errors import UserError
     from transferlab.transfer import fit_on_target, new_classifier, parameter_budget
 
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as e:  # pragma: no cover - a dependency of the package
-        raise UserError(f"lora needs the peft package ({e}): pip install -e .") from e
+    from peft import LoraConfig, get_peft_model  # a dependency of the package (pyproject.toml)
 
     torch.manual_seed(inputs.seed)
     model = new_classifier(inputs)
@@ -90,8 +87,7 @@ def run(inputs: Inputs, cfg: Options) -> Outcome:
         raise UserError(f"transfer.lora.target_modules='{cfg.target_modules}' matches no conv or "
                         f"linear layer of the {inputs.architecture.arch} encoder: use auto, or a "
                         f"pattern for names such as {', '.join(layers[:3]) or '(none)'}")
-    encoder = model.encoder
-    adapted = get_peft_model(encoder, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,
+    adapted = get_peft_model(model.encoder, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,
                                                  lora_dropout=cfg.dropout,
                                                  target_modules=targets, bias="none"))
     model.encoder = adapted  # frozen: get_peft_model leaves only the adapters trainable
@@ -101,7 +97,5 @@ def run(inputs: Inputs, cfg: Options) -> Outcome:
     budget = parameter_budget(model, trained)
     budget["total_params"] -= sum(p.numel() for p in adapters)  # of the model that is stored
     budget["trainable_share"] = round(budget["trainable_params"] / budget["total_params"], 6)
-    model.encoder = adapted.merge_and_unload()
-    if model.encoder is not encoder:  # pragma: no cover - peft returns the module it wrapped
-        raise RuntimeError("peft's merge_and_unload returned another module")
+    model.encoder = adapted.merge_and_unload()  # the encoder it wrapped, adapters merged in
     return Outcome(model, result, {**budget, "adapter_params": sum(p.numel() for p in adapters)})
