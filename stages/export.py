@@ -48,6 +48,8 @@ def main(argv=None):
     ap.add_argument("--val-metrics", type=Path, nargs="+", required=True,
                     help="<strategy>.json with val_accuracy, in the order of the models")
     ap.add_argument("--val", type=Path, required=True, help="prepared target train/val arrays")
+    ap.add_argument("--pool", type=Path, help="prepared unlabelled target images: the health "
+                    "check and the ONNX comparison run on them where there is no val image")
     ap.add_argument("--out", type=Path, required=True, help="output: the ONNX file")
     ap.add_argument("--summary", type=Path, required=True, help="output: what was exported, JSON")
     args = ap.parse_args(argv)
@@ -69,11 +71,18 @@ def main(argv=None):
                         "is label-free): add a label-free method (e.g. mcc) to dvc.yaml's "
                         "transfer stage or set prepare.shots >= 1")
     order, chosen_by = ranked(candidates, params.selection.validator)
-    val_accuracy = {n: float(m["val_accuracy"]) for n, m in candidates.items()}
+    val_accuracy = {n: m.get("val_accuracy") for n, m in candidates.items()}  # None: no val image
     val = load_arrays(args.val, ("x_val",), lazy=True)
+    where = "target val images"
+    if len(val["x_val"]) == 0:  # prepare.shots and target_val_per_class 0: no target label
+        if args.pool is None:
+            raise UserError(f"export: {args.val} holds no target val image: give --pool "
+                            "data/prepared/target_unlabelled.safetensors (dvc.yaml's export)")
+        val, where = {"x_val": load_arrays(args.pool, ("x_unlabelled",), lazy=True)["x_unlabelled"],
+                      "y_val": None}, "unlabelled target images"
     x_val = to_device({"x_val": val["x_val"]}, torch.device("cpu"))["x_val"]
-    # the best-ranked model the label-free health check passes on the target val images (their
-    # labels unused); when none does, the best-ranked, for ship_verdict to refuse or warn
+    # the best-ranked model the label-free health check passes on the `where` images (labels
+    # unused); when none does, the best-ranked, for ship_verdict to refuse or warn
     picks, passed_over = [], []
     for name in order:
         model, classes, preprocess = load_candidate(args.models[names.index(name)],
@@ -86,7 +95,7 @@ def main(argv=None):
                 print(line, file=sys.stderr)
             break
         passed_over.append(f"export: passing over {name}: {health.describe(classes)} on the "
-                           "target val images")
+                           f"{where}")
     else:
         picks = picks[:1]
     chosen, model, classes, preprocess, predicted = picks[-1]
@@ -97,7 +106,7 @@ def main(argv=None):
         chosen_by += f"; its guard {guard}"
     # refused (one line naming health.allow_degenerate) before anything is converted or written
     health, warning = ship_verdict(f"{chosen} (chosen by {chosen_by})", predicted,
-                                   val.get("y_val"), classes, allow_degenerate)
+                                   val.get("y_val"), classes, allow_degenerate, where)
     if warning:
         print(warning, file=sys.stderr)
     blob = onnx_bytes(model, tuple(x_val.shape[1:]),
@@ -114,15 +123,16 @@ def main(argv=None):
     gap = float(np.abs(ours - theirs).max())
     if gap > TOLERANCE:
         raise UserError(f"export: onnxruntime differs from torch by {gap:.2e} > {TOLERANCE} on "
-                        f"the target validation images: {chosen} was not exported")
+                        f"the {where}: {chosen} was not exported")
     with atomic_path(args.out) as tmp:
         tmp.write_bytes(blob)
     write_json(args.summary, {"strategy": chosen, "chosen_by": chosen_by,
                               "target_val_accuracy": val_accuracy[chosen],
                               "onnx_max_abs_logit_diff": float(f"{gap:.2e}"), **health,
                               **({"guard": guard} if guard else {})})
-    print(f"exported {chosen} (chosen by {chosen_by}; target val accuracy "
-          f"{val_accuracy[chosen]:.4f}) -> {args.out}; "
+    said = ("none: no target val image" if val_accuracy[chosen] is None
+            else f"{val_accuracy[chosen]:.4f}")
+    print(f"exported {chosen} (chosen by {chosen_by}; target val accuracy {said}) -> {args.out}; "
           f"onnxruntime vs torch: max |logit diff| {gap:.1e}")
 
 

@@ -17,6 +17,7 @@ from transferlab.launcher import run_stage
 from transferlab.params import load_params
 from transferlab.scenario import read_backdrop
 from transferlab.records import PREPROCESS_KEYS, model_record
+from transferlab.study import require_target_val
 from transferlab.train import make_deterministic, pick_device, to_device
 
 POOL = ("x_pool", "y_pool", "x_val", "y_val")
@@ -56,8 +57,9 @@ def main(argv=None):
                               load_raw(args.raw / "target.safetensors"), args.name, cand, params,
                               official)  # the target's images never become source images
     source = to_device(source, device)
-    model = train_candidate(source, cand, params, backdrop)
     pool = to_device(load_arrays(args.pool, required=POOL, lazy=True), device)
+    require_target_val(pool, "the ranking")  # before the candidate's training, not after
+    model = train_candidate(source, cand, params, backdrop)
     results, timings = evaluate_candidate(model, pool, params, backdrop)
     write_json(args.out, {"candidate": args.name, "source_train_images": len(source["y_train"]),
                           "source_classes": int(source["y_train"].max()) + 1, "seeds": results})

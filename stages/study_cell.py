@@ -17,8 +17,8 @@ from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.scenario import read_backdrop
 from transferlab.health import class_prior
-from transferlab.study import (cell_target, checkpoint_rows, health_rows, score,
-                               selected_models, train_cell)
+from transferlab.study import (cell_target, checkpoint_rows, health_rows, require_target_val,
+                               score, selected_models, train_cell)
 from transferlab.train import make_deterministic, pick_device, to_device
 from transferlab.transfer import selection_metrics
 
@@ -39,6 +39,7 @@ def main(argv=None):
     make_deterministic(args.seed)
     device = pick_device()
     pool = to_device(load_arrays(args.prepared / "target_pool.safetensors", lazy=True), device)
+    require_target_val(pool, "the study")
     source_model, source_classes = load_classifier(args.source_model, device)
     target_classes = read_classes(args.prepared / "target_pool.safetensors")
     backdrop = read_backdrop(read_metadata(args.prepared / "target_pool.safetensors"),

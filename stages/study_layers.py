@@ -15,7 +15,7 @@ from transferlab.models import load_classifier
 from transferlab.params import load_params
 from transferlab.scenario import read_backdrop
 from transferlab.strategies import METHODS
-from transferlab.study import cell_target, score, train_layer_grid
+from transferlab.study import cell_target, require_target_val, score, train_layer_grid
 from transferlab.train import make_deterministic, pick_device, to_device
 from transferlab.transfer import make_inputs
 
@@ -36,6 +36,7 @@ def main(argv=None):
     make_deterministic(args.seed)
     device = pick_device()
     pool = to_device(load_arrays(args.prepared / "target_pool.safetensors", lazy=True), device)
+    require_target_val(pool, "the study's layer grid")
     source = load_classifier(args.source_model, device)[0]
     backdrop = read_backdrop(read_metadata(args.prepared / "target_pool.safetensors"),
                              args.prepared / "target_pool.safetensors")

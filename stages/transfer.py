@@ -62,7 +62,8 @@ def main(argv=None):
         source=arrays("source") if "source_data" in reads else None,
         features=load_arrays(args.features) if "features" in reads else None,
         unlabelled=arrays("target_unlabelled", ("x_unlabelled",))["x_unlabelled"] if "unlabelled" in reads else None,
-        backdrop=read_backdrop(target_meta, args.prepared / "target.safetensors"))
+        backdrop=read_backdrop(target_meta, args.prepared / "target.safetensors"),
+        num_classes=len(classes))
     outcome = strategies.run(args.strategy, inputs, cfg)
     if not compute.publishes():  # after every rank finished: rank 0 alone writes
         return
@@ -78,7 +79,9 @@ def main(argv=None):
     history = outcome.fit.history if outcome.fit else [{"step": 0, "val_accuracy": metrics["val_accuracy"]}]
     write_history(args.curve, history)
     label_free = metrics["selection"].startswith("source-val+")
-    print(f"{args.strategy}: target val accuracy {metrics['val_accuracy']:.4f} "
+    said = ("none (no target validation image)" if metrics["val_accuracy"] is None
+            else f"{metrics['val_accuracy']:.4f}")
+    print(f"{args.strategy}: target val accuracy {said} "
           + ("(oracle only, not used to choose; " if label_free else "(")
           + f"selection: {metrics['selection']})"
           + (f"; guard: {metrics['guard']}" if "guard" in metrics else ""))

@@ -17,6 +17,7 @@ from tests.conftest import ROOT, stage_commands, tiny_params_dict
 from transferlab.io import load_arrays, load_state_dict
 from transferlab import strategies
 from transferlab.strategies import NAMES
+from transferlab.errors import UserError
 from transferlab.params import parse_params
 from transferlab.validators import VALIDATORS
 
@@ -231,6 +232,52 @@ def test_zero_shots_skip_label_needing_strategies_and_run_adaptation(extracted, 
     assert exported["strategy"] == "mcc" and exported["chosen_by"].startswith(label_free)
     assert exported["guard"] == mcc["guard"]
     assert (exported["chosen_by"] == label_free) == (mcc["guard"] == "accepted")
+
+
+def test_zero_target_labels_run_every_stage_with_no_target_label_at_all(extracted, tmp_path):
+    """prepare.shots: 0 and target_val_per_class: 0: not one labelled target image outside the
+    test set (which only evaluate reads). Nothing reports a target-val accuracy or an oracle it
+    cannot have; the label-free choice alone picks checkpoints and what export ships."""
+    import shutil
+
+    work = tmp_path / "no labels"
+    shutil.copytree(extracted, work)
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        prepare={"shots": 0, "target_val_per_class": 0}, health={"allow_degenerate": True})))
+    commands = dict(stage_commands())
+    run_main(work, "prepare", "data/raw", "data/prepared", "--summary", "metrics/scenario.json")
+    summary = json.loads((work / "metrics/scenario.json").read_text())
+    assert summary["target_train"] == 0 and summary["target_val"] == 0
+    for name in ("target", "target_pool"):
+        arrays = load_arrays(work / f"data/prepared/{name}.safetensors")
+        assert len(arrays["y_val"]) == 0 and arrays["x_val"].shape[1:] == arrays[
+            "x_train" if name == "target" else "x_pool"].shape[1:]
+    run_main(work, "extract", *commands["extract"])
+    transfers = {args[0]: args for stage, args in stage_commands() if stage == "transfer"}
+    ran = [n for n in transfers if n in ("scratch", "mcc", "adabn")]
+    for name in ran:
+        run_main(work, "transfer", *transfers[name])
+    mcc = json.loads((work / "metrics/transfer/mcc.json").read_text())
+    assert mcc["val_accuracy"] is None and "oracle_val_accuracy" not in mcc
+    assert mcc["selection"].startswith("source-val+")
+    models = [f"models/transfer/{n}.safetensors" for n in ran]
+    tail = commands["evaluate"][commands["evaluate"].index("--source-model"):]
+    run_main(work, "evaluate", *models, *tail)
+    scores = json.loads((work / "metrics/evaluate.json").read_text())
+    assert scores["mcc"]["selection"] == mcc["selection"] and "accuracy" in scores["mcc"]
+    run_main(work, "export", *models, "--val-metrics",
+             *[f"metrics/transfer/{n}.json" for n in ran], "--val",
+             "data/prepared/target.safetensors", "--pool",
+             "data/prepared/target_unlabelled.safetensors", "--out", "models/export/model.onnx",
+             "--summary", "metrics/export.json")
+    exported = json.loads((work / "metrics/export.json").read_text())
+    assert exported["target_val_accuracy"] is None and "above_chance" not in exported
+    assert (work / "models/export/model.onnx").is_file()
+
+
+def test_zero_validation_labels_with_shots_is_refused_in_one_line():
+    with pytest.raises(UserError, match="prepare.target_val_per_class=0.*prepare.shots"):
+        parse_params(tiny_params_dict(prepare={"shots": 2, "target_val_per_class": 0}))
 
 
 def test_export_refuses_a_collapsed_model_unless_allowed(transferred, tmp_path, capsys):

@@ -87,14 +87,16 @@ def onnx_bytes(model: Classifier, input_shape: tuple[int, int, int],
 
 
 def ship_verdict(name: str, predicted: np.ndarray, y_val: np.ndarray | None, classes,
-                 allow_degenerate: bool) -> tuple[dict, str | None]:
+                 allow_degenerate: bool, where: str = "target val images"
+                 ) -> tuple[dict, str | None]:
     """The health gate of the model to ship, from its predicted classes on the target
     validation images: the label-free health check (their labels unused) and, where they are
     labelled, accuracy >= health.accuracy_floor (chance + 2 standard errors). A model failing
     either is refused with one line naming `health.allow_degenerate`; with it allowed, the
     warning line to print comes back instead. Returns ({degenerate, top_share, above_chance}
-    for the summary JSON, the warning or None)."""
-    health = check_health(predicted, len(classes), what=f"{name} on the target val images")
+    for the summary JSON, the warning or None). `where`: what the images are (the unlabelled
+    target images where there is no val image)."""
+    health = check_health(predicted, len(classes), what=f"{name} on the {where}")
     faults = [health.describe(classes)] if health.degenerate else []
     record = {"degenerate": health.degenerate, "top_share": health.record()["top_share"]}
     if y_val is not None and len(y_val):
@@ -109,7 +111,7 @@ def ship_verdict(name: str, predicted: np.ndarray, y_val: np.ndarray | None, cla
                                                      if floor > 1 else ")"))
     if not faults:
         return record, None
-    what = f"{name} on the {health.images} target val images: {'; '.join(faults)}"
+    what = f"{name} on the {health.images} {where}: {'; '.join(faults)}"
     if not allow_degenerate:
         raise UserError(f"export: refusing to ship {what}; nothing was exported ({DOCS}): "
                         "improve the transfer, or set health.allow_degenerate: true in "
@@ -117,10 +119,12 @@ def ship_verdict(name: str, predicted: np.ndarray, y_val: np.ndarray | None, cla
     return record, f"warning: exporting {what}, because health.allow_degenerate is true"
 
 
-def export_metadata(strategy: str, val_accuracy: float, classes, preprocess: str,
+def export_metadata(strategy: str, val_accuracy: float | None, classes, preprocess: str,
                     health: str) -> dict[str, str]:
-    """`health`: "ok", or the warning a model shipped with health.allow_degenerate carries."""
-    return {"strategy": strategy, "target_val_accuracy": f"{val_accuracy:.4f}",
+    """`health`: "ok", or the warning a model shipped with health.allow_degenerate carries;
+    val_accuracy None: there was no target val image ("none")."""
+    return {"strategy": strategy,
+            "target_val_accuracy": "none" if val_accuracy is None else f"{val_accuracy:.4f}",
             "classes": json.dumps(list(classes)), "preprocess": preprocess, "health": health,
             "input": "image: float32 (N, C, H, W) in [0, 1], after `preprocess` (transferlab's "
                      "prepare alignment); output: logits (N, classes)"}

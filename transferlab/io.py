@@ -308,8 +308,10 @@ def save_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
 
 
 def write_history(path: str | os.PathLike, history: Sequence[Mapping]) -> None:
-    """Training curve rows (dicts with the same keys) as CSV for `dvc plots`."""
-    write_csv(path, list(history[0]), [list(row.values()) for row in history])
+    """Training curve rows (dicts with the same keys) as CSV for `dvc plots`; a NaN (a
+    validation score without validation images) is an empty cell, which plots leave out."""
+    write_csv(path, list(history[0]), [["" if isinstance(v, float) and math.isnan(v) else v
+                                        for v in row.values()] for row in history])
 
 
 def check_readable(path: Path) -> None:

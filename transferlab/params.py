@@ -148,9 +148,19 @@ class Prepare(Strict):
     channels: Channels  # 1 or 3: gray -> 3 repeats it; colour -> 1: luminance
     source_val_fraction: float = Field(gt=0, lt=1)
     target_test_fraction: float = Field(gt=0, lt=1)
-    target_val_per_class: int = Field(ge=1, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)
+    # 0: no target validation image (with shots 0: no target label outside the test set)
+    target_val_per_class: int = Field(ge=0, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)
     split_seed: int = Field(ge=0, lt=SEED_LIMIT)  # fixes the target test set across seeds
     shots: int = Field(ge=0, le=MAX_IMAGES_PER_CLASS, description=WHY_IMAGES)  # per class; 0 = none
+
+    @model_validator(mode="after")
+    def _validation_for_shots(self):
+        if self.target_val_per_class == 0 and self.shots > 0:
+            raise ValueError(f"prepare.target_val_per_class=0 with prepare.shots={self.shots}: the "
+                             "methods trained on target labels choose their checkpoint on target "
+                             "validation images: set prepare.target_val_per_class >= 1, or "
+                             "prepare.shots: 0 for a run with no target label at all")
+        return self
 
 
 class Model(Strict):

@@ -129,9 +129,12 @@ class TransferMetrics(Open):
     def _complete(self):
         if self.skipped:
             return self
-        if self.val_accuracy is None or self.selection is None:
-            raise ValueError("a strategy that ran records val_accuracy and selection: one is "
-                             "missing")
+        if self.selection is None:
+            raise ValueError("a strategy that ran records its selection: it is missing")
+        # val_accuracy: None only where nothing had target labels (prepare.shots and
+        # target_val_per_class 0), so only beside a label-free choice (its validators)
+        if self.val_accuracy is None and self.validators is None:
+            raise ValueError(f"selection {self.selection} records val_accuracy: it is missing")
         if self.selection.startswith("source-val+") and self.snd is None:
             raise ValueError(f"selection {self.selection} records snd: it is missing")
         if self.selection.startswith("source-val+") and self.validators is None:

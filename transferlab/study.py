@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from transferlab import strategies
+from transferlab.errors import UserError
 from transferlab.evaluation import compare, predict
 from transferlab.health import check_models
 from transferlab.models import Classifier
@@ -28,6 +29,16 @@ from transferlab.transfer import make_inputs, why_skipped
 
 LayerVariant = tuple[str, int]  # (variant, copied blocks)
 ORACLE = " (oracle)"  # suffix of a label-free method's target-val-selected checkpoint
+
+
+def require_target_val(pool: dict, what: str) -> None:
+    """The study, its layer grid and the ranking choose checkpoints on the target validation
+    images and compare label-free choices with that choice (the oracle): a pool prepared with
+    prepare.target_val_per_class 0 has none, which is one line."""
+    if len(pool["y_val"]) == 0:
+        raise UserError(f"{what} chooses checkpoints on target validation images, but "
+                        "prepare.target_val_per_class is 0: set it >= 1 (then `dvc repro "
+                        f"prepare`) to run {what}")
 
 
 def cell_target(pool: dict[str, torch.Tensor], shots: int, seed: int

@@ -344,6 +344,9 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
                                   weight_decay=weight_decay)
     eval_every = eval_every or max(1, steps // EVALUATIONS_PER_RUN)
     val_x, val_y, val_forward = val
+    has_val = len(val_y) > 0  # none: prepare.shots and target_val_per_class 0 (label-free only)
+    if label_free is None and not has_val:
+        raise ValueError("fit: no validation image to choose a checkpoint on")
     best_key, best_state, oracle_best = None, None, None
     result = FitResult(best_step=0, best_val_accuracy=0.0)
     states = {}  # label-free: every candidate's weights until the choice (copies on the device)
@@ -355,8 +358,9 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
                float("nan"), "val_accuracy": _accuracy(logits, val_y), **label_free.scores()}
         result.start = row
         states[0] = _copy_state(model)
-        oracle_best = (row["val_accuracy"], -row["val_loss"])
-        result.oracle_step, result.oracle_val_accuracy = 0, row["val_accuracy"]
+        if has_val:  # no validation label, no oracle
+            oracle_best = (row["val_accuracy"], -row["val_loss"])
+            result.oracle_step, result.oracle_val_accuracy = 0, row["val_accuracy"]
     running = torch.zeros((), device=val_x.device)
 
     def streams_loss(batches: list, xu: torch.Tensor | None, progress: float) -> torch.Tensor:
@@ -408,11 +412,13 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             running = compute.agree(model, running)  # several ranks: one model, one mean loss
             model.eval()
-            logits = predict_logits(val_forward, val_x)
-            val_loss = F.cross_entropy(logits, val_y).item()
-            val_acc = (logits.argmax(1) == val_y).float().mean().item()
+            val_loss = val_acc = float("nan")
+            if has_val:
+                logits = predict_logits(val_forward, val_x)
+                val_loss = F.cross_entropy(logits, val_y).item()
+                val_acc = (logits.argmax(1) == val_y).float().mean().item()
             seen = (step % eval_every) + 1
-            if not (math.isfinite(val_loss) and math.isfinite(running.item())):
+            if not ((math.isfinite(val_loss) or not has_val) and math.isfinite(running.item())):
                 raise TrainingDiverged(f"training diverged by step {step + 1} of {steps} (loss "
                                        f"{running.item() / seen:.3g}, validation loss {val_loss:.3g})")
             row = {"step": step + 1, "train_loss": running.item() / seen,
@@ -423,7 +429,7 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
             if label_free is not None:  # chosen after the last step, from the recorded scores
                 row.update(label_free.scores())
                 states[step + 1] = _copy_state(model)
-                if oracle_key > oracle_best:
+                if has_val and oracle_key > oracle_best:
                     oracle_best = oracle_key
                     result.oracle_step, result.oracle_val_accuracy = step + 1, val_acc
                 if not label_free.keep_checkpoints:  # keep the weights a choice may still need
@@ -435,7 +441,7 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
                 result.best_step, result.best_val_accuracy = step + 1, val_acc
     if label_free is not None:
         best_state = _choose_label_free(result, label_free.selection, states)
-        result.oracle_state = states[result.oracle_step]
+        result.oracle_state = states[result.oracle_step] if has_val else None
         if label_free.keep_checkpoints:
             result.checkpoints = states
     model.load_state_dict(best_state)

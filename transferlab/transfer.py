@@ -7,6 +7,8 @@ registry is imported by the params schema, which must stay light.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 
 import torch
@@ -38,10 +40,16 @@ def why_skipped(method: Method, shots: int, source_classes, target_classes) -> s
 def make_inputs(method: Method, target: dict[str, torch.Tensor], params: Params, seed: int, *,
                 source_model: Classifier | None = None, source: dict | None = None,
                 features: dict | None = None, unlabelled: torch.Tensor | None = None,
-                backdrop: str = "blank") -> Inputs:
+                backdrop: str = "blank", num_classes: int | None = None) -> Inputs:
     """Inputs for `method`: the target shots and validation set, plus only what it reads
     (registry `reads`); the frozen features are computed from the source model if not given.
-    backdrop: the prepared files' (scenario.backdrop), for model.norm auto."""
+    backdrop: the prepared files' (scenario.backdrop), for model.norm auto. num_classes: the
+    target's (default: from the labels given, which at zero target labels are none)."""
+    if num_classes is None:
+        labels = torch.cat([target["y_train"].reshape(-1), target["y_val"].reshape(-1)])
+        if len(labels) == 0:
+            raise ValueError("no target label to count the classes from: give num_classes")
+        num_classes = int(labels.max()) + 1
     def need(what: str, value):
         if what in method.reads and value is None:
             raise ValueError(f"strategy {method.name} reads {what}, none was given")
@@ -54,7 +62,7 @@ def make_inputs(method: Method, target: dict[str, torch.Tensor], params: Params,
     return Inputs(target=target,
                   architecture=architecture_from(params.model, target["x_val"].shape[1],
                                                  target["x_val"].shape[-1], backdrop),
-                  num_classes=int(target["y_val"].max()) + 1, seed=seed,
+                  num_classes=num_classes, seed=seed,
                   source_model=need("source_model", source_model),
                   source=need("source_data", source), features=need("features", features),
                   unlabelled=need("unlabelled", unlabelled), augment=params.augment.photo(),
@@ -188,19 +196,27 @@ def label_free_scores(model: Classifier, inputs: Inputs) -> dict[str, float]:
 
 
 def selection_metrics(outcome: Outcome) -> dict:
-    """Target-val accuracy of the chosen model, and which selection chose it; for label-free
-    selection also what target-val selection (the oracle) would have picked."""
+    """Target-val accuracy of the chosen model (None without target validation images), and
+    which selection chose it; for label-free selection also its validators, its guard and, where
+    there are validation labels, what target-val selection (the oracle) would have picked."""
     fit_result = outcome.fit
     if fit_result is None:  # no checkpoints: e.g. the features strategy's closed-form fit
-        return {"val_accuracy": round(outcome.info["val_accuracy"], 4), "selection": "none"}
-    out = {"val_accuracy": round(fit_result.best_val_accuracy, 4), "best_step": fit_result.best_step,
-           "selection": fit_result.selection}
-    if fit_result.oracle_step is not None:
+        return {"val_accuracy": val_accuracy(outcome.info["val_accuracy"]), "selection": "none"}
+    out = {"val_accuracy": val_accuracy(fit_result.best_val_accuracy),
+           "best_step": fit_result.best_step, "selection": fit_result.selection}
+    if fit_result.picked_step is not None:  # label-free
         rows = {r["step"]: r for r in fit_result.candidates()}
         out.update(label_free_record(rows[fit_result.best_step], rows[0], fit_result.guard),
-                   picked_step=fit_result.picked_step, oracle_step=fit_result.oracle_step,
-                   oracle_val_accuracy=round(fit_result.oracle_val_accuracy, 4))
+                   picked_step=fit_result.picked_step)
+        if fit_result.oracle_step is not None:
+            out.update(oracle_step=fit_result.oracle_step,
+                       oracle_val_accuracy=round(fit_result.oracle_val_accuracy, 4))
     return out
+
+
+def val_accuracy(value: float | None) -> float | None:
+    """A target-val accuracy for a metrics file: None where there was no validation image."""
+    return None if value is None or math.isnan(value) else round(value, 4)
 
 
 def label_free_record(chosen: dict, source: dict, guard: str | None) -> dict:

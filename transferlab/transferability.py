@@ -214,9 +214,12 @@ def score_source(features: dict, head_weight: np.ndarray, head_bias: np.ndarray,
     with small_cnn's flatten head (128 channels x 16 cells = 2,048 features) they would
     otherwise estimate a 2,048-dimensional covariance from ~150 images and saturate (measured:
     the H-score at its maximum for every ranking candidate, LogME's rank agreement +0.10, and
-    scoring 4x slower than fine-tuning)."""
+    scoring 4x slower than fine-tuning). With no labelled target image (prepare.shots and
+    target_val_per_class 0) every score is None: each one reads target labels."""
     f = np.concatenate([features["train_features"], features["val_features"]])
     y = np.concatenate([features["y_train"], features["y_val"]])
+    if len(y) == 0:
+        return {name: None for name in SCORES}
     pooled = f.reshape(len(f), -1, cells).mean(2) if cells > 1 else f
     return transferability(pooled, softmax_head(f, head_weight, head_bias), y)
 

@@ -18,6 +18,8 @@ guard's validators agree, which reads the source validation split.
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field
 
 from transferlab.options import MAX_BATCH, WHY_BATCH, Strict
@@ -89,5 +91,6 @@ def run(inputs: Inputs, cfg: Options) -> Outcome:
             model.load_state_dict(source_state)
         info.update(label_free_record(adapted if shipped else source, source, why))
     logits = predict_logits(model.eval(), x_val)
-    info["val_accuracy"] = float((logits.argmax(1) == y_val).float().mean()) if len(y_val) else 0.0
+    # NaN: no target val image (prepare.target_val_per_class 0); the metrics file says None
+    info["val_accuracy"] = float((logits.argmax(1) == y_val).float().mean()) if len(y_val) else math.nan
     return Outcome(model, None, info)
