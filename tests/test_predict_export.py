@@ -352,3 +352,19 @@ def test_adapt_refuses_a_model_without_batchnorm():
     model = Classifier(SmallCNN(1, [4, 8], "group", "pool"), 3).eval()
     with pytest.raises(UserError, match="has none.*without --adapt"):
         adapt(model, torch.zeros(4, 1, 8, 8, dtype=torch.uint8), "tent", 3, 1e-3)
+
+
+def test_adapt_with_too_few_readable_images_names_the_unreadable_first(pipeline, tmp_path,
+                                                                       capsys):
+    """One good image and one junk file: the skipped line names the junk file, then the one
+    refusal says how many could not be read; nothing is written."""
+    folder = tmp_path / "a folder"
+    image = inverted_digits(pipeline, folder, count=1)[0]
+    (folder / "notes.png").write_text("not an image")
+    out = tmp_path / "out.csv"
+    code = run_predict(pipeline / "models/transfer/finetune.safetensors", folder, "--out", out,
+                       "--adapt", "tent")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and image.exists() and not out.exists()
+    assert len(lines) == 2 and lines[0].startswith("skipped: ") and "notes.png" in lines[0]
+    assert "give 2 or more images" in lines[1] and "1 of the 2 files could not be read" in lines[1]

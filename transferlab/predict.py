@@ -221,7 +221,14 @@ def predict_files(model_path: Path, files: Sequence[Path], top_k: int, batch_siz
         return [], problems, ""
     model.eval()
     x = torch.from_numpy(np.stack(aligned))
-    adapted = adapt(model, x, adapt_how, adapt_steps, adapt_lr, batch_size)
+    try:
+        adapted = adapt(model, x, adapt_how, adapt_steps, adapt_lr, batch_size)
+    except UserError as err:  # e.g. too few readable images: say which files were not
+        for problem in problems:
+            print(f"skipped: {problem}", file=sys.stderr)
+        raise UserError(f"{err}" + (f" ({len(problems)} of the {len(files)} files could not be "
+                                    "read: see the skipped lines above)" if problems else "")
+                        ) from None
     probs = torch.softmax(predict_logits(model, x, batch_size), dim=1)
     values, indices = probs.topk(top_k, dim=1)
     rows = [[str(path)] + [item for v, i in zip(vs.tolist(), ix.tolist())

@@ -92,7 +92,7 @@ def curves_chart(curves: Mapping[str, Sequence[Mapping]], colors: Mapping[str, s
         ax.set_xlabel("step")
         ax.set_ylabel("validation accuracy %")
         ax.grid(alpha=0.3)
-        if names:
+        if ax.get_lines():  # none: every curve empty (no target val image: shots and val 0)
             ax.legend(fontsize=8, loc="lower right")
     return svg_of(fig)
 
