@@ -557,7 +557,7 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
     framing = {"source": framing_stats(source), "target": framing_stats(target)}
     check_framing(framing, p)
     given, p = p, resolve_framing(p, framing, needs_colour)
-    print(describe_framing(p, given))
+    print(f"{describe_framing(p, given)}; backdrop {backdrop(framing)} (model.norm auto reads it)")
     keep_source, keeps, dropped, notes = find_copies(
         (image_digests(source, p.channels), source.labels),
         [(k, image_digests(v, p.channels), v.labels) for k, v in official.items()]
