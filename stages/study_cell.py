@@ -47,7 +47,8 @@ def main(argv=None):
     target, unlabelled = cell_target(pool, args.shots, args.seed)
     source = to_device(load_arrays(args.prepared / "source.safetensors", lazy=True), device)
     outcomes = train_cell(target, unlabelled, params, args.seed, source_model, source,
-                          source_classes, target_classes, backdrop)
+                          source_classes, target_classes, backdrop,
+                          read_metadata(args.source_model).get("norm", "batch"))
 
     test = load_arrays(args.prepared / "target_test.safetensors", lazy=True)  # models are chosen: score
     models = selected_models(outcomes)

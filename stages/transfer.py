@@ -40,7 +40,9 @@ def main(argv=None):
     # only a method that reads the source model may open it: dvc.yaml runs the others before
     # (or without) pretrain
     source_classes = read_classes(args.source_model) if "source_model" in method.reads else None
-    why = why_skipped(method, params.prepare.shots, source_classes, classes)
+    source_norm = (read_metadata(args.source_model).get("norm", "batch")
+                   if "source_model" in method.reads else None)
+    why = why_skipped(method, params.prepare.shots, source_classes, classes, source_norm)
     if why:
         note = f"skipped: {why}"
         save_state_dict(args.model, {}, {"skipped": note, "classes": json.dumps(classes)})

@@ -258,3 +258,25 @@ def test_health_rows_flag_a_model_that_answers_one_class(pool, source_model):
     rows = study.health_rows({"stuck": stuck, "source": source_model}, pool["x_pool"], 4, None)
     assert rows["stuck"] == {"degenerate": True, "top_share": 1.0, "marginal_entropy": 0.0}
     assert set(rows["source"]) == {"degenerate", "top_share", "marginal_entropy"}
+
+
+@pytest.mark.parametrize("shots", [0, 2])
+def test_batchnorm_methods_are_skipped_on_a_source_without_batchnorm(pool, params, source_model,
+                                                                     monkeypatch, shots):
+    """A group-normalised source model (model.norm auto on a textured backdrop): adabn and tent
+    are skipped by the study and the pipeline alike, with the reason, instead of stopping the
+    whole cell; every other method still runs."""
+    from transferlab.transfer import why_skipped
+
+    ran = []
+    monkeypatch.setattr(strategies, "run", lambda name, inputs, cfg: ran.append(name))
+    target, unlabelled = study.cell_target(pool, shots, seed=0)
+    study.train_cell(target, unlabelled, params, 0, source_model, {}, CLASSES, CLASSES,
+                     source_norm="group")
+    needing = {n for n, m in strategies.METHODS.items() if m.needs_batchnorm}
+    assert needing >= {"adabn", "tent"} and not needing & set(ran)
+    assert set(ran) == {n for n, m in strategies.METHODS.items()
+                        if not why_skipped(m, shots, CLASSES, CLASSES, "group")}
+    why = why_skipped(strategies.METHODS["tent"], shots, CLASSES, CLASSES, "group")
+    assert "group normalisation" in why and "model.norm: batch" in why
+    assert why_skipped(strategies.METHODS["tent"], shots, CLASSES, CLASSES, "batch") is None

@@ -266,9 +266,15 @@ class Architecture:
     in_channels: int
     widths: tuple[int, ...] = ()
     small_input_stem: bool = False
-    norm: str = "batch"  # model.norm, model.head: what the backbone builds (backbones.Backbone)
+    # model.norm, model.head: what the backbone builds (backbones.Backbone); norm None: its own
+    # (LayerNorm for a ViT, BatchNorm for a resnet or small_cnn)
+    norm: str | None = None
     head: str = "pool"
     image_size: int | None = None  # only for a backbone built for one size (Backbone.sized)
+
+    def __post_init__(self):
+        if self.norm is None:
+            object.__setattr__(self, "norm", backbones.get(self.arch).norms[0])
 
     def build(self) -> Encoder:
         return build_encoder(self.arch, self.in_channels, self.widths, self.small_input_stem,

@@ -23,14 +23,20 @@ from transferlab.strategies import Inputs, Method, Outcome
 from transferlab.train import Adapt, AdaptBatch, FitResult, LabelFree, Stream, fit
 
 
-def why_skipped(method: Method, shots: int, source_classes, target_classes) -> str | None:
+def why_skipped(method: Method, shots: int, source_classes, target_classes,
+                source_norm: str | None = None) -> str | None:
     """Why `method` cannot run in this scenario (None: it can): a method that needs labels at 0
-    shots, or domain adaptation (one head shared by both domains) across different classes,
-    compared by name (equal counts are not equal classes). The one rule of the pipeline's
-    `transfer` stage and of the study. `source_classes` may be None for a method that does not
-    read the source model (it is not consulted then)."""
+    shots, domain adaptation (one head shared by both domains) across different classes,
+    compared by name (equal counts are not equal classes), or a BatchNorm method on a source
+    model without BatchNorm (`source_norm`: the norm its file records). The one rule of the
+    pipeline's `transfer` stage and of the study. `source_classes` and `source_norm` may be
+    None for a method that does not read the source model (they are not consulted then)."""
     if method.needs_labels and shots == 0:
         return f"{method.name} needs target labels and prepare.shots=0"
+    if method.needs_batchnorm and source_norm is not None and source_norm != "batch":
+        return (f"{method.name} adapts BatchNorm layers and the source model has {source_norm} "
+                "normalisation (model.norm; auto builds group on a textured backdrop): set "
+                "model.norm: batch to run it")
     if ("unlabelled" in method.reads and "source_model" in method.reads
             and source_classes is not None and list(source_classes) != list(target_classes)):
         return f"{method.name} adapts one classifier to both domains: their classes differ"

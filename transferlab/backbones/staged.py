@@ -11,7 +11,7 @@ from transferlab.backbones import Backbone
 
 BACKBONES = (Backbone("mobilenet_v3_small", blocks=13, min_size=32),
              Backbone("efficientnet_b0", blocks=9, min_size=32),
-             Backbone("convnext_tiny", blocks=8, min_size=32))
+             Backbone("convnext_tiny", blocks=8, min_size=32, norms=("layer",)))
 
 
 def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool):

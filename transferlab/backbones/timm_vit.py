@@ -27,6 +27,7 @@ from transferlab.backbones import Backbone
 class TimmBackbone(Backbone):
     hub: str = ""  # the Hugging Face repository of the weights a user is told to place
     sized: bool = True
+    norms: tuple[str, ...] = ("layer",)  # LayerNorm throughout: what the model file records
 
     def weights_url(self) -> str:
         return f"https://huggingface.co/{self.hub}"

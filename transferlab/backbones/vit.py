@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from transferlab.backbones import Backbone
 
-BACKBONES = (Backbone("vit_b_16", blocks=14, min_size=224, fixed_size=224),)
+BACKBONES = (Backbone("vit_b_16", blocks=14, min_size=224, fixed_size=224, norms=("layer",)),)
 
 
 def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool):

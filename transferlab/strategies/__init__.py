@@ -40,6 +40,9 @@ class Method:
     options: type         # the pydantic class of its params section
     needs_labels: bool    # False: runs with prepare.shots = 0 (unsupervised adaptation)
     reads: frozenset = frozenset()  # a subset of READS
+    # adapts the source model's BatchNorm layers: skipped (not refused) where it has none, e.g.
+    # small_cnn on a textured backdrop (model.norm auto: group)
+    needs_batchnorm: bool = False
     name: str = ""        # filled in from the module name
 
     def __post_init__(self):

@@ -32,7 +32,8 @@ class Options(Strict):
 
 
 METHOD = Method("domain adaptation", "AdaBN: source model, BatchNorm statistics of the target",
-                Options, needs_labels=False, reads=frozenset({"source_model", "source_data", "unlabelled"}))
+                Options, needs_labels=False, reads=frozenset({"source_model", "source_data", "unlabelled"}),
+                needs_batchnorm=True)
 
 
 def recalibrate(model, images, batch_size: int) -> int:

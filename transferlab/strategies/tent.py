@@ -24,7 +24,8 @@ class Options(Adaptation):
 METHOD = Method("source-free adaptation",
                 "TENT: entropy of target predictions minimised, BatchNorm scale and shift only",
                 Options, needs_labels=False,
-                reads=frozenset({"source_model", "source_data", "unlabelled"}))
+                reads=frozenset({"source_model", "source_data", "unlabelled"}),
+                needs_batchnorm=True)
 
 
 def entropy(logits):
