@@ -39,6 +39,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -216,7 +217,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
     import yaml
 
     name, _, body = text.partition(":")
-    pairs = [item.partition("=") for item in body.split(",") if item]
+    # a comma splits pairs only before the next KEY=: a list value keeps its own ([32, 48])
+    pairs = [item.partition("=") for item in re.split(r",(?=[\w.]+=)", body) if item]
     if not name or any(not key or not eq for key, eq, _ in pairs):
         raise ValueError(f"--variant {text!r}: write NAME:KEY=VALUE,KEY=VALUE")
     return name, {key: yaml.safe_load(value) for key, _, value in pairs}
