@@ -7,9 +7,8 @@ from transferlab import compute
 from transferlab.io import (TRAIN_VAL, load_arrays, read_classes, read_metadata, save_state_dict,
                             write_history, write_json)
 from transferlab.launcher import run_stage
-from transferlab.models import architecture_from, model_metadata
+from transferlab.models import architecture_from, model_metadata, read_backdrop
 from transferlab.params import load_params
-from transferlab.scenario import read_backdrop
 from transferlab.source import pretrain
 from transferlab.train import make_deterministic, pick_device, to_device
 

@@ -14,8 +14,8 @@ from transferlab.errors import UserError
 from transferlab.io import load_arrays, read_metadata, write_json
 from transferlab import compute
 from transferlab.launcher import run_stage
+from transferlab.models import read_backdrop
 from transferlab.params import load_params
-from transferlab.scenario import read_backdrop
 from transferlab.records import PREPROCESS_KEYS, model_record
 from transferlab.study import require_target_val
 from transferlab.train import make_deterministic, pick_device, to_device

@@ -13,9 +13,8 @@ import numpy as np
 from transferlab.io import load_arrays, read_classes, read_metadata, write_json
 from transferlab import compute
 from transferlab.launcher import run_stage
-from transferlab.models import load_classifier
+from transferlab.models import load_classifier, read_backdrop
 from transferlab.params import load_params
-from transferlab.scenario import read_backdrop
 from transferlab.health import class_prior
 from transferlab.study import (cell_target, checkpoint_rows, health_rows, require_target_val,
                                score, selected_models, train_cell)

@@ -11,9 +11,8 @@ import numpy as np
 from transferlab.io import load_arrays, read_metadata, write_json
 from transferlab import compute
 from transferlab.launcher import run_stage
-from transferlab.models import load_classifier
+from transferlab.models import load_classifier, read_backdrop
 from transferlab.params import load_params
-from transferlab.scenario import read_backdrop
 from transferlab.strategies import METHODS
 from transferlab.study import cell_target, require_target_val, score, train_layer_grid
 from transferlab.train import make_deterministic, pick_device, to_device

@@ -43,8 +43,7 @@ def detector_rows(cells: list[dict]) -> list[dict]:
 
 def detector_summary(rows: list[dict]) -> dict:
     """health.score_detector over every checked model of the study (K from each cell)."""
-    total = {"models": 0, "collapsed": 0, "hits": 0, "misses": 0, "near_best": 0,
-             "false_alarms": 0}
+    total = health.score_detector([], 2)  # every count at zero
     for k in sorted({r["classes"] for r in rows}):
         counts = health.score_detector([r for r in rows if r["classes"] == k], k)
         total = {key: total[key] + counts[key] for key in total}

@@ -106,15 +106,12 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/params.py": EVERY,
     "transferlab/predict.py": frozenset(),  # the transferlab-predict command: no stage
     "transferlab/ranking.py": frozenset(),  # ranking only
-    # the raw dataset files; through scenario.py (read_backdrop) also every stage that builds
-    # a model
-    "transferlab/rawdata.py": frozenset({"download", "prepare", "pretrain"}) | TRANSFER,
+    "transferlab/rawdata.py": frozenset({"download", "prepare"}),  # the raw dataset files
     "transferlab/records.py": frozenset({"evaluate", "export", "report"}),  # files they read
     # discovery of the backbone and dataset registries: the schema, so every stage
     "transferlab/registry.py": EVERY,
     "transferlab/report.py": frozenset({"report"}),
-    # prepare's code, and the backdrop every stage that builds a model reads (read_backdrop)
-    "transferlab/scenario.py": frozenset({"prepare", "pretrain"}) | TRANSFER,
+    "transferlab/scenario.py": frozenset({"prepare"}),
     "transferlab/selection_stats.py": frozenset(),  # study only (the selection replay)
     # the label-free choice: imported by train.py
     "transferlab/selection.py": EVERY - {"check_params", "download", "prepare", "report"},

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from transferlab import backbones
+from transferlab.errors import UserError, show_path
 
 
 GROUP_CHANNELS = 8  # model.norm: group: channels a GroupNorm group holds (Wu & He 2018 use 32
@@ -65,7 +66,7 @@ class Encoder(nn.Module):
 
 class SmallCNN(Encoder):
     def __init__(self, in_channels: int, widths: Sequence[int], norm: str = "batch",
-                 head: str = "pool"):
+                 head: str = "pool", centred: bool = False):
         super().__init__()
         if head not in ("pool", "flatten"):
             raise ValueError(f"unknown head {head!r}")
@@ -74,9 +75,12 @@ class SmallCNN(Encoder):
             (f"block{i + 1}", conv_block(channels[i], channels[i + 1], i + 1 < len(widths), norm))
             for i in range(len(widths))))
         self.flatten = head == "flatten"
+        self.centred = centred  # model.input centred: [0, 1] -> [-1, 1] before the first conv
         self.out_features = channels[-1] * (FLATTEN_GRID ** 2 if self.flatten else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.centred:
+            x = x * 2 - 1
         if not self.flatten:
             return super().forward(x)
         return grid_pool(self.blocks(x), FLATTEN_GRID).flatten(1)
@@ -194,11 +198,13 @@ def ResNet18(in_channels: int, small_input_stem: bool) -> "TorchvisionEncoder": 
 
 def build_encoder(arch: str, in_channels: int, widths: Sequence[int] = (),
                   small_input_stem: bool = False, norm: str = "batch",
-                  head: str = "pool", image_size: int | None = None) -> Encoder:
+                  head: str = "pool", image_size: int | None = None,
+                  input: str | None = None) -> Encoder:
     backbone = backbones.get(arch)  # ValueError naming the registered ones
     # a family that builds one normalisation and one head is not asked which
     options = {**({"norm": norm} if len(backbone.norms) > 1 else {}),
-               **({"head": head} if len(backbone.heads) > 1 else {})}
+               **({"head": head} if len(backbone.heads) > 1 else {}),
+               **({"input": input} if len(backbone.inputs) > 1 else {})}
     if backbone.sized:  # built for one input size (a ViT's position embedding)
         if image_size is None:
             raise ValueError(f"{arch} is built for one input size: give image_size")
@@ -271,14 +277,35 @@ class Architecture:
     norm: str | None = None
     head: str = "pool"
     image_size: int | None = None  # only for a backbone built for one size (Backbone.sized)
+    # model.input: how [0, 1] pixels enter (Backbone.inputs); None: the backbone's first, or its
+    # own normalisation where it declares none
+    input: str | None = None
 
     def __post_init__(self):
+        backbone = backbones.get(self.arch)
         if self.norm is None:
-            object.__setattr__(self, "norm", backbones.get(self.arch).norms[0])
+            object.__setattr__(self, "norm", backbone.norms[0])
+        if self.input is None and backbone.inputs:
+            object.__setattr__(self, "input", backbone.inputs[0])
 
     def build(self) -> Encoder:
         return build_encoder(self.arch, self.in_channels, self.widths, self.small_input_stem,
-                             self.norm, self.head, self.image_size)
+                             self.norm, self.head, self.image_size, self.input)
+
+
+BACKDROPS = ("blank", "textured")  # what prepare records (scenario.backdrop)
+
+
+def read_backdrop(metadata: dict[str, str], path) -> str:
+    """The backdrop a prepared file records ('blank' for one prepared before it was recorded),
+    which model.norm / model.input auto build for; a value this pipeline does not write is a
+    UserError naming the file."""
+    value = metadata.get("backdrop", "blank")
+    if value not in BACKDROPS:
+        raise UserError(f"{show_path(path)}: its metadata gives backdrop {value!r}, not one of "
+                        f"{', '.join(BACKDROPS)}: not written by this pipeline's prepare: rerun "
+                        "it (dvc repro -f prepare)")
+    return value
 
 
 def architecture_from(model_cfg, in_channels: int, image_size: int | None = None,
@@ -289,14 +316,22 @@ def architecture_from(model_cfg, in_channels: int, image_size: int | None = None
     backbone built for one size) and backdrop (scenario.backdrop, from the prepared files)."""
     backbone = backbones.get(model_cfg.arch)
     widths = tuple(model_cfg.widths) if backbone.uses_widths() else ()
+    textured = backdrop == "textured"
     norm = model_cfg.norm
     if norm == "auto":
-        norm = (backbone.textured_norm if backdrop == "textured" and backbone.textured_norm
-                else backbone.norms[0])
+        norm = backbone.textured_norm if textured and backbone.textured_norm else backbone.norms[0]
     head = backbone.heads[0] if model_cfg.head == "auto" else model_cfg.head
+    given = model_cfg.input
+    if given != "auto":
+        input = given
+    elif backbone.inputs:
+        input = backbone.textured_input if textured and backbone.textured_input \
+            else backbone.inputs[0]
+    else:
+        input = None
     return Architecture(model_cfg.arch, in_channels, widths,
                         model_cfg.small_input_stem and backbone.takes_small_stem(), norm, head,
-                        image_size if backbone.sized else None)
+                        image_size if backbone.sized else None, input)
 
 
 def model_metadata(architecture: Architecture, classes: Sequence[str],
@@ -309,6 +344,9 @@ def model_metadata(architecture: Architecture, classes: Sequence[str],
             "norm": architecture.norm, "head": architecture.head,
             **({"image_size": str(architecture.image_size)}
                if architecture.image_size is not None else {}),
+            # written only where it is not the [0, 1] every earlier file was trained on
+            **({"input": architecture.input}
+               if architecture.input not in (None, "unit") else {}),
             "classes": json.dumps(list(classes)),
             **({"preprocess": preprocess} if preprocess else {})}
 
@@ -338,9 +376,12 @@ def architecture_from_metadata(metadata: dict[str, str]) -> tuple[Architecture, 
                          f"(arch={metadata['arch']!r:.20}, in_channels={metadata['in_channels']!r:.8})")
     # files written before model.norm / model.head existed: BatchNorm and a global pool
     norm, head = metadata.get("norm", "batch"), metadata.get("head", "pool")
-    if norm not in backbone.norms or head not in backbone.heads:
+    # files written before model.input existed, or with unit input, record none
+    input = metadata.get("input", "unit" if backbone.inputs else None)
+    if norm not in backbone.norms or head not in backbone.heads \
+            or (input is not None and input not in backbone.inputs):
         raise ValueError(f"its metadata describes no model this pipeline builds ({metadata['arch']}"
-                         f" with norm={norm!r:.20}, head={head!r:.20})")
+                         f" with norm={norm!r:.20}, head={head!r:.20}, input={input!r:.20})")
     size = None
     if backbone.sized:  # an untrusted file: a size this pipeline's params allow, or refused
         size = metadata.get("image_size", "")
@@ -349,7 +390,7 @@ def architecture_from_metadata(metadata: dict[str, str]) -> tuple[Architecture, 
                              f"({size!r:.20})")
         size = int(size)
     return Architecture(metadata["arch"], in_channels, tuple(widths), stem, norm, head,
-                        size), classes
+                        size, input), classes
 
 
 def classifier_from_state(state: dict, metadata: dict[str, str]) -> tuple[Classifier, list[str]]:

@@ -171,6 +171,9 @@ class Model(Strict):
     # measurement over the offline tasks; torchvision models as published: batch + pool)
     norm: Literal["auto", "batch", "group", "layer", "none"]  # small_cnn's normalisation layers
     head: Literal["auto", "pool", "flatten"]  # small_cnn: 4x4 grid flattened | global average pool
+    # small_cnn: unit (pixels in [0, 1]) | centred ([-1, 1]); auto: unit, centred on a textured
+    # backdrop; a torchvision model normalises its own input (auto only)
+    input: Literal["auto", "unit", "centred"] = "auto"
     weights: str  # source init: none | a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...;
     #               imagenet = DEFAULT) | a path to a state dict of the arch in torchvision's format
 
@@ -321,7 +324,11 @@ class Params(Strict):
             with_weights = [n for n, b in backbones.BACKBONES.items() if b.weights is not None]
             raise ValueError(f"model.weights={m.weights!r} needs a model.arch with published "
                              f"weights ({', '.join(with_weights)}; {m.arch} has none): use none")
-        for key, value, built in (("norm", m.norm, backbone.norms), ("head", m.head, backbone.heads)):
+        if m.input != "auto" and not backbone.inputs:
+            raise ValueError(f"model.input={m.input}: model.arch={m.arch} normalises its own "
+                             "input (its published mean and std): use auto")
+        for key, value, built in (("norm", m.norm, backbone.norms), ("head", m.head, backbone.heads),
+                                  ("input", m.input, backbone.inputs)):
             if value != "auto" and value not in built:
                 raise ValueError(f"model.{key}={value}: model.arch={m.arch} builds "
                                  f"{' | '.join(built)} only: use auto or {built[0]}")

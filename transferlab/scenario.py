@@ -185,29 +185,16 @@ def resolve_framing(p: Prepare, stats: dict[str, dict[str, float]],
     return p.model_copy(update=update)
 
 
-BACKDROPS = ("blank", "textured")
-
-
 def backdrop(stats: dict[str, dict[str, float]]) -> str:
     """'textured' where any domain's content fills its frame or sits on a bright background
     (a premise of bbox or of max fails there: photos, digits blended onto photo patches),
     else 'blank' (ink on a blank page in every domain). Recorded in the prepared files'
-    metadata: model.norm auto builds a backbone's `textured_norm` on a textured backdrop,
-    where BatchNorm's source statistics mislead it on the target (docs/datasets.md)."""
+    metadata (models.read_backdrop): on a textured backdrop model.norm and model.input auto
+    build a backbone's `textured_norm` and `textured_input`, where BatchNorm's source
+    statistics mislead it on the target (docs/datasets.md, The encoder)."""
     textured = any(s["full_frame_share"] > FULL_FRAME_LIMIT or s["background_level"] > BACKGROUND_LIMIT
                    for s in stats.values())
     return "textured" if textured else "blank"
-
-
-def read_backdrop(metadata: dict[str, str], path) -> str:
-    """The backdrop a prepared file records ('blank' for one prepared before it was recorded);
-    a value this pipeline does not write is a UserError naming the file."""
-    value = metadata.get("backdrop", "blank")
-    if value not in BACKDROPS:
-        raise UserError(f"{show_path(path)}: its metadata gives backdrop {value!r}, not one of "
-                        f"{', '.join(BACKDROPS)}: not written by this pipeline's prepare: rerun "
-                        "it (dvc repro -f prepare)")
-    return value
 
 
 def framing_summary(p: Prepare) -> dict[str, int]:
@@ -557,7 +544,7 @@ def build_scenario(source: RawDataset, target: RawDataset, p: Prepare, seed: int
     framing = {"source": framing_stats(source), "target": framing_stats(target)}
     check_framing(framing, p)
     given, p = p, resolve_framing(p, framing, needs_colour)
-    print(f"{describe_framing(p, given)}; backdrop {backdrop(framing)} (model.norm auto reads it)")
+    print(f"{describe_framing(p, given)}; backdrop {backdrop(framing)} (model.norm and model.input auto read it)")
     keep_source, keeps, dropped, notes = find_copies(
         (image_digests(source, p.channels), source.labels),
         [(k, image_digests(v, p.channels), v.labels) for k, v in official.items()]

@@ -4,8 +4,8 @@ Each module declares `BACKBONES = (Backbone(...), ...)`, the facts the params sc
 (how many named blocks, the smallest input, a fixed input size, whether published weights
 exist, which normalisations and heads it builds), and a `build(name, in_channels, widths,
 small_input_stem)` that returns a `models.Encoder` with named blocks; a family that declares
-more than one of `norms` or `heads` also takes `norm=` / `head=` keywords (model.norm,
-model.head), and one declared `sized` an `image_size=` keyword (prepare.image_size: a ViT's
+more than one of `norms`, `heads` or `inputs` also takes `norm=` / `head=` / `input=`
+keywords (model.norm, model.head, model.input), and one declared `sized` an `image_size=` keyword (prepare.image_size: a ViT's
 position embedding is built for one grid). A family may also declare
 `convert_state(arch, state, encoder)`, which fits a published state dict to the built encoder
 before it is copied (a position embedding resampled to the grid). Torchvision families also map torchvision's tensor names to ours (`block_name`),
@@ -41,6 +41,11 @@ class Backbone:
     # what model.norm auto builds instead of norms[0] where prepare found a textured or bright
     # background in either domain (scenario.backdrop); None: norms[0] everywhere
     textured_norm: str | None = None
+    # model.input values it takes (how pixels in [0, 1] enter it), the first what auto takes, and
+    # what auto takes instead on a textured backdrop; () for a backbone that normalises its own
+    # input (a torchvision model: its published mean and std)
+    inputs: tuple[str, ...] = ()
+    textured_input: str | None = None
     sized: bool = False         # built for one input size: its build() takes image_size=
     family: str = ""            # filled in from the module name
 

@@ -10,6 +10,8 @@ model.norm: batch (BatchNorm: statistics of each batch, running averages at test
 group (GroupNorm, 8 channels a group) | layer (GroupNorm with one group: each image on its own)
 | none (conv with bias). Without BatchNorm an image's features do not depend on the batch or on
 statistics gathered on the source, which is what collapses on a shifted target.
+model.input: unit (pixels in [0, 1], as prepared) | centred (2x - 1: in [-1, 1], so the zero
+padding of every 3x3 conv is mid-grey rather than black; what the plain reference script does).
 No published weights.
 """
 
@@ -38,11 +40,12 @@ BACKBONES = (SmallCNNBackbone("small_cnn", blocks=0, min_size=1, weights=None,
                               # domain has a textured background: chosen by measurement on the
                               # three offline tasks (docs/datasets.md, "The encoder")
                               norms=("batch", "group", "layer", "none"),
-                              heads=("flatten", "pool"), textured_norm="group"),)
+                              heads=("flatten", "pool"), textured_norm="group",
+                              inputs=("unit", "centred"), textured_input="centred"),)
 
 
 def build(name: str, in_channels: int, widths: Sequence[int], small_input_stem: bool, *,
-          norm: str = "batch", head: str = "pool"):
+          norm: str = "batch", head: str = "pool", input: str = "unit"):
     from transferlab.models import SmallCNN
 
-    return SmallCNN(in_channels, widths, norm, head)
+    return SmallCNN(in_channels, widths, norm, head, centred=input == "centred")
