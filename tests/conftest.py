@@ -14,6 +14,9 @@ import yaml
 from transferlab.params import Params, parse_params
 from transferlab.strategies import METHODS
 
+# the shared checks of the bad-input tests report what failed, as asserts in a test module do
+pytest.register_assert_rewrite("tests.bad_input_helpers")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough that each stage takes a second or two, big enough to exercise every code path.

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.bad_input_helpers import PREPARE, assert_one_line_error, run_entry
 from tests.conftest import merge, tiny_params_dict
-from tests.test_bad_input import PREPARE, assert_one_line_error, run_entry
 from transferlab.io import load_arrays
 
 VALUES = {"ant": 40, "bee": 120, "cat": 200}  # each class's images: this grey level, plus noise

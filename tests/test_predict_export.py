@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
+from tests.bad_input_helpers import run_entry
 from tests.conftest import merge, stage_commands, tiny_params_dict
-from tests.test_bad_input import run_entry
 from transferlab.io import load_arrays, load_state_dict
 from transferlab.models import load_classifier
 from transferlab.predict import predict_files, preprocess_file, preprocessing

@@ -288,7 +288,7 @@ def test_export_refuses_a_collapsed_model_unless_allowed(transferred, tmp_path, 
 
     import onnx
 
-    from tests.test_bad_input import assert_one_line_error, run_entry
+    from tests.bad_input_helpers import assert_one_line_error, run_entry
     from transferlab.io import save_state_dict
 
     work = tmp_path / "collapsed"

@@ -1,11 +1,12 @@
-"""Files the pipeline wrote, read back as untrusted (issue 23, classes 3, 5 and 8): model metadata
-and metrics read by predict, export and evaluate; the files a stage reads are exactly those
-dvc.yaml names; messages point at the real fix.
+"""A finished pipeline's records read back as untrusted: the metadata in its model files, its
+metrics files, the files predict is given, and exactly the files dvc.yaml names.
 
 Every case goes through a real entry point (`transferlab-predict`'s main under run_stage, the
-stage scripts as `python stages/x.py` runs them) on one tiny pipeline, and checks the promise:
-exit code 2, one line "error: ..." naming the file and the key, no traceback, earlier outputs
-byte-identical.
+stage scripts as `python stages/x.py` runs them) on one tiny finished pipeline (the `pipeline`
+of test_predict_export), and checks the promise: exit code 2, one line "error: ..." naming the
+file and the key, no traceback, earlier outputs byte-identical; for predict, each unreadable
+image is one "skipped: ..." line and the rest are predicted. A transfer stage rerun there whose
+training diverges names the knob that caused it.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
+from tests.bad_input_helpers import (OUTPUT_DIRS, assert_one_line_error, assert_untouched,
+                                     run_entry, snapshot)
 from tests.conftest import ROOT, merge, stage_commands, tiny_params_dict
-from tests.test_bad_input import (OUTPUT_DIRS, assert_one_line_error, assert_untouched, run_entry,
-                                  snapshot)
 from tests.test_predict_export import pipeline  # noqa: F401  (the module-scoped fixture)
 from transferlab.io import read_metadata
+
 
 MODEL = "models/transfer/finetune.safetensors"
 
@@ -59,10 +61,12 @@ def good_image(pipeline: Path) -> Path:  # noqa: F811
     return sorted((pipeline / "digits/test/3").glob("*.png"))[0]
 
 
-# ---- class 3: a model's preprocess metadata -------------------------------------------------
+# ---- a model's preprocess metadata, read by predict ------------------------------------------
 
 PRE = {"bottleneck_size": 8, "channels": 1, "crop": "bbox", "decode_size": 256, "image_size": 8,
        "scale": "max"}
+
+
 METADATA_CASES = [  # (metadata changes, what the one line names)
     ({"preprocess": "{not json"}, ["'preprocess' is not JSON"]),
     ({"preprocess": "[1, 2]"}, ["'preprocess' is invalid"]),
@@ -135,7 +139,7 @@ def test_predict_given_a_skipped_strategys_placeholder_says_why(pipeline, tmp_pa
     assert "not written by this pipeline" not in line
 
 
-# ---- class 3: every unreadable image on its own line, the rest predicted ---------------------
+# ---- every unreadable image on its own line, the rest predicted ------------------------------
 
 def hostile_images(folder: Path, good: Path) -> dict[str, str]:
     """Unreadable files beside good ones: {name: what its line must say}."""
@@ -191,7 +195,18 @@ def test_no_readable_image_writes_no_csv(pipeline, tmp_path, capsys):  # noqa: F
     assert out.read_text() == "earlier\n"
 
 
-# ---- class 3: the metrics and metadata export and evaluate read ------------------------------
+def test_an_image_argument_with_an_over_long_name_is_one_line_not_a_traceback():
+    """Path.is_dir / is_file raise ENAMETOOLONG on Python 3.11: predict asks os.path instead."""
+    from transferlab.errors import UserError
+    from transferlab.predict import collect_images, preprocess_file
+
+    long = Path("y" * 300 + ".png")
+    assert collect_images([long]) == [long]  # listed as given, then refused by name
+    with pytest.raises(UserError, match="File name too long"):
+        preprocess_file(long, None, 0)
+
+
+# ---- the metrics and metadata export and evaluate read ---------------------------------------
 
 @pytest.fixture
 def work(pipeline, tmp_path):  # noqa: F811
@@ -278,7 +293,29 @@ def test_evaluate_refuses_a_strategy_model_of_other_classes(work, capsys):
     assert_untouched(work, before)
 
 
-# ---- class 5: each stage reads exactly what dvc.yaml gives it --------------------------------
+def test_a_metrics_file_with_an_over_long_name_or_a_loop_is_one_line(tmp_path):
+    from transferlab.errors import UserError
+    from transferlab.records import _read_bytes
+
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    for path, why in ((tmp_path / ("m" * 300 + ".json"), "File name too long"),
+                      (loop, "Too many levels of symbolic links"),
+                      (tmp_path / "absent.json", "is missing")):
+        with pytest.raises(UserError, match=why):
+            _read_bytes(path, 1 << 20, "fix")
+
+
+# ---- each stage reads exactly what dvc.yaml gives it -----------------------------------------
+
+def test_evaluate_lists_exactly_the_models_the_transfer_stage_writes():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    written = [stages["transfer"]["do"]["outs"][0].replace("${key}", s)
+               for s in stages["transfer"]["foreach"]]
+    argv = dict(stage_commands())["evaluate"]
+    assert [a for a in argv if a.startswith("models/transfer/")] == written
+    assert [d for d in stages["evaluate"]["deps"] if d.startswith("models/transfer")] == written
+
 
 def test_report_reads_exactly_the_curves_of_the_pipelines_stages():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -301,7 +338,7 @@ def test_the_report_stage_skips_a_stray_curve_and_a_removed_strategy(work, capsy
     assert "finetune" in page and "stray_notes" not in page and "dann" not in page
 
 
-# ---- class 8: messages that point at the right fix -------------------------------------------
+# ---- training that diverges: the message names the knob that caused it -----------------------
 
 def test_a_tiny_mcc_temperature_is_named_when_training_diverges(work, capsys):
     params = yaml.safe_load((work / "params.yaml").read_text())
@@ -325,27 +362,3 @@ def test_divergence_advice_names_the_step_knobs_a_method_has():
     assert "transfer.joint.target_weight" in divergence_advice("joint", transfer.joint)
     mcc = divergence_advice("mcc", transfer.mcc)  # the default temperature: not the cause
     assert "transfer.mcc.loss_weight" in mcc and "temperature" not in mcc
-
-
-def test_an_image_argument_with_an_over_long_name_is_one_line_not_a_traceback():
-    """Path.is_dir / is_file raise ENAMETOOLONG on Python 3.11: predict asks os.path instead."""
-    from transferlab.errors import UserError
-    from transferlab.predict import collect_images, preprocess_file
-
-    long = Path("y" * 300 + ".png")
-    assert collect_images([long]) == [long]  # listed as given, then refused by name
-    with pytest.raises(UserError, match="File name too long"):
-        preprocess_file(long, None, 0)
-
-
-def test_a_metrics_file_with_an_over_long_name_or_a_loop_is_one_line(tmp_path):
-    from transferlab.errors import UserError
-    from transferlab.records import _read_bytes
-
-    loop = tmp_path / "loop.json"
-    loop.symlink_to(loop)
-    for path, why in ((tmp_path / ("m" * 300 + ".json"), "File name too long"),
-                      (loop, "Too many levels of symbolic links"),
-                      (tmp_path / "absent.json", "is missing")):
-        with pytest.raises(UserError, match=why):
-            _read_bytes(path, 1 << 20, "fix")

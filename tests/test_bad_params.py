@@ -1,42 +1,33 @@
-"""Bad input as a user meets it: through the real stage entry points, never a traceback.
+"""params.yaml given nonsense: its YAML, its keys, its values and the rules across keys.
 
-Every case runs `run_stage(main)` of a stage script, as `python stages/<stage>.py ...` does
-(sys.argv patched; a handful also as real subprocesses), and checks the promise of
-transferlab/io.py: exit code 2, exactly one line on stderr starting with "error: " that names
-the dotted params key (or the file path) at fault, no traceback, and nothing written: outputs
-from an earlier run stay byte-for-byte as they were and no temporary (`.*.tmp`) is left.
-
-Cases that once failed (inf/nan values, huge seeds, duplicate keys, non-UTF-8 files, bool/float
-channels, union-typed class lists) are kept here as regressions.
+Every case runs a real entry point: `check_params` as `python stages/check_params.py` runs it
+(in-process with sys.argv patched; a handful as real processes, one through the real `dvc` CLI),
+or the stage that alone can check a value. The promise: exit code 2, exactly one line
+"error: params.yaml: ..." naming the dotted key at fault (or the file), no traceback, the
+earlier data/params.ok byte-identical and no temporary left; a legal file is read as DVC reads
+it (YAML 1.2) and passes. Cases that once failed (inf/nan values, huge seeds, duplicate keys,
+non-UTF-8 files, bool/float channels, union-typed class lists) are kept as regressions.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import json
 import math
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from unittest import mock
 
 import pytest
-import torch
 import yaml
 
-from tests.conftest import ROOT, merge, tiny_params_dict
-from tests.test_stages import cwd, load_stage, run_main
-from transferlab.launcher import run_stage
+from tests.bad_input_helpers import (EARLIER, OUTPUT_DIRS, PRETRAIN, assert_nothing_written,
+                                     assert_one_line_error, assert_untouched, check_params_process,
+                                     image_folder, params_text, prepared_base, run_entry,
+                                     set_params, snapshot, work)  # noqa: F401
+from tests.conftest import merge, tiny_params_dict
+from tests.test_stages import load_stage
+from transferlab.params import MAX_DEPTH, MAX_VALUES, load_params
 
-EARLIER = b"earlier content: not what check_params writes\n"  # a pre-existing data/params.ok
 
-
-# ---- helpers ---------------------------------------------------------------------------------
+# ---- params edits ----------------------------------------------------------------------------
 
 def without(dotted: str) -> Callable[[dict], dict]:
     """A params edit that deletes one dotted key (a leaf or a whole section)."""
@@ -62,16 +53,6 @@ def renamed(dotted: str, new: str) -> Callable[[dict], dict]:
     return edit
 
 
-def params_text(edit) -> bytes:
-    """params.yaml bytes: tiny params with `edit` (a dict merged in, a function of the dict, or
-    the raw file bytes themselves)."""
-    if isinstance(edit, bytes):
-        return edit
-    params = tiny_params_dict()
-    params = edit(params) if callable(edit) else merge(params, edit)
-    return yaml.safe_dump(params, sort_keys=False).encode()
-
-
 def tiny_yaml_with_line(key: str, replacement: str) -> tuple[bytes, int]:
     """The tiny params.yaml with the line of `key:` (first match) replaced; its 1-based number."""
     lines = yaml.safe_dump(tiny_params_dict(), sort_keys=False).splitlines()
@@ -80,74 +61,33 @@ def tiny_yaml_with_line(key: str, replacement: str) -> tuple[bytes, int]:
     return ("\n".join(lines) + "\n").encode(), number
 
 
-@contextlib.contextmanager
-def stage_process_state():
-    """What run_stage and the stages change in this (pytest's) process, restored afterwards:
-    the SIGTERM/SIGINT handlers run_stage installs and torch's global determinism switches."""
-    handler, interrupt = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    benchmark = torch.backends.cudnn.benchmark
-    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, interrupt)
-        torch.use_deterministic_algorithms(deterministic)
-        torch.backends.cudnn.benchmark = benchmark
-        if cublas is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+TINY_YAML = yaml.safe_dump(tiny_params_dict(), sort_keys=False)
 
 
-def run_entry(work: Path, stage: str, *args, capsys) -> tuple[int, str, str]:
-    """`python stages/<stage>.py args...` in-process, in `work`: (exit code, stdout, stderr).
-    A clean return is exit code 0; any other exception propagates (a traceback for a user)."""
-    module = load_stage(stage)
-    capsys.readouterr()
-    code = 0
-    with cwd(work), stage_process_state(), \
-            mock.patch.object(sys, "argv", [f"stages/{stage}.py", *map(str, args)]):
-        try:
-            run_stage(module.main)
-        except SystemExit as exc:
-            code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+def with_line(key: str, replacement: str) -> bytes:
+    return tiny_yaml_with_line(key, replacement)[0]
 
 
-def assert_one_line_error(code, err: str, *names: str, fragments=()) -> str:
-    """Exit code 2; stderr is one line "error: ..." naming every one of `names` as a whole
-    dotted key or path (not a prefix of a longer one); no traceback. Returns the line."""
-    assert "Traceback" not in err, err
-    assert code == 2, f"exit code {code}, stderr: {err}"
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {err}"
-    line = lines[0]
-    assert line.startswith("error: "), line
-    for name in names:
-        assert re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.\[])", line), \
-            f"the message does not name {name!r}: {line}"
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in: {line}"
-    return line
+def prepended(text: str) -> bytes:
+    return (text + TINY_YAML).encode()
 
 
-def snapshot(root: Path, *dirs: str) -> dict[str, str]:
-    """{relative path: sha256} of every file under the given folders of `root`."""
-    out = {}
-    for d in dirs:
-        for path in sorted((root / d).rglob("*")):
-            if path.is_file():
-                out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
+@pytest.fixture
+def checked(tmp_path, monkeypatch, capsys):
+    """Run check_params on given params.yaml bytes in a tmp dir with an earlier data/params.ok."""
+    monkeypatch.delenv("TRANSFERLAB_DEBUG", raising=False)
+
+    def run(text: bytes):
+        (tmp_path / "params.yaml").write_bytes(text)
+        (tmp_path / "data").mkdir(exist_ok=True)
+        (tmp_path / "data/params.ok").write_bytes(EARLIER)
+        code, out, err = run_entry(tmp_path, "check_params", "params.yaml", "data/params.ok",
+                                   capsys=capsys)
+        return code, out, err
+    return run
 
 
-def temporaries(root: Path) -> list[str]:
-    """Every `.<name>.<random>.tmp` atomic_path temporary under `root`."""
-    return [str(p.relative_to(root)) for p in root.rglob(".*.tmp")]
-
-
-# ---- 1a. params.yaml: every bad value stops check_params with one line ---------------------
+# ---- every bad value stops check_params with one line ----------------------------------------
 
 CASES = [
     # -- unknown keys at every level: reported as unknown, with the nearest allowed key ----------
@@ -365,27 +305,6 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def checked(tmp_path, monkeypatch, capsys):
-    """Run check_params on given params.yaml bytes in a tmp dir with an earlier data/params.ok."""
-    monkeypatch.delenv("TRANSFERLAB_DEBUG", raising=False)
-
-    def run(text: bytes):
-        (tmp_path / "params.yaml").write_bytes(text)
-        (tmp_path / "data").mkdir(exist_ok=True)
-        (tmp_path / "data/params.ok").write_bytes(EARLIER)
-        code, out, err = run_entry(tmp_path, "check_params", "params.yaml", "data/params.ok",
-                                   capsys=capsys)
-        return code, out, err
-    return run
-
-
-def assert_nothing_written(work: Path):
-    assert (work / "data/params.ok").read_bytes() == EARLIER
-    assert sorted(p.name for p in (work / "data").iterdir()) == ["params.ok"]
-    assert temporaries(work) == []
-
-
 @pytest.mark.parametrize("edit, key, fragments", CASES)
 def test_bad_params_stop_check_params_with_one_line(edit, key, fragments, checked, tmp_path):
     code, out, err = checked(params_text(edit))
@@ -419,7 +338,7 @@ def test_a_missing_params_file_is_named(tmp_path, capsys, monkeypatch):
     assert_nothing_written(tmp_path)
 
 
-# -- the same through real processes: the shape a user and `dvc repro` see -------------------
+# ---- the same through real processes: the shape a user and `dvc repro` see -------------------
 
 SUBPROCESS_CASES = {
     "unknown-finetune-frozen_block": (renamed("transfer.finetune.frozen_blocks", "frozen_block"),
@@ -432,18 +351,6 @@ SUBPROCESS_CASES = {
 }
 
 
-def check_params_process(work: Path, text: bytes, **env) -> subprocess.CompletedProcess:
-    (work / "params.yaml").write_bytes(text)
-    (work / "stages").mkdir(exist_ok=True)
-    shutil.copy2(ROOT / "stages/check_params.py", work / "stages/check_params.py")
-    (work / "data").mkdir(exist_ok=True)
-    (work / "data/params.ok").write_bytes(EARLIER)
-    environ = {k: v for k, v in os.environ.items() if k != "TRANSFERLAB_DEBUG"}
-    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run([sys.executable, "stages/check_params.py", "params.yaml", "data/params.ok"],
-                          cwd=work, env={**environ, **env}, capture_output=True, text=True)
-
-
 @pytest.mark.parametrize("case", list(SUBPROCESS_CASES))
 def test_bad_params_in_a_real_process(case, tmp_path):
     edit, key = SUBPROCESS_CASES[case]
@@ -453,146 +360,175 @@ def test_bad_params_in_a_real_process(case, tmp_path):
     assert_nothing_written(tmp_path)
 
 
-def test_transferlab_debug_shows_the_traceback(tmp_path):
-    proc = check_params_process(tmp_path, params_text({"prepare": {"image_size": 7}}),
-                                TRANSFERLAB_DEBUG="1")
-    assert proc.returncode == 1
-    assert "Traceback (most recent call last)" in proc.stderr
-    assert proc.stderr.rstrip().splitlines()[-1].startswith(
-        "transferlab.errors.UserError: params.yaml: prepare.image_size=7 is invalid")
-    assert_nothing_written(tmp_path)
+# ---- params.yaml as DVC reads it: any key YAML allows, nesting, aliases: one line ------------
 
-
-# ---- 1b. data faults, by path, through the stage mains -------------------------------------
-
-PREPARE = ("prepare", "data/raw", "data/prepared", "--summary", "metrics/scenario.json")
-PRETRAIN = ("pretrain", "data/prepared/source.safetensors", "models/source.safetensors",
-            "--metrics", "metrics/pretrain.json", "--curve", "plots/curves/pretrain.csv")
-EXTRACT = ("extract", "models/source.safetensors", "data/prepared/target.safetensors",
-           "data/features/target.safetensors", "--metrics", "metrics/extract.json")
-OUTPUT_DIRS = ("data", "models", "metrics", "plots")
-
-
-@pytest.fixture(scope="module")
-def prepared_base(tmp_path_factory):
-    """download + prepare on tiny params (about 3 s), plus sentinel later outputs."""
-    work = tmp_path_factory.mktemp("prepared")
-    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
-    run_main(work, "download", "data/raw")
-    run_main(work, *PREPARE)
-    for path in ("models/source.safetensors", "metrics/pretrain.json", "plots/curves/pretrain.csv",
-                 "data/features/target.safetensors", "metrics/extract.json"):
-        (work / path).parent.mkdir(parents=True, exist_ok=True)
-        (work / path).write_bytes(f"earlier {path}\n".encode())
-    return work
-
-
-@pytest.fixture
-def work(prepared_base, tmp_path, monkeypatch):
-    monkeypatch.delenv("TRANSFERLAB_DEBUG", raising=False)
-    dst = tmp_path / "work"
-    shutil.copytree(prepared_base, dst)
-    return dst
-
-
-def set_params(work: Path, override: dict) -> None:
-    (work / "params.yaml").write_text(yaml.safe_dump(merge(tiny_params_dict(), override)))
-
-
-def assert_untouched(work: Path, before: dict, *except_inputs: str):
-    after = snapshot(work, *OUTPUT_DIRS)
-    for path in except_inputs:  # the damaged input itself
-        before.pop(path, None), after.pop(path, None)
-    assert after == before
-    assert temporaries(work) == []
-
-
-def test_a_truncated_raw_file_stops_prepare_naming_it(work, capsys):
-    raw = work / "data/raw/source.safetensors"
-    blob = raw.read_bytes()
-    raw.write_bytes(blob[:len(blob) // 2])
-    before = snapshot(work, *OUTPUT_DIRS)
-    code, _, err = run_entry(work, *PREPARE, capsys=capsys)
-    assert_one_line_error(code, err, "data/raw/source.safetensors", fragments=["is corrupt"])
-    assert_untouched(work, before)
-
-
-def test_a_missing_prepared_file_stops_pretrain_naming_it(work, capsys):
-    (work / "data/prepared/source.safetensors").unlink()
-    before = snapshot(work, *OUTPUT_DIRS)
-    code, _, err = run_entry(work, *PRETRAIN, capsys=capsys)
-    assert_one_line_error(code, err, "data/prepared/source.safetensors", fragments=["is missing"])
-    assert_untouched(work, before)
-
-
-def test_a_garbage_model_file_stops_extract_naming_it(work, capsys):
-    # the sentinel models/source.safetensors is text, not safetensors
-    before = snapshot(work, *OUTPUT_DIRS)
-    code, _, err = run_entry(work, *EXTRACT, capsys=capsys)
-    assert_one_line_error(code, err, "models/source.safetensors", fragments=["is corrupt"])
-    assert_untouched(work, before)
-
-
-def test_more_shots_than_the_target_pool_has_stops_prepare(work, capsys):
-    set_params(work, {"prepare": {"shots": 500}})
-    before = snapshot(work, *OUTPUT_DIRS)
-    code, _, err = run_entry(work, *PREPARE, capsys=capsys)
-    assert_one_line_error(code, err, "prepare.shots", fragments=["prepare.shots=500 but class"])
-    assert_untouched(work, before)
-
-
-def test_more_validation_images_than_a_class_has_stops_prepare(work, capsys):
-    set_params(work, {"prepare": {"target_val_per_class": 100}})
-    before = snapshot(work, *OUTPUT_DIRS)
-    code, _, err = run_entry(work, *PREPARE, capsys=capsys)
-    assert_one_line_error(code, err, "prepare.target_val_per_class")
-    assert_untouched(work, before)
-
-
-def test_a_class_id_the_dataset_lacks_stops_prepare(work, capsys):
-    set_params(work, {"data": {"target": {"classes": [0, 11]}}})
-    before = snapshot(work, *OUTPUT_DIRS)
-    code, _, err = run_entry(work, *PREPARE, capsys=capsys)
-    assert_one_line_error(code, err, "data.target.classes", fragments=["has no class 11"])
-    assert_untouched(work, before)
-
-
-def write_png(path: Path, value: int = 200) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("L", (12, 12), value).save(path)
-
-
-def folder_fault(work: Path, tmp_path: Path, fault: str) -> tuple[Path, Path]:
-    """An image folder <root>/{a,b}/ with one fault; params pointing the target at it."""
-    root = tmp_path / "images"
-    write_png(root / "a" / "1.png")
-    write_png(root / "a" / "2.png", 90)
-    (root / "b").mkdir(parents=True)
-    if fault == "empty":
-        bad = root / "b"
-    elif fault == "not-an-image":
-        write_png(root / "b" / "1.png")
-        bad = root / "b" / "2.png"
-        bad.write_text("not an image, just text with a .png name\n")
-    elif fault == "missing-root":
-        bad = tmp_path / "no-such-folder"
-        root = bad
-    set_params(work, {"data": {"source": {"name": "mnist_5k"},
-                               "target": {"name": "folder", "root": str(root)}}})
-    return root, bad
-
-
-@pytest.mark.parametrize("fault, fragment", [
-    ("empty", "is empty"), ("not-an-image", "is not a readable image"), ("missing-root", "does not exist"),
+@pytest.mark.parametrize("line, key, expected", [
+    ("  shots: 010", "shots", 10),        # YAML 1.1 (PyYAML) read eight
+    ("  shots: 0o3", "shots", 3),
+    ("  shots: 0x2", "shots", 2),
+    ("  lr: 1e-3", "lr", 0.001),          # YAML 1.1 read a string
+    ("  lr: 3E-3", "lr", 0.003),
 ])
-def test_a_bad_image_folder_stops_download_naming_the_path(fault, fragment, work, tmp_path, capsys):
-    _, bad = folder_fault(work, tmp_path, fault)
-    before = snapshot(work, *OUTPUT_DIRS)
-    code, _, err = run_entry(work, "download", "data/raw", capsys=capsys)
-    assert_one_line_error(code, err, str(bad), fragments=["folder dataset", fragment])
-    assert_untouched(work, before)
+def test_numbers_mean_what_dvc_records(line, key, expected, tmp_path):
+    from ruamel.yaml import YAML
+
+    text = with_line(key, line)
+    (tmp_path / "params.yaml").write_bytes(text)
+    params = load_params(tmp_path / "params.yaml")
+    section = "prepare" if key == "shots" else "pretrain"
+    ours = getattr(getattr(params, section), key)
+    dvc_reads = YAML(typ="safe").load(text)[section][key]  # what dvc.lock records
+    assert ours == dvc_reads == expected
+
+
+PARAMS_CASES = [
+    # -- keys YAML allows that are no params keys: named, never an IndexError/TypeError ----------
+    pytest.param(with_line("crop", "  crop-mode: bbox"), "prepare.crop-mode",
+                 ["did you mean 'prepare.crop'?"], id="key-hyphen"),
+    pytest.param(with_line("crop", "  crop mode: bbox"), "params.yaml", ["unknown key 'prepare.crop mode'"],
+                 id="key-with-space"),
+    pytest.param(prepended("1: 0\n"), "params.yaml", ["key 1 in the top level is not a name"],
+                 id="key-int"),
+    pytest.param(prepended("? [1, 2]\n: 0\n"), "params.yaml", ["key (1, 2)", "is not a name"],
+                 id="key-sequence"),
+    pytest.param(prepended("null: 0\n"), "params.yaml", ["key None"], id="key-null"),
+    pytest.param(prepended("true: 0\n"), "params.yaml", ["key True"], id="key-bool"),
+    pytest.param(prepended("2024-01-01: 0\n"), "params.yaml", ["key datetime.date(2024, 1, 1)"],
+                 id="key-date"),
+    pytest.param(with_line("crop", "  3.5: bbox"), "params.yaml", ["key 3.5 in prepare"],
+                 id="key-float-nested"),
+    pytest.param(with_line("crop", '  "cr\\nop": bbox'), "params.yaml", ["unknown key 'prepare.cr\\nop'"],
+                 id="key-with-newline"),
+    pytest.param(prepended("base: &b {shots: 3}\n"), "base", ["did you mean"], id="merge-anchor-extra-key"),
+    pytest.param(TINY_YAML.replace("  scratch:\n", "  scratch:\n    <<: {typo: 1}\n", 1).encode(),
+                 "transfer.scratch.typo", ["unknown key"], id="merge-key-brings-a-typo"),
+    # -- values: bounded echo, one line -----------------------------------------------------------
+    pytest.param(with_line("seed", "seed: " + "x" * 100_000), "seed", ["..."], id="value-huge-string"),
+    pytest.param(with_line("seed", "seed: [" + ", ".join(["1"] * 5000) + "]"), "seed", ["..."],
+                 id="value-long-list"),
+    pytest.param(with_line("crop", "  crop: no"), "prepare.crop", ["'no'"], id="value-no-is-text"),
+    pytest.param(with_line("seed", "seed: 2024-01-01"), "seed", ["datetime.date"], id="value-date"),
+    pytest.param(with_line("seed", "seed: !!binary aGVsbG8="), "seed", ["valid integer"], id="value-binary"),
+    pytest.param(with_line("seed", "seed: !!python/object:os.system x"), "params.yaml",
+                 ["not valid YAML"], id="value-python-tag"),
+    # -- nesting and alias expansion: bounded, no RecursionError -----------------------------------
+    pytest.param(with_line("seed", "seed: " + "[" * 5000 + "]" * 5000), "params.yaml",
+                 [f"nests deeper than {MAX_DEPTH}"], id="deep-brackets"),
+    pytest.param(with_line("seed", "seed: " + "{a: " * 20 + "1" + "}" * 20), "params.yaml",
+                 [f"nests deeper than {MAX_DEPTH}"], id="deep-mappings"),
+    pytest.param(prepended("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))),
+        "params.yaml", [f"more than {MAX_VALUES} values"], id="alias-bomb"),
+]
+
+
+@pytest.mark.parametrize("text, name, fragments", PARAMS_CASES)
+def test_any_yaml_gets_one_bounded_line(text, name, fragments, checked, tmp_path):
+    code, out, err = checked(text)
+    line = assert_one_line_error(code, err, name, fragments=["error: ", *fragments])
+    assert len(line) < 700 and out == ""
+    assert (tmp_path / "data/params.ok").read_bytes().startswith(b"earlier")
+
+
+def test_a_valid_merge_key_is_read_as_dvc_reads_it(tmp_path):
+    """`<<: *anchor` (a YAML merge key) is legal: the merged mapping is what DVC and we see."""
+    lines = TINY_YAML.splitlines()
+    start = lines.index("  structure:")
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
+    lines[start:end] = ["  structure:", "    <<: *scratch", "    copied_blocks: 1",
+                        "    freeze_copied: true"]
+    text = "\n".join(lines).replace("  scratch:", "  scratch: &scratch", 1) + "\n"
+    (tmp_path / "params.yaml").write_text(text)
+    structure = load_params(tmp_path / "params.yaml").transfer.structure
+    assert (structure.steps, structure.batch_size, structure.copied_blocks) == (4, 16, 1)
+
+
+def test_a_params_path_that_is_a_folder_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").mkdir()
+    with pytest.raises(Exception, match="is a folder, not a params file"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.slow
+def test_what_dvc_records_is_what_runs_or_is_refused(tmp_path):
+    """`shots: 010` typed in params.yaml: dvc.lock records 10, and 10 shots are drawn (PyYAML's
+    YAML 1.1 drew eight). `dvc exp run -S prepare.shots=010` writes the text '010' (Hydra's
+    override grammar): refused in one line that says how to write it, never run as another
+    number."""
+    from tests.dvc_helpers import copy_project, dvc, git
+
+    repo = copy_project(tmp_path / "repo", tiny_params_dict())
+    text = (repo / "params.yaml").read_text().replace("  shots: 2\n", "  shots: 010\n", 1)
+    (repo / "params.yaml").write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    dvc(repo, "repro", "prepare")
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["prepare"]
+    recorded = lock["params"]["params.yaml"]["prepare.shots"]
+    drawn = json.loads((repo / "metrics/scenario.json").read_text())["shots"]
+    assert recorded == drawn == 10
+
+    proc = dvc(repo, "exp", "run", "-S", "prepare.shots=010", "prepare", check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: params.yaml: prepare.shots='010' is invalid: Input should be a valid "
+                      "integer (the value is quoted text: write the number unquoted, without "
+                      "leading zeros)"], proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# ---- every count has a ceiling, with its reason ----------------------------------------------
+
+@pytest.mark.parametrize("override, key", [
+    ({"transfer": {"scratch": {"steps": 10 ** 30}}}, "transfer.scratch.steps"),
+    ({"transfer": {"joint": {"steps": 10 ** 7}}}, "transfer.joint.steps"),
+    ({"pretrain": {"epochs": 10 ** 9}}, "pretrain.epochs"),
+    ({"pretrain": {"batch_size": 10 ** 9}}, "pretrain.batch_size"),
+    ({"extract": {"batch_size": 2 ** 40}}, "extract.batch_size"),
+    ({"prepare": {"shots": 10 ** 12}}, "prepare.shots"),
+    ({"prepare": {"target_val_per_class": 10 ** 9}}, "prepare.target_val_per_class"),
+    ({"transfer": {"finetune": {"frozen_blocks": 10 ** 6}}}, "transfer.finetune.frozen_blocks"),
+    ({"transfer": {"features": {"C": 1e300}}}, "transfer.features.C"),
+    ({"transfer": {"joint": {"target_weight": 1e9}}}, "transfer.joint.target_weight"),
+    ({"transfer": {"finetune": {"l2sp_weight": 1e9}}}, "transfer.finetune.l2sp_weight"),
+    ({"transfer": {"finetune": {"backbone_lr_mult": 1e6}}}, "transfer.finetune.backbone_lr_mult"),
+    ({"pretrain": {"weight_decay": 1e6}}, "pretrain.weight_decay"),
+    ({"study": {"seeds": list(range(101))}}, "study.seeds"),
+    ({"study": {"layer_shots": 10 ** 9}}, "study.layer_shots"),
+])
+def test_every_count_has_a_ceiling_with_its_reason(override, key, checked):
+    text = yaml.safe_dump(merge(tiny_params_dict(), override), sort_keys=False).encode()
+    code, _, err = checked(text)
+    line = assert_one_line_error(code, err, key)
+    assert line.endswith(")") and " (" in line, f"no reason given: {line}"
+
+
+def test_widths_have_a_ceiling(checked):
+    text = yaml.safe_dump(tiny_params_dict(model={"widths": [4, 10 ** 6, 8]})).encode()
+    code, _, err = checked(text)
+    assert_one_line_error(code, err, "model.widths", fragments=["1..4096"])
+
+
+@pytest.mark.parametrize("threads", [1000, 257, 0, -1, True, 2.0, "8"])
+def test_compute_threads_has_a_fixed_ceiling(threads):
+    from pydantic import ValidationError
+
+    from transferlab.params import Compute
+
+    with pytest.raises(ValidationError, match="whole number of threads from 1 to 256"):
+        Compute(nproc=1, threads=threads, precision="fp32")
+    assert Compute(nproc=1, threads=256, precision="fp32").threads == 256
+
+
+# ---- rules across keys, and the ones only a stage can check ----------------------------------
+
+def test_the_same_folder_spelt_twice_is_the_same_dataset(tmp_path, checked):
+    root = image_folder(tmp_path / "imgs", {"a": 3, "b": 3})
+    spec = {"name": "folder", "root": str(root)}
+    text = yaml.safe_dump(merge(tiny_params_dict(), {"data": {
+        "source": spec, "target": dict(spec, root=str(root) + "/")}})).encode()
+    code, _, err = checked(text)
+    assert_one_line_error(code, err, "data.source", fragments=["same dataset"])
 
 
 def test_a_huge_pretrain_seed_stops_pretrain_with_one_line(work, capsys):
