@@ -38,6 +38,9 @@ TASKS = {
     "default": {},  # params.yaml as it is: mnist_5k -> uci_digits (also `make study`)
     "reverse": {"data.source.name": "uci_digits", "data.target.name": "mnist_5k"},
     "blend": {"data.source.name": "mnist_half", "data.target.name": "mnist_blend"},
+    # the same at 32 px: the mnist-blend preset's image size
+    "blend32": {"data.source.name": "mnist_half", "data.target.name": "mnist_blend",
+                "prepare.image_size": 32},
     "noise": {"data.target.name": "uci_digits_noise"},  # the default target, corrupted
 }
 
