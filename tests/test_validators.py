@@ -23,7 +23,7 @@ def confident(classes, scale=50.0):
 
 
 def test_the_registry_finds_every_module_once():
-    assert set(NAMES) == {"source_accuracy", "entropy", "info_max", "bnm", "snd"}
+    assert set(NAMES) == {"source_accuracy", "entropy", "info_max", "bnm", "snd", "cluster"}
     assert all(v.family == v.name for v in VALIDATORS.values())  # one validator per module
     assert len({v.label for v in VALIDATORS.values()}) == len(VALIDATORS)
 
@@ -46,6 +46,44 @@ def test_known_values():
     assert score_all(collapsed)["snd"] == pytest.approx(math.log(31), rel=1e-4)
     wrong = view(confident([0]), torch.eye(K) * 10, torch.tensor([0, 1, 3, 3]))
     assert score_all(wrong)["source_accuracy"] == pytest.approx(0.75)
+
+
+def test_class_cluster_agreement_on_known_clusters():
+    """ClassAMI: 1 when the predicted classes are the feature clusters (whatever their names),
+    about 0 for a collapsed model, nan without features."""
+    torch.manual_seed(0)
+    classes = torch.arange(K).repeat(8)
+    centres = torch.eye(K, 16) * 10
+    features = centres[classes] + 0.01 * torch.randn(len(classes), 16)
+    renamed = (classes + 1) % K  # the clusters carry no class names: a permutation is as good
+    assert score_all(View(confident(renamed), torch.eye(K), torch.arange(K), features)
+                     )["cluster"] == pytest.approx(1.0)
+    assert score_all(View(confident([2] * len(classes)), torch.eye(K), torch.arange(K), features)
+                     )["cluster"] == pytest.approx(0.0, abs=1e-6)
+    assert math.isnan(score_all(view(confident(classes)))["cluster"])
+
+
+def test_label_free_scores_read_the_models_own_features_and_logits(monkeypatch):
+    """What LabelFree hands the validators: the encoder's features on the anchors, and logits
+    byte-identical to the model's forward (what the checkpoints are chosen by)."""
+    from transferlab import train
+    from transferlab.models import Classifier, SmallCNN
+    from transferlab.options import Selection
+
+    torch.manual_seed(0)
+    model = Classifier(SmallCNN(1, (4, 8), "group", "flatten"), K).eval()
+    target = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8)
+    source = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    seen = []
+    monkeypatch.setattr(train, "score_all", lambda v: seen.append(v) or {})
+    cfg = Selection(validator="info_max", max_source_drop=0.02, pool_size=16, guard=["info_max"],
+                    guard_margin=0.01)
+    train.LabelFree(source, torch.arange(6) % K, target, model, cfg, seed=1).scores()
+    anchors_x = train.to_float(target[anchors(20, 16, seed=1)])
+    with torch.no_grad():
+        assert torch.equal(seen[0].target_features, model.encoder(anchors_x))
+        assert torch.equal(seen[0].target, model(anchors_x))
+        assert torch.equal(seen[0].source, model(train.to_float(source)))
 
 
 def test_empty_inputs_score_nan_not_an_error():

@@ -254,7 +254,7 @@ class LabelFree:
     source_x: torch.Tensor
     source_y: torch.Tensor
     target_x: torch.Tensor  # unlabelled target images (no labels exist here)
-    forward: Callable[[torch.Tensor], torch.Tensor]
+    forward: Any  # the Classifier being trained (encoder + head), in eval mode when scored
     selection: Any  # options.Selection
     seed: int = 0
     keep_checkpoints: bool = False  # the study: keep every candidate's weights to score them
@@ -264,8 +264,16 @@ class LabelFree:
         if self._anchors is None:  # tensors or DiskImages: either takes an index tensor
             index = anchors(len(self.target_x), self.selection.pool_size, self.seed)
             self._anchors = self.target_x[index.to(self.target_x.device)]
-        return score_all(View(predict_logits(self.forward, self._anchors),
-                              predict_logits(self.forward, self.source_x), self.source_y))
+        model = self.forward  # a Classifier: its features are read too (validators/cluster.py)
+
+        def features_and_logits(x: torch.Tensor) -> torch.Tensor:
+            features = model.encoder(x)  # the ops of model(x): the logits are its very bytes
+            return torch.cat([features, model.head(features)], 1)
+
+        both = predict_logits(features_and_logits, self._anchors)
+        width = model.head.out_features
+        return score_all(View(both[:, -width:], predict_logits(model, self.source_x),
+                              self.source_y, both[:, :-width]))
 
 
 def soft_neighborhood_density(logits: torch.Tensor, temperature: float = 0.05) -> float:

@@ -29,6 +29,7 @@ class View:
     target: Any        # (n, K) float logits on the anchors of the unlabelled target pool
     source: Any        # (m, K) float logits on the source validation images
     source_y: Any      # (m,) their labels
+    target_features: Any = None  # (n, D) the encoder's features on the same anchors
 
 
 @dataclass(frozen=True)
