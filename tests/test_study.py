@@ -163,7 +163,8 @@ def test_report_stage_names_a_missing_cell(tmp_path):
 def _candidate(step, test, val, snd, info_max, source_accuracy=0.95):
     """A checkpoint row as study.checkpoint_rows writes it."""
     return {"step": step, "val_accuracy": val, "test_accuracy": test, "snd": snd,
-            "info_max": info_max, "entropy": -0.1, "bnm": 0.3, "source_accuracy": source_accuracy}
+            "info_max": info_max, "entropy": -0.1, "bnm": 0.3, "source_accuracy": source_accuracy,
+            "cluster": 0.5, "dev": -1.0}
 
 
 def test_report_stage_replays_label_free_selection(tmp_path):

@@ -23,7 +23,8 @@ def confident(classes, scale=50.0):
 
 
 def test_the_registry_finds_every_module_once():
-    assert set(NAMES) == {"source_accuracy", "entropy", "info_max", "bnm", "snd", "cluster"}
+    assert set(NAMES) == {"source_accuracy", "entropy", "info_max", "bnm", "snd", "cluster",
+                          "dev"}
     assert all(v.family == v.name for v in VALIDATORS.values())  # one validator per module
     assert len({v.label for v in VALIDATORS.values()}) == len(VALIDATORS)
 
@@ -63,6 +64,29 @@ def test_class_cluster_agreement_on_known_clusters():
     assert math.isnan(score_all(view(confident(classes)))["cluster"])
 
 
+def test_dev_weights_the_source_loss_towards_where_the_target_is():
+    """DEV: the source validation loss where the target's features are. Half the source images
+    are right (cluster A), half wrong (cluster B); a target near A scores a low risk, one near B
+    a high one, and one spread like the source about the plain mean loss."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    a, b = torch.zeros(8), torch.full((8,), 4.0)
+    source_x = torch.cat([a + torch.randn(40, 8), b + torch.randn(40, 8)])
+    source_y = torch.cat([torch.zeros(40), torch.ones(40)]).long()
+    logits = torch.cat([confident([0] * 40, 3.0), confident([2] * 40, 3.0)])  # B all wrong
+    near = lambda centre: centre + torch.randn(60, 8)  # noqa: E731
+
+    def dev(target_x):
+        return score_all(View(torch.zeros(len(target_x), K), logits, source_y, target_x,
+                              source_x))["dev"]
+
+    mean_loss = F.cross_entropy(logits, source_y).item()
+    assert -dev(near(a)) < 0.5 * mean_loss < 1.5 * mean_loss < -dev(near(b))
+    assert -dev(source_x[torch.randperm(80)]) == pytest.approx(mean_loss, rel=0.2)
+    assert math.isnan(score_all(view(confident([0, 1])))["dev"])
+
+
 def test_label_free_scores_read_the_models_own_features_and_logits(monkeypatch):
     """What LabelFree hands the validators: the encoder's features on the anchors, and logits
     byte-identical to the model's forward (what the checkpoints are chosen by)."""
@@ -84,6 +108,7 @@ def test_label_free_scores_read_the_models_own_features_and_logits(monkeypatch):
         assert torch.equal(seen[0].target_features, model.encoder(anchors_x))
         assert torch.equal(seen[0].target, model(anchors_x))
         assert torch.equal(seen[0].source, model(train.to_float(source)))
+        assert torch.equal(seen[0].source_features, model.encoder(train.to_float(source)))
 
 
 def test_empty_inputs_score_nan_not_an_error():

@@ -270,10 +270,11 @@ class LabelFree:
             features = model.encoder(x)  # the ops of model(x): the logits are its very bytes
             return torch.cat([features, model.head(features)], 1)
 
-        both = predict_logits(features_and_logits, self._anchors)
+        target = predict_logits(features_and_logits, self._anchors)
+        source = predict_logits(features_and_logits, self.source_x)
         width = model.head.out_features
-        return score_all(View(both[:, -width:], predict_logits(model, self.source_x),
-                              self.source_y, both[:, :-width]))
+        return score_all(View(target[:, -width:], source[:, -width:], self.source_y,
+                              target[:, :-width], source[:, :-width]))
 
 
 def soft_neighborhood_density(logits: torch.Tensor, temperature: float = 0.05) -> float:

@@ -30,6 +30,7 @@ class View:
     source: Any        # (m, K) float logits on the source validation images
     source_y: Any      # (m,) their labels
     target_features: Any = None  # (n, D) the encoder's features on the same anchors
+    source_features: Any = None  # (m, D) ... on the source validation images
 
 
 @dataclass(frozen=True)
