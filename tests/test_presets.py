@@ -139,9 +139,11 @@ def test_the_blend_preset_frames_both_domains_for_photos_and_checks_every_model(
             scenario["framing_channels"], scenario["official_test_split"]) == (0, 0, 3, 1)
     assert scenario["target_colour_share"] == 1 and scenario["target_full_frame_share"] > 0.5
     assert scenario["target_test"] == 1000 and scenario["framing_backdrop_textured"] == 1
-    # model.norm auto on a textured backdrop: small_cnn with group norm, source and target alike
+    # model.norm and model.input auto on a textured backdrop: small_cnn with group norm on
+    # centred input, source and target alike; export checked the ONNX copy against it
     for model in ("source", "transfer/finetune", "transfer/scratch"):
-        assert read_metadata(tmp_path / f"models/{model}.safetensors")["norm"] == "group"
+        metadata = read_metadata(tmp_path / f"models/{model}.safetensors")
+        assert (metadata["norm"], metadata["input"]) == ("group", "centred")
     scores = json.loads((tmp_path / "metrics/evaluate.json").read_text())
     assert all("degenerate" in s for s in scores.values() if not s.get("skipped"))
     assert "Prepared images" in (tmp_path / "report.html").read_text()
