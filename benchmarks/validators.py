@@ -25,7 +25,9 @@ import torch  # noqa: E402
 from transferlab.models import Classifier, architecture_from  # noqa: E402
 from transferlab.options import Selection  # noqa: E402
 from transferlab.params import load_params  # noqa: E402
+from transferlab import train  # noqa: E402
 from transferlab.train import LabelFree  # noqa: E402
+from transferlab.validators import VALIDATORS  # noqa: E402
 
 
 def seconds(label_free: LabelFree, repeats: int) -> float:
@@ -59,6 +61,20 @@ def main() -> None:
         print(f"{name:>10}: {min(limit, args.pool):>6} target images + 500 source val, "
               f"{params.model.arch} {size}x{size}, 1 thread: {figures[name]:.3f} s per checkpoint")
     print(f"whole pool / anchors: {figures['whole pool'] / figures['anchors']:.1f}x")
+
+    # each validator alone on the anchors' outputs (the forward pass is the rest of the total)
+    seen = []
+    cfg = Selection(**{**params.selection.model_dump(), "pool_size": args.anchors})
+    train.score_all, score_all = (lambda view: seen.append(view) or {}), train.score_all
+    LabelFree(source_x, source_y, pool, model, cfg).scores()
+    train.score_all = score_all
+    for name, validator in VALIDATORS.items():
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            validator.score(seen[0])
+            times.append(time.perf_counter() - start)
+        print(f"{name:>16}: {statistics.median(times):.3f} s ({validator.cost})")
 
 
 if __name__ == "__main__":
