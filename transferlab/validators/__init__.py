@@ -44,6 +44,31 @@ class Validator:
     family: str = ""    # the module, filled in by the registry
 
 
+def projected(features, dims: int = 64):
+    """(n, D) features -> (n, min(D, dims)) float64 numpy, L2-normalised, through a fixed
+    Gaussian random projection (seed 0) where D > dims: distances and clusters are kept within
+    a small factor (Johnson-Lindenstrauss), and a k-means or a logistic fit on them costs 30-40x
+    less at small_cnn's D = 2048 (measured: benchmarks/validators.py)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = F.normalize(features.detach().float().cpu(), dim=1)
+    if x.shape[1] > dims:
+        matrix = torch.randn(x.shape[1], dims, generator=torch.Generator().manual_seed(0))
+        x = F.normalize(x @ matrix, dim=1)
+    return x.double().numpy()
+
+
+def sklearn_threads():
+    """A context in which scikit-learn's OpenMP and BLAS pools use torch's thread count
+    (compute.threads): without it each of `transferlab-fanout --jobs N`'s processes would spin
+    every core's worth of threads (measured: a k-means 10x slower with two jobs on 2 cores)."""
+    import torch
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    return threadpool_limits(limits=torch.get_num_threads())
+
+
 VALIDATORS: dict[str, Validator] = discover(__name__, __path__, "VALIDATORS", "validator")
 NAMES = tuple(VALIDATORS)
 

@@ -2,31 +2,34 @@
 unsupervised domain adaptation", ICML 2019): the source validation loss, importance-weighted
 towards the target, as an estimate of the target loss. A logistic domain classifier on the
 encoder's features (source validation images vs the target anchors, standardised) gives each
-source image the density ratio w = p(target | x) / p(source | x) x m / n; the weighted losses
+source image the density ratio w = p(target | x) / p(source | x) x m / n (the features
+randomly projected to 64 dimensions first: validators.projected); the weighted losses
 w * loss get DEV's control variate (eta = -Cov(w * loss, w) / Var(w)), which keeps the
 estimate's variance down when a few weights dominate. The score is minus that risk: higher
 is better, as for every validator. It needs labelled source validation images (any source
-class the model shares) and a classifier fit per checkpoint.""" 
+class the model shares) and a classifier fit per checkpoint."""
 
 from __future__ import annotations
 
-from transferlab.validators import Validator, View
+from transferlab.validators import Validator, View, projected, sklearn_threads
 
 
 def risk(source_features, source_logits, source_y, target_features) -> float:
     """DEV's estimate of the target loss."""
     import numpy as np
+    import torch
     import torch.nn.functional as F
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    fs = source_features.float().cpu().numpy().astype(np.float64)
-    ft = target_features.float().cpu().numpy().astype(np.float64)
-    x = StandardScaler().fit_transform(np.concatenate([fs, ft]))
-    domain = np.r_[np.zeros(len(fs)), np.ones(len(ft))]
-    p_target = LogisticRegression(max_iter=200).fit(x, domain).predict_proba(x[:len(fs)])[:, 1]
+    both = projected(torch.cat([source_features, target_features]))
+    m = len(source_features)
+    x = StandardScaler().fit_transform(both)
+    domain = np.r_[np.zeros(m), np.ones(len(target_features))]
+    with sklearn_threads():
+        p_target = LogisticRegression(max_iter=200).fit(x, domain).predict_proba(x[:m])[:, 1]
     p_target = np.clip(p_target, 1e-6, 1 - 1e-6)
-    w = p_target / (1 - p_target) * len(fs) / len(ft)
+    w = p_target / (1 - p_target) * m / len(target_features)
     loss = F.cross_entropy(source_logits.float(), source_y.long(), reduction="none").cpu().numpy()
     weighted = w * loss
     var = np.var(w, ddof=1)
