@@ -73,10 +73,15 @@ clean:  ## remove the pipeline's cached outputs (the DVC cache keeps them: `dvc 
 # `dvc repro study/dvc.yaml` runs the same stages one at a time and records the same dvc.lock
 JOBS ?= $(shell nproc)
 
+# the default pipeline first, one stage at a time: run by the fanout its stages would get
+# cores / JOBS torch threads, and a thread count changes float sums (docs/scaling.md), so its
+# committed outputs would stop being what a plain `dvc repro` gives
 study: install  ## the label-budget x seed study and the layer grid, JOBS stages at once
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro dvc.yaml
 	PATH="$(abspath $(BIN)):$$PATH" transferlab-fanout study/dvc.yaml --jobs $(JOBS)
 
 ranking: install  ## transferability scores vs real outcomes of candidate sources (ranking/dvc.yaml)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro dvc.yaml
 	PATH="$(abspath $(BIN)):$$PATH" transferlab-fanout ranking/dvc.yaml --jobs $(JOBS)
 
 readme:  ## copy the committed result tables into README.md (a test checks they agree)

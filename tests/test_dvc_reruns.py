@@ -53,7 +53,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "prepare.source_val_fraction, prepare.split_seed": EVERY - {"download"},
     "seed, prepare.shots, prepare.target_test_fraction, prepare.target_val_per_class":
         EVERY - {"download", "pretrain"},  # target only: the source model stays
-    "model.arch, model.widths, model.norm, model.head": EVERY - {"download", "prepare"},
+    "model.arch, model.widths, model.norm, model.head, model.input":
+        EVERY - {"download", "prepare"},
     # scratch and joint start from random weights and never open the source model; prepare
     # reads model.weights for auto channels (RGB weights need colour)
     "model.weights": EVERY - {"download", "transfer@scratch", "transfer@joint"},
@@ -127,7 +128,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/strategies/__init__.py": EVERY,
     # the validator registry imports every module, and the schema (selection.*) the registry
     **{f"transferlab/validators/{m}.py": EVERY
-       for m in ("__init__", "bnm", "entropy", "info_max", "snd", "source_accuracy")},
+       for m in ("__init__", "bnm", "cluster", "dev", "entropy", "info_max", "snd",
+                 "source_accuracy")},
     **{f"transferlab/strategies/{s.removeprefix('transfer@')}.py": frozenset({"check_params", s})
        for s in sorted(TRANSFER)},
     **{f"transferlab/strategies/{m}.py": frozenset({"check_params"}) for m in OUTSIDE},
@@ -146,7 +148,7 @@ EDITS = {
     "prepare.source_val_fraction, prepare.split_seed": {"prepare.image_size": 10},
     "seed, prepare.shots, prepare.target_test_fraction, prepare.target_val_per_class":
         {"prepare.shots": 1},
-    "model.arch, model.widths, model.norm, model.head": {"model.widths": [4, 8, 16]},
+    "model.arch, model.widths, model.norm, model.head, model.input": {"model.widths": [4, 8, 16]},
     "pretrain.*": {"pretrain.lr": 0.01},
     "model.small_input_stem": {"model.small_input_stem": True},
     "extract.batch_size": {"extract.batch_size": 16},  # 20 shots + 30 val images: 4 batches
