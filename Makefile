@@ -26,7 +26,7 @@ FIND_PYTHON = py="$(PYTHON)"; \
 	    [ -n "$$py" ] || { echo "no Python 3.11, 3.12 or 3.13 found (tried $(PYTHONS)): install one, or name it with make install PYTHON=/path/to/python3.12" >&2; exit 1; }; \
 	fi
 
-.PHONY: install python plots-template run test test-fast clean readme study ranking screenshot
+.PHONY: install python plots-template run test test-fast clean readme study ranking selection screenshot
 
 install: $(STAMP) $(PLOTS_TEMPLATE)
 
@@ -83,6 +83,10 @@ study: install  ## the label-budget x seed study and the layer grid, JOBS stages
 ranking: install  ## transferability scores vs real outcomes of candidate sources (ranking/dvc.yaml)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro dvc.yaml
 	PATH="$(abspath $(BIN)):$$PATH" transferlab-fanout ranking/dvc.yaml --jobs $(JOBS)
+
+selection: install  ## label-free selection measured: tasks x seeds x hyper-parameter draws (selection/dvc.yaml)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro dvc.yaml
+	PATH="$(abspath $(BIN)):$$PATH" transferlab-fanout selection/dvc.yaml --jobs $(JOBS)
 
 readme:  ## copy the committed result tables into README.md (a test checks they agree)
 	$(BIN)/python scripts/sync_readme.py

@@ -2,7 +2,7 @@
 library dependencies (from the import graph) and every list of the default strategies (from the
 one list there is: the keys of dvc.yaml's `transfer` foreach).
 
-    python scripts/dvc_deps.py           rewrite dvc.yaml, study/dvc.yaml, ranking/dvc.yaml
+    python scripts/dvc_deps.py           rewrite dvc.yaml and study/, ranking/, selection/dvc.yaml
     python scripts/dvc_deps.py --check   exit 1 and name the files that differ
 
 Strategy lists: wherever a command or a deps list names several strategies' files in a row
@@ -43,7 +43,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: the repository's root is not on the path
     sys.path.insert(0, str(ROOT))
-DVC_FILES = ("dvc.yaml", "study/dvc.yaml", "ranking/dvc.yaml")
+DVC_FILES = ("dvc.yaml", "study/dvc.yaml", "ranking/dvc.yaml", "selection/dvc.yaml")
 HAND_WRITTEN = re.compile(r"transferlab/strategies(/(?!__init__\.py$)[^/]+)?$")
 DISCOVERED = ("transferlab/backbones", "transferlab/datasets", "transferlab/validators")  # packages that import every module of theirs
 
@@ -155,6 +155,10 @@ def expected(dvc_file: Path) -> list[list[str]]:
                 methods += [p for k in keys if (p := wdir / entry.replace("${key}", str(k))).is_file()]
             elif (wdir / entry).is_file():
                 methods.append(wdir / entry)
+        # other stage scripts it declares: it runs them (selection task@: download, prepare,
+        # pretrain in a scratch folder), so what they import is its dependency too
+        methods += [wdir / d for d in body.get("deps", []) if isinstance(d, str)
+                    and d.startswith("stages/") and d.endswith(".py") and wdir / d != script]
         result.append(library_deps(script, methods, kept, wdir))
     return result
 

@@ -20,7 +20,7 @@ def _stage_names() -> list[str]:
 
 
 STAGES = _stage_names()
-PROJECT_FILES = ["dvc.yaml", "study/dvc.yaml", "ranking/dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore",
+PROJECT_FILES = ["dvc.yaml", "study/dvc.yaml", "ranking/dvc.yaml", "selection/dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore",
                  ".dvc/plots", "data/.gitignore", "stages", "transferlab"]
 
 

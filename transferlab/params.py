@@ -293,6 +293,74 @@ class Ranking(Strict):
         return self
 
 
+TaskValue = str | int | float | bool | list[str | int | float | bool]
+
+
+class SelectionStudy(Strict):
+    """`make selection` (selection/dvc.yaml): the label-free choice measured on several tasks.
+    A task is params.yaml with a few values replaced (`task_params.<name>`: dotted keys);
+    every (task, seed, draw) cell trains every label-free method at 0 target labels, draw 0
+    with its params section, draw n > 0 with options drawn from its search space
+    (transferlab/search.py)."""
+    tasks: list[str] = Field(min_length=1, max_length=MAX_LIST, description=WHY_LIST)
+    seeds: list[int] = Field(min_length=1, max_length=MAX_LIST, description=WHY_LIST)
+    draws: list[int] = Field(min_length=1, max_length=MAX_LIST, description=WHY_LIST)
+    task_params: dict[str, dict[str, TaskValue]] = Field(max_length=MAX_LIST,
+                                                         description=WHY_LIST)
+
+    @model_validator(mode="after")
+    def _names_seeds_draws(self):
+        for name in self.task_params:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_]{0,63}", name):
+                raise ValueError(f"selection_study.task_params.{name}: name it with a-z, 0-9 "
+                                 "and _ (at most 64 characters: it becomes a stage and a folder "
+                                 "name)")
+        missing = [t for t in self.tasks if t not in self.task_params]
+        if missing:
+            raise ValueError(f"selection_study.tasks names {', '.join(missing)}, which "
+                             "selection_study.task_params does not define: define it there, or "
+                             f"choose among {', '.join(self.task_params) or 'none'}")
+        for key, values, high in (("tasks", self.tasks, None), ("seeds", self.seeds, SEED_LIMIT),
+                                  ("draws", self.draws, 10 ** 6)):
+            if len(set(values)) != len(values) or (high and not 0 <= min(values) <= max(values) < high):
+                raise ValueError(f"selection_study.{key}={values}: use distinct "
+                                 + ("names" if high is None else f"integers in [0, {high})"))
+        return self
+
+
+def task_raw(raw: dict, task: str) -> dict:
+    """params.yaml's raw mapping with selection_study.task_params.<task>'s values put in: a
+    key must name an existing params key (a typo would otherwise run the untouched default)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    where = f"params.yaml: selection_study.task_params.{task}"
+    for dotted, value in raw["selection_study"]["task_params"][task].items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node or dotted.startswith("selection_study"):
+            raise UserError(f"{where}: '{_show(dotted)}' is not a params key a task can set: "
+                            "write it as in params.yaml, dotted (e.g. data.target.name)")
+        node[leaf] = value
+    return out
+
+
+def load_task_params(task: str, path: str | Path = "params.yaml") -> tuple[Params, dict]:
+    """(the params of selection-study task `task`, their raw mapping): params.yaml with the
+    task's values put in, checked as a whole; an error names the task."""
+    params = load_params(path)
+    if task not in params.selection_study.task_params:
+        raise UserError(f"selection_study.task_params has no task '{_show(task)}': choose one "
+                        f"of {', '.join(params.selection_study.task_params)}")
+    raw = task_raw(read_yaml(Path(path).read_text(encoding="utf-8")), task)
+    try:
+        return parse_params(raw), raw
+    except UserError as err:
+        raise UserError(f"selection_study.task_params.{task} makes {err}") from None
+
+
 class Health(Strict):
     """The label-free health check (transferlab/health.py): evaluate and the report flag a
     model that predicts one class for most target images (top share >= max(0.7, 3/K), or
@@ -314,6 +382,7 @@ class Params(Strict):
     augment: Augment
     compute: Compute
     ranking: Ranking
+    selection_study: SelectionStudy
     health: Health
 
     @model_validator(mode="after")

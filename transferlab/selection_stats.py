@@ -29,7 +29,8 @@ ROW_KEYS = ("step", "val_accuracy", "test_accuracy", *NAMES)
 
 
 def runs_of(cells: Mapping[str, Mapping]) -> list[dict]:
-    """[{method, seed, rows}] of the checkpoint rows of every k = 0 cell ({file name: cell}),
+    """[{method, seed, draw, rows}] of the checkpoint rows of every k = 0 cell ({file name:
+    cell}; draw: the selection study's hyper-parameter draw, 0 in the study's cells),
     each row checked: ValueError naming the file, method and row otherwise."""
     runs = []
     for where, cell in cells.items():
@@ -46,7 +47,8 @@ def runs_of(cells: Mapping[str, Mapping]) -> list[dict]:
             if not rows or rows[0]["step"] != 0:
                 raise ValueError(f"{where}: checkpoints.{method} does not start with the source "
                                  "model (step 0)")
-            runs.append({"method": method, "seed": cell["seed"], "rows": rows})
+            runs.append({"method": method, "seed": cell["seed"], "draw": cell.get("draw", 0),
+                         "rows": rows})
     return runs
 
 

@@ -56,17 +56,19 @@ def cell_target(pool: dict[str, torch.Tensor], shots: int, seed: int
 
 def train_cell(target: dict[str, torch.Tensor], unlabelled: torch.Tensor, params: Params,
                seed: int, source_model: Classifier, source: dict, source_classes: list[str],
-               target_classes: list[str], backdrop: str = "blank", source_norm: str = "batch"
-               ) -> dict[str, strategies.Outcome]:
+               target_classes: list[str], backdrop: str = "blank", source_norm: str = "batch",
+               only: tuple[str, ...] | None = None) -> dict[str, strategies.Outcome]:
     """Every registered method on one cell, each from the same seeded state and with only the
     inputs it reads. A method is left out exactly where the pipeline's `transfer` stage skips
     it (`why_skipped`, on class names: at k = 0 the methods that need target labels; across
     different class sets, even of equal size, the adaptation methods; BatchNorm methods where
-    the source model, whose file records `source_norm`, has no BatchNorm)."""
+    the source model, whose file records `source_norm`, has no BatchNorm). `only`: these
+    methods alone (the selection study's draws)."""
     outcomes = {}
     shots = len(target["y_train"]) // len(target_classes)
     for name, method in strategies.METHODS.items():
-        if why_skipped(method, shots, source_classes, target_classes, source_norm):
+        if (only is not None and name not in only) \
+                or why_skipped(method, shots, source_classes, target_classes, source_norm):
             continue
         make_deterministic(seed)
         inputs = make_inputs(method, target, params, seed, source_model=source_model,

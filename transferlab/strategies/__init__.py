@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +44,18 @@ class Method:
     # adapts the source model's BatchNorm layers: skipped (not refused) where it has none, e.g.
     # small_cnn on a textured backdrop (model.norm auto: group)
     needs_batchnorm: bool = False
+    # the options the selection study draws (transferlab/search.py): {option: distribution};
+    # empty: the method is run with its params section only
+    search: Mapping[str, Any] = field(default_factory=dict)
     name: str = ""        # filled in from the module name
 
     def __post_init__(self):
         if self.family not in FAMILIES or not set(self.reads) <= set(READS):
             raise ValueError(f"bad METHOD: family {self.family!r}, reads {sorted(self.reads)}")
+        unknown = set(self.search) - set(self.options.model_fields)
+        if unknown:
+            raise ValueError(f"bad METHOD: its search space names options it does not have: "
+                             f"{sorted(unknown)}")
 
 
 def _discover() -> dict[str, Method]:

@@ -9,6 +9,7 @@ applied here to the encoder's pooled features (d = 128 by default).
 from __future__ import annotations
 
 from transferlab.options import Adaptation
+from transferlab.search import ADAPTATION
 from transferlab.strategies import Inputs, Method, Outcome
 
 
@@ -18,7 +19,8 @@ class Options(Adaptation):
 
 METHOD = Method("domain adaptation", "Deep CORAL: source + target feature covariances aligned",
                 Options, needs_labels=False,
-                reads=frozenset({"source_model", "source_data", "unlabelled"}))
+                reads=frozenset({"source_model", "source_data", "unlabelled"}),
+                search=ADAPTATION)
 
 
 def coral_loss(source, target):

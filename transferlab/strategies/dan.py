@@ -12,6 +12,7 @@ layer (not fc6-fc8), the biased batch estimate, and equal weights beta over five
 from __future__ import annotations
 
 from transferlab.options import Adaptation
+from transferlab.search import ADAPTATION
 from transferlab.strategies import Inputs, Method, Outcome
 
 BANDWIDTH_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -23,7 +24,8 @@ class Options(Adaptation):
 
 METHOD = Method("domain adaptation", "DAN: multi-kernel MMD between source and target features",
                 Options, needs_labels=False,
-                reads=frozenset({"source_model", "source_data", "unlabelled"}))
+                reads=frozenset({"source_model", "source_data", "unlabelled"}),
+                search=ADAPTATION)
 
 
 def mk_mmd(source, target):

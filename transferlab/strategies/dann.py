@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from transferlab.options import Adaptation
+from transferlab.search import ADAPTATION
 from transferlab.strategies import Inputs, Method, Outcome
 
 
@@ -24,7 +25,8 @@ class Options(Adaptation):
 
 METHOD = Method("domain adaptation", "DANN: domain discriminator through gradient reversal",
                 Options, needs_labels=False,
-                reads=frozenset({"source_model", "source_data", "unlabelled"}))
+                reads=frozenset({"source_model", "source_data", "unlabelled"}),
+                search=ADAPTATION)
 
 
 def reverse_gradient(x, coeff: float):

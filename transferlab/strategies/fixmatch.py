@@ -17,6 +17,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from transferlab.options import Adaptation
+from transferlab.search import ADAPTATION, Uniform
 from transferlab.strategies import Inputs, Method, Outcome
 
 
@@ -26,7 +27,8 @@ class Options(Adaptation):
 
 METHOD = Method("self-training", "FixMatch: confident pseudo-labels, strongly augmented target",
                 Options, needs_labels=False,
-                reads=frozenset({"source_model", "source_data", "unlabelled"}))
+                reads=frozenset({"source_model", "source_data", "unlabelled"}),
+                search=ADAPTATION | {"threshold": Uniform(0.8, 0.99)})
 
 
 def strong_augment(x, gen):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from transferlab.options import Adaptation
+from transferlab.search import ADAPTATION, Uniform
 from transferlab.strategies import Inputs, Method, Outcome
 
 
@@ -22,7 +23,8 @@ class Options(Adaptation):
 
 METHOD = Method("domain adaptation", "MCC: minimum class confusion on target predictions",
                 Options, needs_labels=False,
-                reads=frozenset({"source_model", "source_data", "unlabelled"}))
+                reads=frozenset({"source_model", "source_data", "unlabelled"}),
+                search=ADAPTATION | {"temperature": Uniform(1.0, 5.0)})
 
 
 # Below this T, softmax(logits / T) in float32 saturates to exact 0s and 1s for typical logit

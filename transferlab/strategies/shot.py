@@ -19,6 +19,7 @@ from pydantic import Field
 
 from transferlab.options import (MAX_IMAGES_PER_CLASS, MAX_STEPS, MAX_WEIGHT, WHY_STEPS,
                                  WHY_WEIGHT, Adaptation)
+from transferlab.search import ADAPTATION, Uniform
 from transferlab.strategies import Inputs, Method, Outcome
 
 
@@ -32,7 +33,8 @@ class Options(Adaptation):
 METHOD = Method("source-free adaptation",
                 "SHOT: source head frozen, information maximisation + centroid pseudo-labels",
                 Options, needs_labels=False,
-                reads=frozenset({"source_model", "source_data", "unlabelled"}))
+                reads=frozenset({"source_model", "source_data", "unlabelled"}),
+                search=ADAPTATION | {"beta": Uniform(0.0, 1.0)})
 
 
 def information_maximisation(logits):

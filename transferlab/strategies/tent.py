@@ -14,6 +14,7 @@ validation split, as for every method: transferlab/selection.py). A model withou
 from __future__ import annotations
 
 from transferlab.options import Adaptation
+from transferlab.search import ADAPTATION
 from transferlab.strategies import Inputs, Method, Outcome
 
 
@@ -25,7 +26,10 @@ METHOD = Method("source-free adaptation",
                 "TENT: entropy of target predictions minimised, BatchNorm scale and shift only",
                 Options, needs_labels=False,
                 reads=frozenset({"source_model", "source_data", "unlabelled"}),
-                needs_batchnorm=True)
+                needs_batchnorm=True,
+                # lr alone: with no target shots loss_weight only rescales the one loss,
+                # which Adam's step normalises away
+                search={"lr": ADAPTATION["lr"]})
 
 
 def entropy(logits):
