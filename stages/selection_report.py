@@ -36,6 +36,7 @@ def task_summary(runs: list[dict], params_selection) -> dict:
     return {"validators": selection_stats.validator_table(runs, drop),
             "guards": selection_stats.guard_table(runs, rules, drop),
             "own_rule_draw0": selection_stats.guard_table(draw0, rules[:1], drop)[0],
+            "drops": selection_stats.drop_table(runs, rules[0]),
             "source_accuracy": round(sum(r["rows"][0]["test_accuracy"] for r in runs)
                                      / len(runs), 4),
             "runs": len(runs), "draws": sorted({r["draw"] for r in runs})}
@@ -78,6 +79,9 @@ def markdown(summaries: dict[str, dict], params) -> str:
                   f"points over the source model with every draw ({own_rule['recommended_harmed']} "
                   f"seeds harmed), {selection_stats._interval(own0['recommended_gain'])} with "
                   f"draw 0 alone ({own0['recommended_harmed']} harmed).", "",
+                  "The params' rule at other `selection.max_source_drop` values (how far below "
+                  "the source model's source-validation accuracy a candidate may fall):", "",
+                  selection_stats.drop_markdown(s["drops"]), "",
                   selection_stats.markdown(s["validators"], s["guards"]), ""]
     return "\n".join(lines)
 

@@ -69,6 +69,8 @@ RERUNS: dict[str, frozenset[str]] = {
     ", ".join(f"transfer.{m}.*" for m in OUTSIDE): frozenset({"check_params"}),
     "study.*": frozenset({"check_params"}),  # read by study/dvc.yaml only (`make study`)
     "ranking.*": frozenset({"check_params"}),  # read by ranking/dvc.yaml only (`make ranking`)
+    # read by selection/dvc.yaml only (`make selection`)
+    "selection_study.*": frozenset({"check_params"}),
     # read by the training stages; bf16 (the edit below) changes the weights: all downstream
     "compute.*": EVERY - {"download", "prepare"},
     # every training stage; the source model changes, so all below it
@@ -113,6 +115,8 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/registry.py": EVERY,
     "transferlab/report.py": frozenset({"report"}),
     "transferlab/scenario.py": frozenset({"prepare"}),
+    # the search spaces' distributions: every method module imports it, so does the schema
+    "transferlab/search.py": EVERY,
     "transferlab/selection_stats.py": frozenset(),  # study only (the selection replay)
     # the label-free choice: imported by train.py
     "transferlab/selection.py": EVERY - {"check_params", "download", "prepare", "report"},
@@ -162,6 +166,7 @@ EDITS = {
     ", ".join(f"transfer.{m}.*" for m in OUTSIDE): {f"transfer.{OUTSIDE[0]}.steps": 7},
     "study.*": {"study.layer_shots": 3},
     "ranking.*": {"ranking.shots": 2},
+    "selection_study.*": {"selection_study.draws": [0, 2]},
     "compute.*": {"compute.precision": "bf16"},
     "augment.*": {"augment.mode": "photo"},
     "health.*": {"health.allow_degenerate": True},

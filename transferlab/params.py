@@ -308,6 +308,20 @@ class SelectionStudy(Strict):
     task_params: dict[str, dict[str, TaskValue]] = Field(max_length=MAX_LIST,
                                                          description=WHY_LIST)
 
+    @field_validator("task_params", mode="before")
+    @classmethod
+    def _flat_values(cls, value):
+        scalar = (str, int, float, bool)
+        for task, values in (value.items() if isinstance(value, dict) else ()):
+            for key, v in (values.items() if isinstance(values, dict) else ()):
+                if not (isinstance(v, scalar) or isinstance(v, list)
+                        and all(isinstance(x, scalar) for x in v)):
+                    raise ValueError(f"selection_study.task_params.{task}.{key} is a "
+                                     f"{type(v).__name__}: a task sets values (a number, text, "
+                                     "true/false or a list of those); name a nested key dotted, "
+                                     "e.g. data.target.name: mnist_5k")
+        return value
+
     @model_validator(mode="after")
     def _names_seeds_draws(self):
         for name in self.task_params:
@@ -354,11 +368,8 @@ def load_task_params(task: str, path: str | Path = "params.yaml") -> tuple[Param
     if task not in params.selection_study.task_params:
         raise UserError(f"selection_study.task_params has no task '{_show(task)}': choose one "
                         f"of {', '.join(params.selection_study.task_params)}")
-    raw = task_raw(read_yaml(Path(path).read_text(encoding="utf-8")), task)
-    try:
-        return parse_params(raw), raw
-    except UserError as err:
-        raise UserError(f"selection_study.task_params.{task} makes {err}") from None
+    raw = read_yaml(Path(path).read_text(encoding="utf-8"))
+    return _parse_task(raw, task), task_raw(raw, task)
 
 
 class Health(Strict):
@@ -553,16 +564,29 @@ def check_shape(raw: object) -> None:
             stack.extend(reversed([(path + (str(i),), v) for i, v in enumerate(node)]))
 
 
-def parse_params(raw: object) -> Params:
+def parse_params(raw: object, tasks: bool = True) -> Params:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError("params.yaml must be a mapping of sections (seed, data, prepare, ...)")
     check_shape(raw)
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
         raise UserError(_explain(err, raw)) from None
+    if tasks:  # each task of the selection study is params too: checked here, not when it runs
+        for task in params.selection_study.tasks:
+            _parse_task(raw, task)
+    return params
+
+
+def _parse_task(raw: dict, task: str) -> Params:
+    composed = task_raw(raw, task)  # a key that is not one: its own line
+    try:
+        return parse_params(composed, tasks=False)
+    except UserError as err:
+        raise UserError(f"params.yaml: selection_study.task_params.{task} sets values that "
+                        f"fail the checks: {str(err).removeprefix('params.yaml: ')}") from None
 
 
 def read_yaml(text: str) -> object:

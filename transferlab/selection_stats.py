@@ -145,6 +145,16 @@ def guard_table(runs: Sequence[Mapping], rules: Sequence[Mapping], max_source_dr
     return table
 
 
+DROPS = (0.0, 0.005, 0.01, 0.02, 0.05)  # the eligibility sweep of the selection study
+
+
+def drop_table(runs: Sequence[Mapping], rule: Mapping, drops: Sequence[float] = DROPS
+               ) -> list[dict]:
+    """`rule` replayed at each `selection.max_source_drop` of `drops`: how far an adapted
+    checkpoint may fall below the source model on source validation and still be chosen."""
+    return [{"max_source_drop": drop, **guard_table(runs, [rule], drop)[0]} for drop in drops]
+
+
 def describe(rule: Mapping) -> str:
     guard = "+".join(rule["guard"]) or "no guard"
     margin = f", margin {rule['margin']:g}" if rule["guard"] and rule["margin"] else ""
@@ -172,6 +182,18 @@ def _interval(s: Mapping, signed: bool = True) -> str:
     if s["ci_low"] is None:
         return fmt(s["mean"])
     return f"{fmt(s['mean'])} [{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]"
+
+
+def drop_markdown(rows: list[dict]) -> str:
+    lines = ["| max_source_drop | method gain over source | methods > 1 pt below source | "
+             "recommended gain | seeds harmed | share of best oracle gain |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        share = "" if r["share_of_best_gain"] is None else f"{100 * r['share_of_best_gain']:.0f} %"
+        lines.append(f"| {r['max_source_drop']:g} | {_interval(r['method_gain'])} | "
+                     f"{r['methods_harmed']} | {_interval(r['recommended_gain'])} | "
+                     f"{r['recommended_harmed']} | {share} |")
+    return "\n".join(lines)
 
 
 def markdown(validators: list[dict], guards: list[dict]) -> str:

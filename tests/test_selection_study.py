@@ -1,0 +1,193 @@
+"""The selection study (selection/dvc.yaml): search spaces and their draws, tasks as params
+overrides, the stages' bad input, and the whole study through the real `dvc`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_params_dict
+from tests.dvc_helpers import copy_project, dvc, ran, read_params, write_params
+from tests.test_stages import cwd, load_stage, run_main
+from transferlab import search
+from transferlab.errors import UserError
+from transferlab.params import load_task_params, parse_params
+from transferlab.strategies import METHODS, Method
+
+SEARCHED = [name for name, m in METHODS.items() if m.search]
+
+
+def test_every_label_free_training_method_declares_a_space():
+    # adabn trains nothing (it re-estimates statistics): nothing to draw
+    assert set(SEARCHED) == {n for n, m in METHODS.items()
+                             if not m.needs_labels and n != "adabn"}
+
+
+@pytest.mark.parametrize("name", SEARCHED)
+def test_draw_zero_is_the_params_section_and_others_lie_in_the_space(name, tiny_params):
+    defaults = getattr(tiny_params.transfer, name)
+    space = METHODS[name].search
+    assert search.draw(name, space, defaults, 0) is defaults
+    for index in range(1, 21):
+        drawn = search.draw(name, space, defaults, index)
+        assert type(drawn) is type(defaults)
+        for key, dist in space.items():
+            value = getattr(drawn, key)
+            assert dist.low * 0.9999 <= value <= dist.high * 1.0001, (key, value)
+        # what is not in the space stays the params' (steps, batch size...)
+        for key in set(type(defaults).model_fields) - set(space):
+            assert getattr(drawn, key) == getattr(defaults, key)
+
+
+def test_a_draw_depends_on_the_method_and_index_only(tiny_params):
+    dan = METHODS["dan"]
+    first = search.draw("dan", dan.search, tiny_params.transfer.dan, 3)
+    again = search.draw("dan", dan.search, tiny_params.transfer.dan.model_copy(
+        update={"steps": 9}), 3)
+    assert (first.lr, first.loss_weight) == (again.lr, again.loss_weight)
+    others = {(d.lr, d.loss_weight) for d in (
+        search.draw("dan", dan.search, tiny_params.transfer.dan, i) for i in range(1, 6))}
+    assert len(others) == 5
+    coral = search.draw("coral", METHODS["coral"].search, tiny_params.transfer.coral, 3)
+    assert (coral.lr, coral.loss_weight) != (first.lr, first.loss_weight)
+
+
+def test_a_space_naming_an_option_the_method_lacks_is_refused(tiny_params):
+    dan = METHODS["dan"]
+    with pytest.raises(ValueError, match="temperature"):
+        Method(dan.family, dan.description, dan.options, False,
+               search={"temperature": search.Uniform(1, 2)})
+    with pytest.raises(ValueError, match="temperature"):
+        search.draw("dan", {"temperature": search.Uniform(1, 2)}, tiny_params.transfer.dan, 1)
+    with pytest.raises(ValueError, match="from 0"):
+        search.draw("dan", dan.search, tiny_params.transfer.dan, -1)
+
+
+STUDY = {"tasks": ["default"], "seeds": [0], "draws": [0, 1],
+         "task_params": {"default": {}, "noise": {"data.target.name": "uci_digits_noise"}}}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"tasks": ["default", "zzz"]}, "names zzz, which selection_study.task_params does not"),
+    ({"task_params": {"default": {}, "Big Task": {}}}, "Big Task: name it with a-z"),
+    ({"draws": [0, 0]}, "selection_study.draws=[0, 0]: use distinct integers"),
+    ({"draws": [-1]}, "selection_study.draws=[-1]: use distinct integers"),
+    ({"seeds": []}, "selection_study.seeds"),
+    ({"tasks": ["default", "default"]}, "selection_study.tasks=['default', 'default']: use distinct"),
+])
+def test_a_bad_selection_study_section_is_one_line(change, words):
+    with pytest.raises(UserError) as err:
+        parse_params(tiny_params_dict(selection_study={**STUDY, **change}))
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def write(tmp_path, **task_params):
+    params = tiny_params_dict(selection_study={**STUDY, "task_params": task_params})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_a_task_is_the_params_with_its_values_put_in(tmp_path):
+    path = write(tmp_path, default={}, blend={"data.source.name": "mnist_half",
+                                              "prepare.image_size": 12})
+    params, raw = load_task_params("blend", path)
+    assert (params.data.source.name, params.prepare.image_size) == ("mnist_half", 12)
+    assert raw["data"]["source"]["name"] == "mnist_half"
+    assert load_task_params("default", path)[0].prepare.image_size == 8  # the tiny params'
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"data.target.nmae": "x"}, "'data.target.nmae' is not a params key a task can set"),
+    ({"nosuch": 1}, "'nosuch' is not a params key"),
+    ({"selection_study.draws": [0]}, "'selection_study.draws' is not a params key"),
+    ({"prepare.image_size": 0}, "selection_study.task_params.bad sets values that fail the "
+                                "checks: prepare.image_size=0"),
+    ({"data.target.name": "nope"}, "selection_study.task_params.bad sets values that fail"),
+    ({"data.target.name": "folder"}, "data.target.root must be set"),
+])
+def test_a_task_that_cannot_be_params_is_one_line_naming_it(tmp_path, values, words):
+    path = write(tmp_path, default={}, bad=values)
+    with pytest.raises(UserError) as err:
+        load_task_params("bad", path)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"data.target": {"name": "x"}}, "task_params.default.data.target is a dict: a task sets "
+                                     "values"),
+    ({"prepare.image_size": "32"}, "task_params.default sets values that fail the checks: "
+                                   "prepare.image_size='32'"),
+])
+def test_a_task_in_the_study_is_checked_with_the_params(values, words):
+    """check_params (every stage) checks the tasks it will run: not an hour later."""
+    with pytest.raises(UserError) as err:
+        parse_params(tiny_params_dict(selection_study={**STUDY, "task_params": {
+            "default": values}}))
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_task_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="no task .zzz.: choose one of blend, default"):
+        load_task_params("zzz", write(tmp_path, default={}))
+
+
+def test_draws_leave_out_methods_without_a_space(tiny_params):
+    drawn_params = load_stage("selection_cell").drawn_params
+    params, options = drawn_params(tiny_params, 0)
+    assert set(options) == {n for n, m in METHODS.items() if not m.needs_labels}
+    assert params.transfer.dan == tiny_params.transfer.dan
+    params, options = drawn_params(tiny_params, 2)
+    assert set(options) == set(SEARCHED)  # adabn would only repeat draw 0
+    assert params.transfer.dan.lr == options["dan"]["lr"] != tiny_params.transfer.dan.lr
+
+
+def test_the_report_names_a_missing_cell_and_writes_nothing(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        selection_study=STUDY)))
+    (tmp_path / "cells").mkdir()
+    with pytest.raises(UserError, match=r"default-s0-d0.json is missing: run `make selection`"):
+        run_main(tmp_path, "selection_report", "cells", "--metrics", "m.json", "--report",
+                 "r.md", "--plots", "plots")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells", "params.yaml"]
+
+
+def test_the_report_refuses_a_cell_without_a_validator_score(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(
+        selection_study={**STUDY, "draws": [0]})))
+    (tmp_path / "cells").mkdir()
+    row = {"step": 0, "val_accuracy": 0.5, "test_accuracy": 0.5}  # no validator score
+    (tmp_path / "cells/default-s0-d0.json").write_text(json.dumps(
+        {"shots": 0, "seed": 0, "draw": 0, "checkpoints": {"dan": [row]}}))
+    with cwd(tmp_path), pytest.raises(UserError, match="has no 'bnm' number.*rerun `make selection`"):
+        load_stage("selection_report").main(["cells", "--metrics", "m.json", "--report", "r.md",
+                                             "--plots", "plots"])
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.slow
+def test_the_study_through_dvc_adds_a_draw_by_running_only_its_cells(tmp_path):
+    """One tiny task, one seed: `dvc repro selection/dvc.yaml` runs the task, its cells and the
+    report; a new draw runs only its cell and the report; the status is clean after."""
+    repo = copy_project(tmp_path, tiny_params_dict(selection_study={
+        **STUDY, "draws": [0], "tasks": ["noise"]}))
+    sel = "selection/dvc.yaml:"
+    done = ran(dvc(repo, "repro", "selection/dvc.yaml"))
+    assert done == ["check_params", f"{sel}task@noise", f"{sel}cell@noise-0-0", f"{sel}report"]
+    metrics = json.loads((repo / "selection/metrics.json").read_text())
+    assert set(metrics) == {"noise"} and metrics["noise"]["seeds_harmed"] in (0, 1)
+    cell = json.loads((repo / "selection/cells/noise-s0-d0.json").read_text())
+    assert cell["task_params"] == {"data.target.name": "uci_digits_noise"}
+    assert all(rows[0]["step"] == 0 for rows in cell["checkpoints"].values())
+
+    params = read_params(repo)
+    params["selection_study"]["draws"] = [0, 1]
+    write_params(repo, params)
+    assert ran(dvc(repo, "repro", "selection/dvc.yaml")) == [
+        "check_params", f"{sel}cell@noise-0-1", f"{sel}report"]
+    drawn = json.loads((repo / "selection/cells/noise-s0-d1.json").read_text())["options"]
+    assert drawn["dan"]["lr"] != params["transfer"]["dan"]["lr"]
+    assert "## noise" in (repo / "selection/report.md").read_text()
+    assert "Data and pipelines are up to date" in dvc(repo, "status", "selection/dvc.yaml")
