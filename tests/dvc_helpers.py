@@ -136,10 +136,11 @@ def set_params(repo: Path, values: dict) -> None:
 
 
 def param_leaves(params: dict, prefix: str = "") -> dict:
-    """{dotted key: value} for every leaf of a params mapping (a list is a leaf)."""
+    """{dotted key: value} for every leaf of a params mapping (a list is a leaf, and so is an
+    empty mapping: `selection_study.task_params.default: {}` is a key a stage can list)."""
     leaves = {}
     for name, value in params.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             leaves.update(param_leaves(value, f"{prefix}{name}."))
         else:
             leaves[f"{prefix}{name}"] = value

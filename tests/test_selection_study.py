@@ -122,11 +122,31 @@ def test_a_task_that_cannot_be_params_is_one_line_naming_it(tmp_path, values, wo
                                    "prepare.image_size='32'"),
 ])
 def test_a_task_in_the_study_is_checked_with_the_params(values, words):
-    """check_params (every stage) checks the tasks it will run: not an hour later."""
+    """The selection study's first stage checks every task it will run: not an hour later."""
     with pytest.raises(UserError) as err:
         parse_params(tiny_params_dict(selection_study={**STUDY, "task_params": {
-            "default": values}}))
+            "default": values}}), tasks=True)
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_task_naming_a_dataset_names_it_whole(tmp_path):
+    """A user whose own run is a folder pair (root set, official test split) keeps a study
+    whose tasks name built-in datasets: the task's dataset does not inherit the folder's root,
+    classes or target_test (each params load checks every task; CI found the pipeline refused)."""
+    params = tiny_params_dict(selection_study={**STUDY, "task_params": {
+        "default": {}, "noise": {"data.target.name": "uci_digits_noise"},
+        "mine": {"data.source.name": "folder", "data.source.root": str(tmp_path / "src")}}})
+    params["data"]["target"] = {"name": "folder", "classes": [0, 1], "root": str(tmp_path)}
+    params["data"]["target_test"] = "official"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    noise, raw = load_task_params("noise", tmp_path / "params.yaml")
+    assert (noise.data.target.root, noise.data.target.classes, noise.data.target_test) == (
+        "", "all", "auto")
+    assert raw["data"]["target"] == {"name": "uci_digits_noise", "classes": "all", "root": ""}
+    assert load_task_params("default", tmp_path / "params.yaml")[0].data.target.root == str(
+        tmp_path)  # a task that names no dataset keeps the user's
+    mine = load_task_params("mine", tmp_path / "params.yaml")[0]
+    assert (mine.data.source.root, mine.data.target.root) == (str(tmp_path / "src"), str(tmp_path))
 
 
 def test_unknown_task_is_one_line(tmp_path):

@@ -342,14 +342,30 @@ class SelectionStudy(Strict):
         return self
 
 
+# What a task that names a domain's dataset (data.source.name, data.target.name) resets, unless
+# it sets them too: they describe the dataset params.yaml named, not the task's (a folder root
+# beside a built-in dataset would otherwise refuse every task when the user's run is a folder).
+DATASET_DEFAULTS = {"classes": "all", "root": ""}
+TARGET_DEFAULTS = {"target_test": "auto"}
+
+
 def task_raw(raw: dict, task: str) -> dict:
     """params.yaml's raw mapping with selection_study.task_params.<task>'s values put in: a
-    key must name an existing params key (a typo would otherwise run the untouched default)."""
+    key must name an existing params key (a typo would otherwise run the untouched default).
+    A task that names a domain's dataset names it whole (DATASET_DEFAULTS, TARGET_DEFAULTS)."""
     import copy
 
     out = copy.deepcopy(raw)
     where = f"params.yaml: selection_study.task_params.{task}"
-    for dotted, value in raw["selection_study"]["task_params"][task].items():
+    values = raw["selection_study"]["task_params"][task]
+    data = out.get("data")
+    for domain in ("source", "target"):
+        spec = data.get(domain) if isinstance(data, dict) else None
+        if f"data.{domain}.name" in values and isinstance(spec, dict):
+            spec.update(DATASET_DEFAULTS)
+            if domain == "target":
+                data.update(TARGET_DEFAULTS)
+    for dotted, value in values.items():
         *parents, leaf = dotted.split(".")
         node = out
         for part in parents:
@@ -363,8 +379,9 @@ def task_raw(raw: dict, task: str) -> dict:
 
 def load_task_params(task: str, path: str | Path = "params.yaml") -> tuple[Params, dict]:
     """(the params of selection-study task `task`, their raw mapping): params.yaml with the
-    task's values put in, checked as a whole; an error names the task."""
-    params = load_params(path)
+    task's values put in, checked as a whole; an error names the task. Every task the study
+    lists is checked here, so its first stage stops on a bad one, not an hour later."""
+    params = load_params(path, tasks=True)
     if task not in params.selection_study.task_params:
         raise UserError(f"selection_study.task_params has no task '{_show(task)}': choose one "
                         f"of {', '.join(params.selection_study.task_params)}")
@@ -564,7 +581,10 @@ def check_shape(raw: object) -> None:
             stack.extend(reversed([(path + (str(i),), v) for i, v in enumerate(node)]))
 
 
-def parse_params(raw: object, tasks: bool = True) -> Params:
+def parse_params(raw: object, tasks: bool = False) -> Params:
+    """params.yaml's mapping, checked; `tasks`: also each task of selection_study.tasks (the
+    selection study's stages ask for it: a task the user's own run never reads does not stop
+    that run, e.g. a built-in target beside the user's source dataset)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -574,7 +594,7 @@ def parse_params(raw: object, tasks: bool = True) -> Params:
         params = Params.model_validate(raw)
     except ValidationError as err:
         raise UserError(_explain(err, raw)) from None
-    if tasks:  # each task of the selection study is params too: checked here, not when it runs
+    if tasks:
         for task in params.selection_study.tasks:
             _parse_task(raw, task)
     return params
@@ -598,7 +618,7 @@ def read_yaml(text: str) -> object:
     return YAML(typ="safe").load(text)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", tasks: bool = False) -> Params:
     from ruamel.yaml.constructor import DuplicateKeyError
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -627,7 +647,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path} is not valid YAML{where}: fix the syntax") from None
     try:
-        return parse_params(raw)
+        return parse_params(raw, tasks)
     except UserError as err:
         message = str(err)
         if path.name == "params.yaml" or not message.startswith("params.yaml"):
