@@ -25,6 +25,7 @@ def blocks() -> dict[str, str]:
     return {"results": results_markdown(json.loads((ROOT / "metrics/evaluate.json").read_text())),
             "study": (ROOT / "study/report.md").read_text(),
             "ranking": (ROOT / "ranking/report.md").read_text(),
+            "selection": (ROOT / "selection/report.md").read_text(),
             "params": params_table(),
             "pipeline": pipeline_picture()}
 

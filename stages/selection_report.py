@@ -60,6 +60,37 @@ def metrics_of(summary: dict) -> dict:
             "best_validator_gap": best["gap_to_oracle"]["mean"]}
 
 
+def overview(summaries: dict[str, dict]) -> list[str]:
+    """Every task in two tables: what the params' rule gained, and each validator's gap to the
+    oracle (which validator to trust on which kind of task); the sections below hold the rest."""
+    interval = selection_stats._interval
+    lines = ["## Every task", "",
+             "| task | source model % | oracle's pick: gain per run | params' rule: recommended "
+             "gain, every draw | draw 0 alone | seeds harmed | share of best oracle gain |",
+             "|---|---|---|---|---|---|---|"]
+    for task, s in summaries.items():
+        own, own0, oracle = s["guards"][0], s["own_rule_draw0"], s["validators"][-1]
+        share = own["share_of_best_gain"]  # None: no method gained with the oracle's pick
+        share = "—" if share is None else f"{100 * share:.0f} %"
+        lines.append(f"| {task} | {100 * s['source_accuracy']:.1f} | "
+                     f"{interval(oracle['gain_over_source'])} | "
+                     f"{interval(own['recommended_gain'])} | {interval(own0['recommended_gain'])} "
+                     f"| {own['recommended_harmed']} | {share} |")
+    names = [v["validator"] for v in next(iter(summaries.values()))["validators"][:-1]]
+    lines += ["", "Each validator's pick within a run, against the oracle's (points; Spearman "
+              "rho of its score with test accuracy over a run's candidates):", "",
+              "| validator | " + " | ".join(f"{t}: gap | rho" for t in summaries) + " |",
+              "|---|" + "---|---|" * len(summaries)]
+    for i, name in enumerate(names):
+        cells = []
+        for s in summaries.values():
+            v = s["validators"][i]
+            rho = "" if v["spearman"] is None else f"{v['spearman']:+.2f}"
+            cells.append(f"{interval(v['gap_to_oracle'])} | {rho}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown(summaries: dict[str, dict], params) -> str:
     study = params.selection_study
     own = selection_stats.describe(selection_stats.default_rules(params.selection)[0])
@@ -68,6 +99,7 @@ def markdown(summaries: dict[str, dict], params) -> str:
              f"{study.draws} (0: params.yaml's options). No rule reads a target label: the "
              "target test accuracy of every candidate is the yardstick only. The params' rule: "
              f"{own}.", ""]
+    lines += overview(summaries)
     for task, s in summaries.items():
         values = study.task_params[task]
         own_rule, own0 = s["guards"][0], s["own_rule_draw0"]

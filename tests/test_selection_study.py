@@ -187,6 +187,38 @@ def test_the_report_refuses_a_cell_without_a_validator_score(tmp_path):
     assert not (tmp_path / "m.json").exists()
 
 
+def test_the_report_leads_with_every_task_and_every_validator(tmp_path):
+    """Two tasks whose one method gains 20 points at step 1, which every validator and the
+    guard see, and one where it loses 10 (the validators are fooled, the oracle is not): the
+    overview table has one row per task, the validator table one per validator, and the metrics
+    carry the gain."""
+    from transferlab.selection_stats import NAMES
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(selection_study={
+        **STUDY, "tasks": ["default", "noise", "blend"], "draws": [0],
+        "task_params": {"default": {}, "noise": {}, "blend": {}}})))
+    (tmp_path / "cells").mkdir()
+
+    def row(step, score, test):
+        return {"step": step, "val_accuracy": test, "test_accuracy": test,
+                **{name: score for name in NAMES}, "source_accuracy": 0.9}
+
+    for task, later in (("default", 0.7), ("noise", 0.7), ("blend", 0.4)):
+        (tmp_path / f"cells/{task}-s0-d0.json").write_text(json.dumps(
+            {"shots": 0, "seed": 0, "draw": 0, "checkpoints": {
+                "dan": [row(0, 0.5, 0.5), row(1, 0.6, later)]}}))
+    run_main(tmp_path, "selection_report", "cells", "--metrics", "m.json", "--report", "r.md",
+             "--plots", "plots")
+    report = (tmp_path / "r.md").read_text()
+    overview = report.split("## Every task")[1].split("\n## ")[0]
+    assert "| default | 50.0 | +20.0 | +20.0 | +20.0 | 0 | 100 % |" in overview
+    assert "| noise | 50.0 | +20.0 | +20.0 | +20.0 | 0 | 100 % |" in overview
+    # where no pick gains (the oracle keeps the source model), no share to show: a dash
+    assert "| blend | 50.0 | +0.0 | -10.0 | -10.0 | 1 | — |" in overview
+    assert all(f"| {name} | +0.0 | " in overview for name in NAMES if name != "source_accuracy")
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["noise"]["recommended_gain"] == pytest.approx(0.2)
+
+
 @pytest.mark.slow
 def test_the_study_through_dvc_adds_a_draw_by_running_only_its_cells(tmp_path):
     """One tiny task, one seed: `dvc repro selection/dvc.yaml` runs the task, its cells and the
