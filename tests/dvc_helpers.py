@@ -95,7 +95,7 @@ def fully_run_project(dst: Path) -> Path:
             template = copy_project(dst.parent / "fully-run-template", tiny_params_dict())
             (template / ".gitignore").write_text("__pycache__/\n")
             output = dvc(template, "repro")
-            assert ran(output) == STAGES, output
+            assert sorted(ran(output)) == sorted(STAGES), output  # DVC picks the order
             git(template, "add", "-A")
             git(template, "commit", "-qm", "Full run on tiny params")
         except Exception as err:  # every later caller fails at once with the same message
