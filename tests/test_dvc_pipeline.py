@@ -26,20 +26,20 @@ def test_a_strategy_knob_reruns_only_its_stage_and_those_reading_its_model(repo)
     params = read_params(repo)
     params["transfer"]["finetune"]["l2sp_weight"] = 0.5
     write_params(repo, params)
-    assert ran(dvc(repo, "repro")) == ["check_params", "transfer@finetune", "evaluate", "export",
-                                       "report"]
+    assert sorted(ran(dvc(repo, "repro"))) == sorted(
+        ["check_params", "transfer@finetune", "evaluate", "export", "report"])
 
 
 def test_study_adding_a_seed_runs_only_its_cells(repo):
     study = "study/dvc.yaml:"
-    assert ran(dvc(repo, "repro", "study/dvc.yaml")) == [
+    assert sorted(ran(dvc(repo, "repro", "study/dvc.yaml"))) == sorted([
         f"{study}cell@0-0", f"{study}cell@2-0", f"{study}layers@0", f"{study}report",
-        f"{study}html"]
+        f"{study}html"])
     params = read_params(repo)
     params["study"]["seeds"] = [0, 1]
     write_params(repo, params)
-    assert ran(dvc(repo, "repro", "study/dvc.yaml")) == [
+    assert sorted(ran(dvc(repo, "repro", "study/dvc.yaml"))) == sorted([
         "check_params", f"{study}cell@0-1", f"{study}cell@2-1", f"{study}layers@1",
-        f"{study}report", f"{study}html"]
+        f"{study}report", f"{study}html"])
     assert "seeds [0, 1]" in (repo / "study/report.md").read_text()
     assert "k = 2" in (repo / "study/report.html").read_text()  # the study's interval table

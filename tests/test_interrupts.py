@@ -279,7 +279,7 @@ def test_dvc_repro_killed_during_pretrain_recovers_on_the_next_repro(tmp_path, m
     # (scratch, joint: random initialisation) must not
     below = [s for s in STAGES[STAGES.index("pretrain"):]
              if s not in ("transfer@scratch", "transfer@joint")]
-    assert ran(proc.stdout) == below, output
+    assert sorted(ran(proc.stdout)) == sorted(below), output  # DVC picks the order
     assert "Data and pipelines are up to date" in dvc(repo, "status", "dvc.yaml")
     assert temporaries(repo, "data", "models", "metrics", "plots") == []
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["pretrain"]
