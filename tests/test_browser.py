@@ -101,6 +101,25 @@ def test_dvc_plots_renders_offline(browser, tmp_path, command):
     assert plots > 0 and drawn == plots, f"{drawn} of {plots} plots rendered"
 
 
+PLOT_FILES = ("dvc.yaml", "study/dvc.yaml", "ranking/dvc.yaml", "selection/dvc.yaml")
+
+
+@pytest.mark.parametrize("dvc_file", PLOT_FILES)
+def test_every_plot_title_makes_an_element_id_dvcs_page_can_script(dvc_file):
+    """DVC's page writes each title, its punctuation made "_", into `vegaEmbed('#<id>', spec)`:
+    a character it keeps that ends the string or the selector (an apostrophe, a quote, non-ASCII)
+    leaves that plot blank, and only a browser would see it. Runs without Chromium."""
+    import yaml
+    from dvc_render.base import Renderer
+
+    titles = [next(iter(entry)) for entry in
+              yaml.safe_load((ROOT / dvc_file).read_text()).get("plots", [])
+              if isinstance(entry, dict)]
+    bad = [t for t in titles if not re.fullmatch(r"[A-Za-z0-9_-]+", Renderer.remove_special_chars(t))]
+    assert not bad, f"{dvc_file}: plot titles DVC's page cannot script (use letters, digits, " \
+                    f"spaces and plain punctuation): {bad}"
+
+
 def test_the_checks_catch_dvcs_stock_cdn_page(browser, tmp_path):
     """The same plots through DVC's own page layout (CDN scripts): the checks above must fail."""
     template = tmp_path / "stock.html"
