@@ -84,3 +84,34 @@ def stage_commands() -> list[tuple[str, list[str]]]:
             words = shlex.split(cmd)
             commands.append((words[1].removeprefix("stages/").removesuffix(".py"), words[2:]))
     return commands
+
+
+# An S3 server for the remote tests (tests/test_dvc_s3_remote.py, tests/test_fanout.py).
+KEY_ID, SECRET = "transferlab-test-key", "transferlab-test-secret-not-a-real-one"
+BUCKET = "transferlab-remote"
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch, tmp_path):
+    """An S3 API on 127.0.0.1 (a free port), with one empty bucket; the credentials in the
+    environment of this test and of every `dvc` it runs, and no AWS config file read."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=url)
+    s3.create_bucket(Bucket=BUCKET)
+    try:
+        yield url, s3
+    finally:
+        server.stop()

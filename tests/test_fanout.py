@@ -318,3 +318,104 @@ def test_a_dvc_yaml_that_does_not_parse_is_one_line(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().startswith("error: dvc: unable to read: 'elsewhere/dvc.yaml'")
     assert "\n" not in done.stderr.strip()
+
+
+def shared_nothing(tmp_path: Path, seconds: float = 0.3) -> tuple[Path, Path]:
+    """The toy, committed and pushed to a bare git repository (its origin), with a DVC remote
+    in a folder named in .dvc/config.local (what workers must be sent, not find in git)."""
+    repo = toy(tmp_path, seconds=seconds)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "toy")
+    origin = tmp_path / "origin repo.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(origin)], check=True)
+    git(repo, "remote", "add", "origin", str(origin))
+    dvc(repo, "remote", "add", "--local", "store", str(tmp_path / "dvc store"))
+    return repo, tmp_path / "work dir"
+
+
+def test_workers_with_no_shared_file_system_clone_pull_and_push(tmp_path):
+    """--remote: every stage runs in its own clone (git) and its data moves through the DVC
+    remote; the runner's checkout ends as a sequential `dvc repro` leaves it, byte for byte."""
+    sequential = toy(tmp_path / "one")
+    dvc(sequential, "repro")
+    repo, work = shared_nothing(tmp_path / "two")
+    done = fanout(repo, "--jobs", "2", "--remote", "store", "--workdir", str(work))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert outputs(repo) == outputs(sequential)  # dvc.lock included
+    assert "up to date" in dvc(repo, "status")
+    assert "in sync" in dvc(repo, "status", "--cloud", "-r", "store")  # all pushed
+    assert {p.name for p in (work / "logs").iterdir()} >= {"cell@a.log", "report.log"}
+    assert not list((work / "clones").iterdir())  # each clone removed once pushed
+    assert "0 stages ran, 5 unchanged" in fanout(repo, "--remote", "store", "--workdir",
+                                                 str(work)).stdout
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "sep": "+"}))
+    git(repo, "commit", "-qam", "sep +")
+    git(repo, "push", "-q", "origin", "HEAD")
+    done = fanout(repo, "--remote", "store", "--workdir", str(work))
+    assert "1 stages ran, 4 unchanged" in done.stdout, done.stdout + done.stderr
+    assert (repo / "report.txt").read_text() == "aaa+bbb+ccc+ddd"  # the cells came from the remote
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("dirty", "params.yaml differ from the last commit, which is what workers check out"),
+    ("no origin", "no git remote named origin: give the URL workers clone with --git URL"),
+    ("unknown remote", "--remote elsewhere: no such DVC remote (configured: store)"),
+    ("not pushed", "is not at "),
+    ("git alone", "--git and --workdir are for workers with no shared file system"),
+])
+def test_workers_that_could_not_reach_the_repository_are_refused_in_one_line(tmp_path, case,
+                                                                              fragment):
+    repo, work = shared_nothing(tmp_path, seconds=0.1)
+    args = ["--remote", "store", "--workdir", str(work)]
+    if case == "dirty":
+        (repo / "params.yaml").write_text(yaml.safe_dump({"cells": list("abcd"), "sep": "+"}))
+    elif case == "no origin":
+        git(repo, "remote", "remove", "origin")
+    elif case == "unknown remote":
+        args[1] = "elsewhere"
+    elif case == "not pushed":
+        (repo / "notes.txt").write_text("not pushed")
+        git(repo, "add", "notes.txt")
+        git(repo, "commit", "-qm", "local only")
+    elif case == "git alone":
+        args = ["--git", str(tmp_path)]
+    done = fanout(repo, *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert fragment in done.stderr and "\n" not in done.stderr.strip(), done.stderr
+    assert "Traceback" not in done.stderr
+    if case == "not pushed":
+        assert "git push it there" in done.stderr
+    assert not (repo / "dvc.lock").exists()  # nothing recorded
+
+
+@pytest.mark.slow
+def test_ray_workers_with_no_shared_file_system_record_what_a_sequential_repro_records(
+        tmp_path, ray_cluster):
+    sequential = toy(tmp_path / "one")
+    dvc(sequential, "repro")
+    repo, work = shared_nothing(tmp_path / "two")
+    done = fanout(repo, "--ray", ray_cluster, "--remote", "store", "--workdir", str(work))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert outputs(repo) == outputs(sequential)
+    assert "up to date" in dvc(repo, "status")
+
+
+@pytest.mark.slow
+def test_workers_move_data_through_an_s3_remote(tmp_path, s3_endpoint):
+    """The same through DVC's S3 plugin against an S3 server on 127.0.0.1 (moto): the remote's
+    endpoint is only in the runner's .dvc/config.local, its credentials in the environment."""
+    pytest.importorskip("dvc_s3", reason="dvc-s3 is not installed: pip install -e '.[test]'")
+    from tests.conftest import BUCKET
+
+    url, s3 = s3_endpoint
+    sequential = toy(tmp_path / "one")
+    dvc(sequential, "repro")
+    repo, work = shared_nothing(tmp_path / "two")
+    dvc(repo, "remote", "add", "--local", "s3", f"s3://{BUCKET}/fanout")
+    dvc(repo, "remote", "modify", "--local", "s3", "endpointurl", url)
+    done = fanout(repo, "--jobs", "2", "--remote", "s3", "--workdir", str(work))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert outputs(repo) == outputs(sequential)
+    assert "up to date" in dvc(repo, "status")
+    assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) >= 5  # 4 cells + report

@@ -34,7 +34,9 @@ Each stage's output goes to `.dvc/tmp/fanout/<stage>.log`; one line per stage is
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -66,6 +68,7 @@ class Job:
     log: str
     tries: int = 0
     cpus: float | None = None  # Ray: the CPUs its task holds (threads = those, on any node)
+    spec: dict | None = None  # --remote: what transferlab.workers needs to run it in a clone
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Done:
     code: int  # the command's exit status; negative: the signal that killed it
     seconds: float
     error: str = ""  # the last line of its stderr, for a failure
+    lock: dict | None = None  # --remote: the stage's dvc.lock entry, as its worker wrote it
 
 
 def _die_with_parent() -> None:
@@ -121,8 +125,18 @@ def run_command(job: Job, started: Callable[[subprocess.Popen], None] | None = N
     if job.cpus:  # compute.threads: auto takes cores / TRANSFERLAB_JOBS on the node it lands on
         env["TRANSFERLAB_JOBS"] = str(max(1, (os.cpu_count() or 1) // max(1, int(job.cpus))))
     Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    cmd, result = job.cmd, None
+    if job.spec is not None:  # on the node that runs it: a clone, not the runner's checkout
+        from transferlab.workers import _safe
+
+        name = _safe(job.spec["address"])
+        spec_file = Path(job.cwd) / "specs" / f"{name}.json"
+        spec_file.parent.mkdir(parents=True, exist_ok=True)
+        spec_file.write_text(json.dumps(job.spec))
+        result = Path(job.cwd) / "results" / f"{name}.json"
+        cmd = f"{shlex.quote(sys.executable)} -m transferlab.workers {shlex.quote(str(spec_file))}"
     with open(job.log, "wb") as log:
-        process = subprocess.Popen(job.cmd, shell=True, cwd=job.cwd, env=env, stdout=log,
+        process = subprocess.Popen(cmd, shell=True, cwd=job.cwd, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    preexec_fn=_die_with_parent)
         start = (transferlab._proc_stat(process.pid) or ("", 0, 0))[2]
@@ -136,7 +150,10 @@ def run_command(job: Job, started: Callable[[subprocess.Popen], None] | None = N
         lines = Path(job.log).read_text(errors="replace").strip().splitlines()
         error = next((line for line in reversed(lines) if line.startswith("error: ")),
                      lines[-1] if lines else "")
-    return Done(job.name, code, time.monotonic() - begin, one_line(error)[:500])
+    lock = None
+    if result is not None and code == 0:
+        lock = json.loads(result.read_text())
+    return Done(job.name, code, time.monotonic() - begin, one_line(error)[:500], lock)
 
 
 class LocalEngine:
@@ -302,13 +319,21 @@ def record_in_order(the_plan: Plan, outcome: dict[str, str], unrecorded: list[st
     return rest
 
 
-def run(target: str, engine, jobs: int, retries: int, say=print) -> dict[str, str]:
-    """Run `target`'s out-of-date stages on `engine`; returns {stage: ran | unchanged}."""
+def run(target: str, engine, jobs: int, retries: int, say=print,
+        remote: tuple[str, str | None, str] | None = None) -> dict[str, str]:
+    """Run `target`'s out-of-date stages on `engine`; returns {stage: ran | unchanged}.
+    `remote` = (DVC remote, git URL or None for origin's, worker folder): workers clone and
+    pull instead of sharing this checkout (transferlab/workers.py)."""
     from dvc.exceptions import DvcException
     from dvc.lock import LockError
     from dvc.repo import Repo
 
+    from transferlab import workers
+
     repo = Repo(".")
+    sync = workers.prepare(repo, *remote) if remote else None
+    from_workers: dict[str, dict] = {}  # stage -> the dvc.lock entry its worker returned
+    pushed: set[str] = set()
     the_plan, unrecorded = Plan({}), []
     outcome: dict[str, str] = {}
     running: dict = {}  # engine future -> Job
@@ -337,6 +362,21 @@ def run(target: str, engine, jobs: int, retries: int, say=print) -> dict[str, st
                     stage.remove_outs(ignore_remove=False, force=False)
                     job = Job(name, stage.cmd, str(stage.wdir), env,
                               str(Path(repo.root_dir) / LOGS / f"{name.replace('/', '_')}.log"))
+                    if sync:
+                        upstream = {}
+                        for up in the_plan.after[name]:
+                            before = the_plan.stages[up]
+                            if up in from_workers:
+                                upstream[up] = (workers.lock_path(before), before.name,
+                                                from_workers[up])
+                                continue
+                            if up not in pushed:
+                                workers.push_outputs(repo, before, sync.remote)
+                                pushed.add(up)
+                            upstream[up] = workers.lock_entry(before)
+                        job.spec = workers.spec(sync, stage, upstream)
+                        job.cwd = sync.workdir
+                        job.log = str(Path(sync.workdir) / "logs" / f"{workers._safe(name)}.log")
                     running[engine.submit(job)] = job
                     say(f"started  {name}")
                 if not running:
@@ -345,6 +385,9 @@ def run(target: str, engine, jobs: int, retries: int, say=print) -> dict[str, st
                 for future, done in engine.wait(running, timeout=0.5):
                     job = running.pop(future)
                     if done.code == 0:
+                        if sync:
+                            workers.land(repo, the_plan.stages[job.name], done.lock, sync.remote)
+                            from_workers[job.name] = done.lock
                         outcome[job.name] = "ran"
                         say(f"finished {job.name} ({done.seconds:.0f} s)")
                         unrecorded = record_in_order(the_plan, outcome, unrecorded)
@@ -391,11 +434,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpus-per-job", type=float, default=1.0, help="Ray: CPUs a stage takes")
     ap.add_argument("--retries", type=int, default=2,
                     help="runs again of a stage whose process was killed (default 2)")
+    ap.add_argument("--remote", metavar="NAME",
+                    help="workers share no file system: each stage runs in a clone of the git "
+                         "URL at HEAD and moves data through this DVC remote (transferlab/workers.py)")
+    ap.add_argument("--git", metavar="URL", help="--remote: the URL workers clone (default: "
+                    "this repository's origin)")
+    ap.add_argument("--workdir", metavar="DIR",
+                    default=os.path.join(__import__("tempfile").gettempdir(), "transferlab-fanout"),
+                    help="--remote: where a worker clones, on its node (default: %(default)s)")
     args = ap.parse_args(argv)
     if not 1 <= args.jobs <= 1024:
         raise UserError(f"--jobs={args.jobs}: give 1 to 1024")
     if not 0 <= args.retries <= 100:
         raise UserError(f"--retries={args.retries}: give 0 to 100")
+    if (args.git or args.workdir != ap.get_default("workdir")) and not args.remote:
+        raise UserError("--git and --workdir are for workers with no shared file system: add "
+                        "--remote NAME (a DVC remote), or leave them out")
     if not 0 < args.cpus_per_job <= 1024:  # NaN fails too
         raise UserError(f"--cpus-per-job={args.cpus_per_job}: give a number above 0")
     target = Path(args.target)
@@ -419,7 +473,8 @@ def main(argv: list[str] | None = None) -> None:
     from dvc.lock import LockError
 
     try:
-        outcome = run(relative, engine, args.jobs, args.retries)
+        outcome = run(relative, engine, args.jobs, args.retries,
+                      remote=(args.remote, args.git, args.workdir) if args.remote else None)
     except KeyboardInterrupt:
         sys.exit(130)
     except LockError as err:

@@ -1,0 +1,242 @@
+"""Workers with no shared file system: `transferlab-fanout --remote NAME` (docs/scaling.md).
+
+Each stage runs in a fresh clone on the worker's node, not in the runner's checkout: the code
+comes through git, the data through the project's DVC remote, and what a stage made goes back
+the same way. The runner (transferlab/fanout.py) stays the only writer of its dvc.lock files.
+
+    runner                                  worker (a local process or a Ray task, any node)
+    ------                                  ------------------------------------------------
+    checks: tracked files == HEAD,          git clone URL; git checkout COMMIT
+      the remote is configured              the upstream stages' dvc.lock entries written in
+    pushes the outputs of upstream            (the runner's, recorded or not yet), the remote's
+      stages it did not get from a worker     settings in .dvc/config.local
+    sends: URL, COMMIT, the remote's        dvc pull -r NAME <upstream stages>
+      settings, the upstream entries        the stage's command (PYTHONPATH = the clone, so
+                                              `import transferlab` is the clone's code)
+                                            dvc commit <stage>; dvc push -r NAME <stage>
+    fetches the outputs by the entry's  <-- returns the stage's dvc.lock entry
+      hashes, checks them out, records
+      the stage as `dvc repro` would
+
+So a worker needs git access to URL (the commit pushed there: `git push` first), the remote's
+credentials in its environment (as for `dvc pull`), and this package's dependencies installed;
+it writes only under its `--workdir` (a clone per stage, removed once the stage is pushed).
+The stage's own output goes to `<workdir>/logs/<stage>.log` on that node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from transferlab.errors import UserError, one_line
+
+LOCK = "dvc.lock"
+
+
+@dataclass(frozen=True)
+class Sync:
+    """How workers reach the repository: git `url` at `commit`, data through DVC remote
+    `remote` (its settings: what `dvc remote add/modify` stored, local config included)."""
+    url: str
+    commit: str
+    remote: str
+    settings: dict
+    workdir: str
+
+
+def _git(root: str, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if done.returncode:
+        raise UserError(f"git {' '.join(args)}: {one_line(done.stderr or done.stdout)[:200]}")
+    return done.stdout.strip()
+
+
+def prepare(repo, remote: str, url: str | None, workdir: str) -> Sync:
+    """The runner's checks before any stage runs, each a one-line refusal: workers check out
+    HEAD, so every tracked file but the dvc.lock files (which the runner sends) must equal it;
+    the remote must exist; the git URL defaults to the `origin` remote's."""
+    root = repo.root_dir
+    try:
+        commit = _git(root, "rev-parse", "--verify", "HEAD^{commit}")
+    except UserError:
+        raise UserError("--remote: this repository has no commit yet: workers check out a "
+                        "commit (git commit, then git push)") from None
+    changed = [p for p in _git(root, "diff", "--name-only", "HEAD").splitlines()
+               if p and Path(p).name != LOCK]
+    if changed:
+        raise UserError(f"--remote: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}"
+                        " differ from the last commit, which is what workers check out: commit "
+                        "(and git push) them, or run without --remote")
+    if url is None:
+        try:
+            url = _git(root, "remote", "get-url", "origin")
+        except UserError:
+            raise UserError("--remote: this repository has no git remote named origin: give "
+                            "the URL workers clone with --git URL") from None
+    settings = dict(repo.config.get("remote", {}).get(remote) or {})
+    if not settings:
+        known = ", ".join(repo.config.get("remote", {})) or "none"
+        raise UserError(f"--remote {remote}: no such DVC remote (configured: {known}): "
+                        f"`dvc remote add {remote} URL`, or name one of them")
+    return Sync(url, commit, remote, _plain(settings), workdir)
+
+
+def _plain(value):
+    """The remote's settings as JSON can carry them (DVC's config holds bools, ints, strs)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    return str(value)
+
+
+def lock_entry(stage) -> tuple[str, str, dict] | None:
+    """(lock file relative to the repository, stage name, its entry as dvc.lock holds it) for a
+    pipeline stage that has one; None for a `.dvc` file (git carries its hashes)."""
+    import yaml
+
+    if not getattr(stage, "is_data_source", False) and stage.cmd is not None:
+        path = Path(stage.dvcfile.path).with_name(LOCK)
+        try:
+            entry = (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get(stage.name)
+        except (OSError, yaml.YAMLError):
+            entry = None
+        if entry is not None:
+            return os.path.relpath(path, stage.repo.root_dir), stage.name, entry
+    return None
+
+
+def lock_path(stage) -> str:
+    return os.path.relpath(Path(stage.dvcfile.path).with_name(LOCK), stage.repo.root_dir)
+
+
+def push_outputs(repo, stage, remote: str) -> None:
+    """Put the outputs of a stage the runner holds (unchanged, or a `.dvc` file's) on the
+    remote, so that a worker can pull them; what the remote has already is skipped."""
+    objects = [out.hash_info for out in stage.outs if out.use_cache and out.hash_info]
+    if objects:
+        result = repo.cloud.push(objects, remote=remote)
+        if result.failed:
+            raise UserError(f"--remote {remote}: could not push the outputs of {stage.addressing}"
+                            f" ({len(result.failed)} objects missing from this cache): "
+                            f"`dvc pull {stage.addressing}` or `dvc repro` it first")
+
+
+def land(repo, stage, entry: dict, remote: str) -> None:
+    """A worker's result into this checkout: the stage's outputs fetched from the remote by the
+    hashes of its dvc.lock `entry` and checked out; then fanout records it as any stage."""
+    from dvc.stage.loader import StageLoader
+
+    StageLoader.fill_from_lock(stage, entry)
+    objects = [out.hash_info for out in stage.outs if out.use_cache and out.hash_info]
+    result = repo.cloud.pull(objects, remote=remote)
+    if result.failed:
+        raise UserError(f"stage {stage.addressing}: its worker's outputs are not on remote "
+                        f"{remote} ({len(result.failed)} objects missing): run it again")
+    for out in stage.outs:
+        out.checkout()
+
+
+def spec(sync: Sync, stage, upstream: dict[str, tuple[str, str, dict] | None]) -> dict:
+    """What a worker needs to run `stage`: the sync, the stage's address, lock file and command
+    folder, and the upstream stages with the entries their outputs are pulled by."""
+    locks: dict[str, dict] = {}
+    for entry in upstream.values():
+        if entry:
+            locks.setdefault(entry[0], {})[entry[1]] = entry[2]
+    return {"url": sync.url, "commit": sync.commit, "remote": sync.remote,
+            "settings": sync.settings, "address": stage.addressing, "name": stage.name,
+            "lock": lock_path(stage), "cmd": stage.cmd,
+            "wdir": os.path.relpath(stage.wdir, stage.repo.root_dir),
+            "outs": [os.path.relpath(out.fs_path, stage.repo.root_dir) for out in stage.outs],
+            "upstream": sorted(upstream), "locks": locks}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "@-_." else "_" for c in name)
+
+
+def work(job_spec: dict, workdir: Path) -> int:
+    """The worker's side, in this process's folder `workdir`: returns the exit status (the
+    command's own when it failed, so that a kill reads as a kill); the dvc.lock entry of the
+    stage goes to `<workdir>/results/<stage>.json`."""
+    import yaml
+
+    name = _safe(job_spec["address"])
+    clone = workdir / "clones" / name
+    result = workdir / "results" / f"{name}.json"
+    result.unlink(missing_ok=True)
+    shutil.rmtree(clone, ignore_errors=True)
+    clone.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def step(*args: str, what: str) -> None:
+        done = subprocess.run(list(args), cwd=clone if clone.exists() else workdir, env=env,
+                              stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(done.stderr)
+        if done.returncode:
+            raise UserError(f"{what}: {one_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f'exit status {done.returncode}')[:300]}")
+
+    dvc = (sys.executable, "-m", "dvc")
+    step("git", "clone", "--quiet", "--no-checkout", job_spec["url"], str(clone),
+         what=f"git clone {job_spec['url']}")
+    try:
+        step("git", "checkout", "--quiet", "--detach", job_spec["commit"], what="git checkout")
+    except UserError:
+        raise UserError(f"commit {job_spec['commit'][:12]} is not at {job_spec['url']}: "
+                        "git push it there, then run again") from None
+    for relative, entries in job_spec["locks"].items():
+        path = clone / relative
+        data = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+        data.setdefault("schema", "2.0")
+        data.setdefault("stages", {}).update(entries)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    from dvc.config import Config
+
+    with Config(dvc_dir=str(clone / ".dvc")).edit("local") as config:
+        config["remote"][job_spec["remote"]] = job_spec["settings"]
+    if job_spec["upstream"]:
+        step(*dvc, "pull", "--quiet", "-r", job_spec["remote"], *job_spec["upstream"],
+             what=f"dvc pull of the stages {job_spec['address']} depends on")
+    for out in job_spec["outs"]:  # as in the runner's checkout, where they existed before
+        (clone / out).parent.mkdir(parents=True, exist_ok=True)
+    env_cmd = {**env, "PYTHONPATH": os.pathsep.join(
+        [str(clone), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    code = subprocess.run(job_spec["cmd"], shell=True, cwd=clone / job_spec["wdir"],
+                          env=env_cmd).returncode
+    if code:
+        return code if code > 0 else 128 - code
+    step(*dvc, "commit", "--force", "--quiet", job_spec["address"], what="dvc commit")
+    step(*dvc, "push", "--quiet", "-r", job_spec["remote"], job_spec["address"],
+         what=f"dvc push -r {job_spec['remote']}")
+    entry = (yaml.safe_load((clone / job_spec["lock"]).read_text()) or {}
+             ).get("stages", {}).get(job_spec["name"])
+    if entry is None:
+        raise UserError(f"dvc commit wrote no dvc.lock entry for {job_spec['address']}")
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps(entry))
+    shutil.rmtree(clone, ignore_errors=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m transferlab.workers SPEC.json`: what fanout runs on a worker (the spec is
+    written beside the job's log by fanout.run_command, on the node that runs it)."""
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0])
+    try:
+        code = work(json.loads(path.read_text()), path.parent.parent)
+    except UserError as err:
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
