@@ -31,8 +31,11 @@ os.replace(f"out/{name}.txt.tmp", f"out/{name}.txt")  # atomic, as the pipeline'
 """
 
 
-def toy(tmp_path: Path, cells=("a", "b", "c", "d"), seconds: float = 0.3) -> Path:
-    """A DVC project: independent cells (a foreach over params) and a report reading them."""
+def toy(tmp_path: Path, cells=("a", "b", "c", "d"), seconds: float = 0.3,
+        uncached_report: bool = False) -> Path:
+    """A DVC project: independent cells (a foreach over params) and a report reading them; with
+    `uncached_report` the report is an output DVC does not cache (as the pipeline's metrics and
+    reports are) and a summary stage reads it."""
     repo = tmp_path / "toy repo"
     repo.mkdir(parents=True)
     git(repo, "init", "-q")
@@ -40,6 +43,9 @@ def toy(tmp_path: Path, cells=("a", "b", "c", "d"), seconds: float = 0.3) -> Pat
     (repo / "cell.py").write_text(CELL)
     (repo / "out").mkdir()
     (repo / "params.yaml").write_text(yaml.safe_dump({"cells": list(cells), "sep": "-"}))
+    summary = {"summary": {"cmd": "python -c \"open('summary.txt','w').write(open('report.txt')"
+                                  ".read().upper())\"", "deps": ["report.txt"],
+                           "outs": ["summary.txt"]}} if uncached_report else {}
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
         "cell": {"foreach": "${cells}", "do": {
             "cmd": f"python cell.py ${{item}} {seconds}", "deps": ["cell.py"],
@@ -48,7 +54,8 @@ def toy(tmp_path: Path, cells=("a", "b", "c", "d"), seconds: float = 0.3) -> Pat
                           "open(f'out/{c}.txt').read() for c in sys.argv[1:]))\" "
                           + " ".join(cells),
                    "deps": [f"out/{c}.txt" for c in cells], "params": ["sep"],
-                   "outs": ["report.txt"]}}}, sort_keys=False))
+                   "outs": [{"report.txt": {"cache": False}} if uncached_report
+                            else "report.txt"]}, **summary}}, sort_keys=False))
     return repo
 
 
@@ -87,7 +94,8 @@ def processes(fragment: str) -> list[int]:
 
 def outputs(repo: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in [*sorted((repo / "out").glob("*.txt")),
-                                             repo / "report.txt", repo / "dvc.lock"]
+                                             repo / "report.txt", repo / "summary.txt",
+                                             repo / "dvc.lock"]
             if p.exists()}
 
 
@@ -323,7 +331,7 @@ def test_a_dvc_yaml_that_does_not_parse_is_one_line(tmp_path):
 def shared_nothing(tmp_path: Path, seconds: float = 0.3) -> tuple[Path, Path]:
     """The toy, committed and pushed to a bare git repository (its origin), with a DVC remote
     in a folder named in .dvc/config.local (what workers must be sent, not find in git)."""
-    repo = toy(tmp_path, seconds=seconds)
+    repo = toy(tmp_path, seconds=seconds, uncached_report=True)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "toy")
     origin = tmp_path / "origin repo.git"
@@ -336,7 +344,7 @@ def shared_nothing(tmp_path: Path, seconds: float = 0.3) -> tuple[Path, Path]:
 def test_workers_with_no_shared_file_system_clone_pull_and_push(tmp_path):
     """--remote: every stage runs in its own clone (git) and its data moves through the DVC
     remote; the runner's checkout ends as a sequential `dvc repro` leaves it, byte for byte."""
-    sequential = toy(tmp_path / "one")
+    sequential = toy(tmp_path / "one", uncached_report=True)
     dvc(sequential, "repro")
     repo, work = shared_nothing(tmp_path / "two")
     done = fanout(repo, "--jobs", "2", "--remote", "store", "--workdir", str(work))
@@ -346,15 +354,18 @@ def test_workers_with_no_shared_file_system_clone_pull_and_push(tmp_path):
     assert "in sync" in dvc(repo, "status", "--cloud", "-r", "store")  # all pushed
     assert {p.name for p in (work / "logs").iterdir()} >= {"cell@a.log", "report.log"}
     assert not list((work / "clones").iterdir())  # each clone removed once pushed
-    assert "0 stages ran, 5 unchanged" in fanout(repo, "--remote", "store", "--workdir",
+    assert "0 stages ran, 6 unchanged" in fanout(repo, "--remote", "store", "--workdir",
                                                  str(work)).stdout
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "sep": "+"}))
     git(repo, "commit", "-qam", "sep +")
     git(repo, "push", "-q", "origin", "HEAD")
     done = fanout(repo, "--remote", "store", "--workdir", str(work))
-    assert "1 stages ran, 4 unchanged" in done.stdout, done.stdout + done.stderr
-    assert (repo / "report.txt").read_text() == "aaa+bbb+ccc+ddd"  # the cells came from the remote
+    assert "2 stages ran, 4 unchanged" in done.stdout, done.stdout + done.stderr
+    # the cells came from the remote, the uncached report back with the worker's result, and
+    # the summary's worker read this report (git has none, the remote neither)
+    assert (repo / "report.txt").read_text() == "aaa+bbb+ccc+ddd"
+    assert (repo / "summary.txt").read_text() == "AAA+BBB+CCC+DDD"
 
 
 @pytest.mark.parametrize("case, fragment", [
@@ -392,7 +403,7 @@ def test_workers_that_could_not_reach_the_repository_are_refused_in_one_line(tmp
 @pytest.mark.slow
 def test_ray_workers_with_no_shared_file_system_record_what_a_sequential_repro_records(
         tmp_path, ray_cluster):
-    sequential = toy(tmp_path / "one")
+    sequential = toy(tmp_path / "one", uncached_report=True)
     dvc(sequential, "repro")
     repo, work = shared_nothing(tmp_path / "two")
     done = fanout(repo, "--ray", ray_cluster, "--remote", "store", "--workdir", str(work))
@@ -409,7 +420,7 @@ def test_workers_move_data_through_an_s3_remote(tmp_path, s3_endpoint):
     from tests.conftest import BUCKET
 
     url, s3 = s3_endpoint
-    sequential = toy(tmp_path / "one")
+    sequential = toy(tmp_path / "one", uncached_report=True)
     dvc(sequential, "repro")
     repo, work = shared_nothing(tmp_path / "two")
     dvc(repo, "remote", "add", "--local", "s3", f"s3://{BUCKET}/fanout")
@@ -418,4 +429,4 @@ def test_workers_move_data_through_an_s3_remote(tmp_path, s3_endpoint):
     assert done.returncode == 0, done.stdout + done.stderr
     assert outputs(repo) == outputs(sequential)
     assert "up to date" in dvc(repo, "status")
-    assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) >= 5  # 4 cells + report
+    assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) >= 4  # 4 cells

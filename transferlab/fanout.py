@@ -77,7 +77,7 @@ class Done:
     code: int  # the command's exit status; negative: the signal that killed it
     seconds: float
     error: str = ""  # the last line of its stderr, for a failure
-    lock: dict | None = None  # --remote: the stage's dvc.lock entry, as its worker wrote it
+    lock: dict | None = None  # --remote: {"entry": its dvc.lock entry, "files": its uncached outs}
 
 
 def _die_with_parent() -> None:
@@ -117,8 +117,17 @@ def _kill_earlier_try(pidfile: Path) -> None:
 
 def run_command(job: Job, started: Callable[[subprocess.Popen], None] | None = None) -> Done:
     """Run `job` in a new session (its process group is what stopping kills); its output to
-    its log file. Used by both engines (in a Ray worker too)."""
+    its log file. Used by both engines (in a Ray worker too). A folder it cannot write or a
+    command it cannot start is a failure with its one line, on whichever node it ran."""
     begin = time.monotonic()
+    try:
+        return _run_command(job, started, begin)
+    except OSError as err:
+        return Done(job.name, 2, time.monotonic() - begin,
+                    one_line(f"cannot run it on {os.uname().nodename}: {err}")[:500])
+
+
+def _run_command(job: Job, started, begin: float) -> Done:
     pidfile = Path(job.log + ".pgid")
     _kill_earlier_try(pidfile)
     env = dict(job.env)
@@ -374,7 +383,8 @@ def run(target: str, engine, jobs: int, retries: int, say=print,
                                 workers.push_outputs(repo, before, sync.remote)
                                 pushed.add(up)
                             upstream[up] = workers.lock_entry(before)
-                        job.spec = workers.spec(sync, stage, upstream)
+                        job.spec = workers.spec(sync, stage, upstream,
+                                                [the_plan.stages[up] for up in upstream])
                         job.cwd = sync.workdir
                         job.log = str(Path(sync.workdir) / "logs" / f"{workers._safe(name)}.log")
                     running[engine.submit(job)] = job
@@ -387,7 +397,7 @@ def run(target: str, engine, jobs: int, retries: int, say=print,
                     if done.code == 0:
                         if sync:
                             workers.land(repo, the_plan.stages[job.name], done.lock, sync.remote)
-                            from_workers[job.name] = done.lock
+                            from_workers[job.name] = done.lock["entry"]
                         outcome[job.name] = "ran"
                         say(f"finished {job.name} ({done.seconds:.0f} s)")
                         unrecorded = record_in_order(the_plan, outcome, unrecorded)
@@ -447,6 +457,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--jobs={args.jobs}: give 1 to 1024")
     if not 0 <= args.retries <= 100:
         raise UserError(f"--retries={args.retries}: give 0 to 100")
+    if not args.workdir.strip():
+        raise UserError("--workdir '': give a folder workers may write in")
+    args.workdir = os.path.abspath(args.workdir)
     if (args.git or args.workdir != ap.get_default("workdir")) and not args.remote:
         raise UserError("--git and --workdir are for workers with no shared file system: add "
                         "--remote NAME (a DVC remote), or leave them out")

@@ -59,7 +59,8 @@ def _git(root: str, *args: str) -> str:
 
 def prepare(repo, remote: str, url: str | None, workdir: str) -> Sync:
     """The runner's checks before any stage runs, each a one-line refusal: workers check out
-    HEAD, so every tracked file but the dvc.lock files (which the runner sends) must equal it;
+    HEAD, so every tracked file but the dvc.lock files and the stages' outputs (the runner sends
+    both) must equal it;
     the remote must exist; the git URL defaults to the `origin` remote's."""
     root = repo.root_dir
     try:
@@ -67,8 +68,13 @@ def prepare(repo, remote: str, url: str | None, workdir: str) -> Sync:
     except UserError:
         raise UserError("--remote: this repository has no commit yet: workers check out a "
                         "commit (git commit, then git push)") from None
+    made = [os.path.relpath(out.fs_path, root) for out in repo.index.outs]  # stages rewrite these
+
+    def made_by_a_stage(path: str) -> bool:
+        return any(path == out or path.startswith(out.rstrip("/") + "/") for out in made)
+
     changed = [p for p in _git(root, "diff", "--name-only", "HEAD").splitlines()
-               if p and Path(p).name != LOCK]
+               if p and Path(p).name != LOCK and not made_by_a_stage(p)]
     if changed:
         raise UserError(f"--remote: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}"
                         " differ from the last commit, which is what workers check out: commit "
@@ -116,10 +122,29 @@ def lock_path(stage) -> str:
     return os.path.relpath(Path(stage.dvcfile.path).with_name(LOCK), stage.repo.root_dir)
 
 
+def _objects(odb, stage) -> list:
+    """The objects of a stage's cached outputs: a directory's listing (its `.dir` object, read
+    from `odb`) and every file in it; DVC's transfer moves only the objects it is given."""
+    from dvc_data.hashfile.tree import Tree
+
+    objects = []
+    for out in stage.outs:
+        if out.use_cache and out.hash_info:
+            objects.append(out.hash_info)
+            if out.hash_info.isdir:
+                objects.extend(oid for _, _, oid in Tree.load(odb, out.hash_info))
+    return objects
+
+
 def push_outputs(repo, stage, remote: str) -> None:
     """Put the outputs of a stage the runner holds (unchanged, or a `.dvc` file's) on the
     remote, so that a worker can pull them; what the remote has already is skipped."""
-    objects = [out.hash_info for out in stage.outs if out.use_cache and out.hash_info]
+    try:
+        objects = _objects(repo.cache.local, stage)
+    except (OSError, ValueError) as err:  # a .dir object missing from this cache
+        raise UserError(f"--remote {remote}: the outputs of {stage.addressing} are not in this "
+                        f"cache ({one_line(str(err))[:120]}): `dvc pull {stage.addressing}` or "
+                        "`dvc repro` it first") from None
     if objects:
         result = repo.cloud.push(objects, remote=remote)
         if result.failed:
@@ -128,34 +153,85 @@ def push_outputs(repo, stage, remote: str) -> None:
                             f"`dvc pull {stage.addressing}` or `dvc repro` it first")
 
 
-def land(repo, stage, entry: dict, remote: str) -> None:
-    """A worker's result into this checkout: the stage's outputs fetched from the remote by the
-    hashes of its dvc.lock `entry` and checked out; then fanout records it as any stage."""
+def _read_files(root: Path, outs: list[str]) -> dict[str, str]:
+    """{path: base64 bytes} of every file of the outputs DVC does not cache (`cache: false`:
+    metrics, reports, plots, small and git-tracked): they never reach the remote, so they travel
+    back with the result."""
+    import base64
+
+    files = {}
+    for out in outs:
+        path = root / out
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                files[str(file.relative_to(root))] = base64.b64encode(file.read_bytes()).decode()
+    return files
+
+
+def _write_files(root: Path, outs: list[str], files: dict[str, str]) -> None:
+    """The uncached outputs a worker sent, written whole: each output built beside its place
+    and moved in, the earlier one removed (as `dvc repro` removes outputs before a run)."""
+    import base64
+
+    for out in outs:
+        target = root / out
+        staged = target.with_name(f".{target.name}.fanout-tmp")
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.unlink(missing_ok=True)
+        mine = {name: data for name, data in files.items()
+                if name == out or name.startswith(out.rstrip("/") + "/")}
+        for name, data in mine.items():
+            file = staged if name == out else staged / os.path.relpath(name, out)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(base64.b64decode(data))
+        if not mine:
+            continue  # the command did not make it: DVC's own check names it when recording
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(staged, target)
+
+
+def land(repo, stage, result: dict, remote: str) -> None:
+    """A worker's result into this checkout: the stage's cached outputs fetched from the remote
+    by the hashes of its dvc.lock entry and checked out, the uncached ones written from the
+    result; then fanout records it as any stage."""
     from dvc.stage.loader import StageLoader
 
-    StageLoader.fill_from_lock(stage, entry)
-    objects = [out.hash_info for out in stage.outs if out.use_cache and out.hash_info]
+    _write_files(Path(repo.root_dir), [os.path.relpath(out.fs_path, repo.root_dir)
+                                       for out in stage.outs if not out.use_cache],
+                 result["files"])
+    StageLoader.fill_from_lock(stage, result["entry"])
+    objects = _objects(repo.cloud.get_remote_odb(remote, "pull"), stage)
     result = repo.cloud.pull(objects, remote=remote)
     if result.failed:
         raise UserError(f"stage {stage.addressing}: its worker's outputs are not on remote "
                         f"{remote} ({len(result.failed)} objects missing): run it again")
     for out in stage.outs:
-        out.checkout()
+        if out.use_cache:
+            out.checkout()
 
 
-def spec(sync: Sync, stage, upstream: dict[str, tuple[str, str, dict] | None]) -> dict:
+def spec(sync: Sync, stage, upstream: dict[str, tuple[str, str, dict] | None],
+         upstream_stages: list) -> dict:
     """What a worker needs to run `stage`: the sync, the stage's address, lock file and command
-    folder, and the upstream stages with the entries their outputs are pulled by."""
+    folder, the upstream stages with the entries their outputs are pulled by, and the files of
+    their uncached outputs (this checkout's: git's may be older, the remote has none)."""
     locks: dict[str, dict] = {}
     for entry in upstream.values():
         if entry:
             locks.setdefault(entry[0], {})[entry[1]] = entry[2]
+    root = Path(stage.repo.root_dir)
+    uncached = [os.path.relpath(out.fs_path, root) for up in upstream_stages for out in up.outs
+                if not out.use_cache]
     return {"url": sync.url, "commit": sync.commit, "remote": sync.remote,
             "settings": sync.settings, "address": stage.addressing, "name": stage.name,
             "lock": lock_path(stage), "cmd": stage.cmd,
             "wdir": os.path.relpath(stage.wdir, stage.repo.root_dir),
             "outs": [os.path.relpath(out.fs_path, stage.repo.root_dir) for out in stage.outs],
-            "upstream": sorted(upstream), "locks": locks}
+            "uncached": [os.path.relpath(out.fs_path, stage.repo.root_dir)
+                         for out in stage.outs if not out.use_cache],
+            "upstream": sorted(upstream), "locks": locks,
+            "inputs": uncached, "files": _read_files(root, uncached)}
 
 
 def _safe(name: str) -> str:
@@ -197,6 +273,7 @@ def work(job_spec: dict, workdir: Path) -> int:
         data.setdefault("schema", "2.0")
         data.setdefault("stages", {}).update(entries)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
+    _write_files(clone, job_spec["inputs"], job_spec["files"])
     from dvc.config import Config
 
     with Config(dvc_dir=str(clone / ".dvc")).edit("local") as config:
@@ -220,7 +297,7 @@ def work(job_spec: dict, workdir: Path) -> int:
     if entry is None:
         raise UserError(f"dvc commit wrote no dvc.lock entry for {job_spec['address']}")
     result.parent.mkdir(parents=True, exist_ok=True)
-    result.write_text(json.dumps(entry))
+    result.write_text(json.dumps({"entry": entry, "files": _read_files(clone, job_spec["uncached"])}))
     shutil.rmtree(clone, ignore_errors=True)
     return 0
 
