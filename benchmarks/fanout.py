@@ -11,7 +11,13 @@ speed-up A / B, and whether the outputs are identical. With `--same-threads`, A 
 TRANSFERLAB_JOBS=J too (the same torch threads per stage as B), which separates what the
 runner does from what a thread count does to float sums.
 
+Before A and B it times one cell's command alone, with every core's threads (T_all, as in A)
+and with cores / J threads (T_J, as each of B's jobs), and prints the ceiling J x T_all / T_J:
+the speed-up B would reach if J such processes ran side by side as fast as one alone and the
+runner cost nothing. A runner cannot beat it; `--ceiling-only` prints it and stops.
+
 Usage:  python benchmarks/fanout.py [--jobs 2] [--steps 40] [--same-threads] [--keep DIR]
+                                    [--ceiling-only]
 
 Measured on this 2-core CPU (2026-12-06): docs/scaling.md, "A study's cells at once".
 """
@@ -54,6 +60,18 @@ def digests(repo: Path) -> dict[str, str]:
     return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
+def ceiling(repo: Path, jobs: int) -> tuple[float, float]:
+    """(T_all, T_J): one study cell's command alone, with all cores' threads and with
+    cores / jobs threads (the cell is run twice in `repo`; its output is overwritten)."""
+    from dvc.repo import Repo
+
+    cmd = Repo(str(repo)).stage.collect("study/dvc.yaml:cell@1-0")[0].cmd
+    times = []
+    for share in (1, jobs):
+        times.append(run(repo, ["bash", "-c", cmd], TRANSFERLAB_JOBS=str(share)))
+    return times[0], times[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -61,6 +79,8 @@ def main() -> None:
     ap.add_argument("--same-threads", action="store_true",
                     help="run A with TRANSFERLAB_JOBS=jobs too")
     ap.add_argument("--keep", type=Path, help="keep the copies here")
+    ap.add_argument("--ceiling-only", action="store_true",
+                    help="time one cell both ways, print the ceiling, skip A and B")
     args = ap.parse_args()
 
     import yaml
@@ -79,6 +99,15 @@ def main() -> None:
         set_params(template, {"study.shots": [1, 2, 5, 10], "study.seeds": [0, 1, 2, 3, 4, 5],
                               **shorter})
         run(template, [sys.executable, "-m", "dvc", "repro", "pretrain"])
+        probe = base / "probe"
+        shutil.copytree(template, probe, symlinks=True)
+        t_all, t_jobs = ceiling(probe, args.jobs)
+        top = args.jobs * t_all / t_jobs
+        print(f"one cell alone: {t_all:.1f} s with {os.cpu_count()} threads, {t_jobs:.1f} s with "
+              f"{max(1, (os.cpu_count() or 1) // args.jobs)}; ceiling of A / B with --jobs "
+              f"{args.jobs}: {top:.2f}x")
+        if args.ceiling_only:
+            return
         for name in ("sequential", "fanout"):
             shutil.copytree(template, base / name, symlinks=True)
         a, b = base / "sequential", base / "fanout"
@@ -95,7 +124,8 @@ def main() -> None:
           f"{os.cpu_count()} cores")
     print(f"A  dvc repro study/dvc.yaml ({threads_a}): {seconds_a:.1f} s")
     print(f"B  transferlab-fanout --jobs {args.jobs}: {seconds_b:.1f} s")
-    print(f"speed-up A / B: {seconds_a / seconds_b:.2f}x; load average after: {load:.1f}")
+    print(f"speed-up A / B: {seconds_a / seconds_b:.2f}x (ceiling {top:.2f}x, "
+          f"{seconds_a / seconds_b / top:.0%} of it); load average after: {load:.1f}")
     print("outputs and study/dvc.lock byte-identical" if same else
           f"outputs differ: {', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''}")
 

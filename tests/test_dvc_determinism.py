@@ -134,7 +134,7 @@ def test_reverting_a_param_restores_from_the_run_cache(repo):
         f"reverting transfer.features.C reran {ran(output)} instead of restoring them from the "
         f"run-cache. DVC keeps no run-cache for a stage with an `outs:` entry that has "
         f"`cache: false` and is neither a metric nor a plot: {why}\n{output}")
-    assert restored(output) == differ, output
+    assert sorted(restored(output)) == sorted(differ), output  # DVC picks the order
     assert git(repo, "diff", "--stat", "HEAD~1") == "", "restored outputs differ from HEAD~1's"
 
 
