@@ -127,6 +127,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/train.py": EVERY - {"check_params", "download", "prepare", "report"},
     "transferlab/transfer.py": TRANSFER,
     "transferlab/transferability.py": frozenset({"extract"}),
+    "transferlab/workers.py": frozenset(),  # transferlab-fanout --remote's workers: no stage
     # the registry: the params schema and evaluate's table are built from it, so every stage
     # lists it; check_params lists the whole folder (every method's options are the schema)
     "transferlab/strategies/__init__.py": EVERY,
