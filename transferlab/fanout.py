@@ -288,18 +288,18 @@ class Plan:
 
 
 def plan(repo, target: str) -> Plan:
-    """Every stage of dvc.yaml file `target` and every stage upstream of them."""
-    import networkx as nx
+    """Every stage of dvc.yaml file `target` and every stage upstream of them, in the order
+    `dvc repro target` visits them (DVC's own plan: a post-order walk of its graph, so that
+    the dvc.lock files are written in the same order and come out the same bytes)."""
+    from dvc.repo.reproduce import get_active_graph, plan_repro
 
-    graph = repo.index.graph  # edges: stage -> a stage it depends on
+    graph = get_active_graph(repo.index.graph)  # edges: stage -> a stage it depends on
     wanted = [s for s in repo.index.stages if s.path_in_repo == target]
     if not wanted:
         raise UserError(f"{target}: no stage of this repository is defined there: give a "
                         "dvc.yaml of it, e.g. study/dvc.yaml")
-    nodes = set(wanted)
-    for stage in wanted:
-        nodes |= nx.descendants(graph, stage)
-    order = [s for s in nx.topological_sort(graph.subgraph(nodes).reverse(copy=True))]
+    order = plan_repro(graph, wanted)
+    nodes = set(order)
     by_name = {s.addressing: s for s in order}
     after = {s.addressing: {d.addressing for d in graph.successors(s) if d in nodes}
              for s in order}
