@@ -433,8 +433,11 @@ def test_workers_move_data_through_an_s3_remote(tmp_path, s3_endpoint):
     repo, work = shared_nothing(tmp_path / "two")
     dvc(repo, "remote", "add", "--local", "s3", f"s3://{BUCKET}/fanout")
     dvc(repo, "remote", "modify", "--local", "s3", "endpointurl", url)
+    dvc(repo, "remote", "modify", "--local", "s3", "secret_access_key", "only-the-runner-has-it")
     done = fanout(repo, "--jobs", "2", "--remote", "s3", "--workdir", str(work))
     assert done.returncode == 0, done.stdout + done.stderr
     assert outputs(repo) == outputs(sequential)
     assert "up to date" in dvc(repo, "status")
     assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) >= 4  # 4 cells
+    specs = [p.read_text() for p in (work / "specs").iterdir()]  # what reached the workers
+    assert specs and url in specs[0] and not any("only-the-runner" in t for t in specs)

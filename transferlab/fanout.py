@@ -136,9 +136,9 @@ def _run_command(job: Job, started, begin: float) -> Done:
     Path(job.log).parent.mkdir(parents=True, exist_ok=True)
     cmd, result = job.cmd, None
     if job.spec is not None:  # on the node that runs it: a clone, not the runner's checkout
-        from transferlab.workers import _safe
+        from transferlab.workers import safe_name
 
-        name = _safe(job.spec["address"])
+        name = safe_name(job.spec["address"])
         spec_file = Path(job.cwd) / "specs" / f"{name}.json"
         spec_file.parent.mkdir(parents=True, exist_ok=True)
         spec_file.write_text(json.dumps(job.spec))
@@ -386,7 +386,7 @@ def run(target: str, engine, jobs: int, retries: int, say=print,
                         job.spec = workers.spec(sync, stage, upstream,
                                                 [the_plan.stages[up] for up in upstream])
                         job.cwd = sync.workdir
-                        job.log = str(Path(sync.workdir) / "logs" / f"{workers._safe(name)}.log")
+                        job.log = str(Path(sync.workdir, "logs", workers.safe_name(name) + ".log"))
                     running[engine.submit(job)] = job
                     say(f"started  {name}")
                 if not running:

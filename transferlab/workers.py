@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,9 @@ from pathlib import Path
 from transferlab.errors import UserError, one_line
 
 LOCK = "dvc.lock"
+# Remote settings that are credentials stay on the runner: a worker's spec is a file on its
+# node, and each node reads its own credentials from its environment, as `dvc pull` does.
+SECRET = re.compile(r"secret|password|token|access_key|passphrase|credential", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,9 @@ def prepare(repo, remote: str, url: str | None, workdir: str) -> Sync:
         known = ", ".join(repo.config.get("remote", {})) or "none"
         raise UserError(f"--remote {remote}: no such DVC remote (configured: {known}): "
                         f"`dvc remote add {remote} URL`, or name one of them")
-    return Sync(url, commit, remote, _plain(settings), workdir)
+    secrets = {k: v for k, v in settings.items() if SECRET.search(str(k))}
+    return Sync(url, commit, remote, _plain({k: v for k, v in settings.items()
+                                             if k not in secrets}), workdir)
 
 
 def _plain(value):
@@ -202,10 +208,10 @@ def land(repo, stage, result: dict, remote: str) -> None:
                  result["files"])
     StageLoader.fill_from_lock(stage, result["entry"])
     objects = _objects(repo.cloud.get_remote_odb(remote, "pull"), stage)
-    result = repo.cloud.pull(objects, remote=remote)
-    if result.failed:
+    fetched = repo.cloud.pull(objects, remote=remote)
+    if fetched.failed:
         raise UserError(f"stage {stage.addressing}: its worker's outputs are not on remote "
-                        f"{remote} ({len(result.failed)} objects missing): run it again")
+                        f"{remote} ({len(fetched.failed)} objects missing): run it again")
     for out in stage.outs:
         if out.use_cache:
             out.checkout()
@@ -234,7 +240,8 @@ def spec(sync: Sync, stage, upstream: dict[str, tuple[str, str, dict] | None],
             "inputs": uncached, "files": _read_files(root, uncached)}
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A stage address as a file name (its log, spec and result on the worker's node)."""
     return "".join(c if c.isalnum() or c in "@-_." else "_" for c in name)
 
 
@@ -244,7 +251,7 @@ def work(job_spec: dict, workdir: Path) -> int:
     stage goes to `<workdir>/results/<stage>.json`."""
     import yaml
 
-    name = _safe(job_spec["address"])
+    name = safe_name(job_spec["address"])
     clone = workdir / "clones" / name
     result = workdir / "results" / f"{name}.json"
     result.unlink(missing_ok=True)
@@ -257,7 +264,10 @@ def work(job_spec: dict, workdir: Path) -> int:
                               stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
         sys.stderr.write(done.stderr)
         if done.returncode:
-            raise UserError(f"{what}: {one_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f'exit status {done.returncode}')[:300]}")
+            lines = done.stderr.strip().splitlines()
+            why = next((line for line in reversed(lines) if line.startswith("ERROR")),
+                       lines[-1] if lines else f"exit status {done.returncode}")
+            raise UserError(f"{what}: {one_line(why)[:300]}")
 
     dvc = (sys.executable, "-m", "dvc")
     step("git", "clone", "--quiet", "--no-checkout", job_spec["url"], str(clone),
@@ -279,7 +289,7 @@ def work(job_spec: dict, workdir: Path) -> int:
     with Config(dvc_dir=str(clone / ".dvc")).edit("local") as config:
         config["remote"][job_spec["remote"]] = job_spec["settings"]
     if job_spec["upstream"]:
-        step(*dvc, "pull", "--quiet", "-r", job_spec["remote"], *job_spec["upstream"],
+        step(*dvc, "pull", "-r", job_spec["remote"], *job_spec["upstream"],
              what=f"dvc pull of the stages {job_spec['address']} depends on")
     for out in job_spec["outs"]:  # as in the runner's checkout, where they existed before
         (clone / out).parent.mkdir(parents=True, exist_ok=True)
@@ -289,8 +299,8 @@ def work(job_spec: dict, workdir: Path) -> int:
                           env=env_cmd).returncode
     if code:
         return code if code > 0 else 128 - code
-    step(*dvc, "commit", "--force", "--quiet", job_spec["address"], what="dvc commit")
-    step(*dvc, "push", "--quiet", "-r", job_spec["remote"], job_spec["address"],
+    step(*dvc, "commit", "--force", job_spec["address"], what="dvc commit")
+    step(*dvc, "push", "-r", job_spec["remote"], job_spec["address"],
          what=f"dvc push -r {job_spec['remote']}")
     entry = (yaml.safe_load((clone / job_spec["lock"]).read_text()) or {}
              ).get("stages", {}).get(job_spec["name"])
