@@ -110,8 +110,18 @@ def s3_endpoint(monkeypatch, tmp_path):
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=url)
-    s3.create_bucket(Bucket=BUCKET)
+
+    def empty_bucket():  # moto keeps one store per process: another test's server saw it too
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+            for item in page.get("Contents", []):
+                s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+
+    try:
+        s3.create_bucket(Bucket=BUCKET)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        empty_bucket()
     try:
         yield url, s3
     finally:
+        empty_bucket()
         server.stop()

@@ -152,7 +152,13 @@ def push_outputs(repo, stage, remote: str) -> None:
                         f"cache ({one_line(str(err))[:120]}): `dvc pull {stage.addressing}` or "
                         "`dvc repro` it first") from None
     if objects:
-        result = repo.cloud.push(objects, remote=remote)
+        try:
+            result = repo.cloud.push(objects, remote=remote)
+        except Exception as err:  # noqa: BLE001 - each storage plugin raises its own
+            raise UserError(f"--remote {remote}: pushing the outputs of {stage.addressing} "
+                            f"failed ({type(err).__name__}: {one_line(str(err))[:200]}): check the "
+                            f"remote's settings and credentials (`dvc push -r {remote}` here)"
+                            ) from None
         if result.failed:
             raise UserError(f"--remote {remote}: could not push the outputs of {stage.addressing}"
                             f" ({len(result.failed)} objects missing from this cache): "
@@ -207,8 +213,13 @@ def land(repo, stage, result: dict, remote: str) -> None:
                                        for out in stage.outs if not out.use_cache],
                  result["files"])
     StageLoader.fill_from_lock(stage, result["entry"])
-    objects = _objects(repo.cloud.get_remote_odb(remote, "pull"), stage)
-    fetched = repo.cloud.pull(objects, remote=remote)
+    try:
+        objects = _objects(repo.cloud.get_remote_odb(remote, "pull"), stage)
+        fetched = repo.cloud.pull(objects, remote=remote)
+    except Exception as err:  # noqa: BLE001 - each storage plugin raises its own (botocore, ...)
+        raise UserError(f"stage {stage.addressing}: fetching its outputs from remote {remote} "
+                        f"failed ({type(err).__name__}: {one_line(str(err))[:200]}): check the "
+                        f"remote's settings and credentials (`dvc pull -r {remote}` here)") from None
     if fetched.failed:
         raise UserError(f"stage {stage.addressing}: its worker's outputs are not on remote "
                         f"{remote} ({len(fetched.failed)} objects missing): run it again")
