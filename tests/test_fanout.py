@@ -340,6 +340,8 @@ def shared_nothing(tmp_path: Path, seconds: float = 0.3) -> tuple[Path, Path]:
     """The toy, committed and pushed to a bare git repository (its origin), with a DVC remote
     in a folder named in .dvc/config.local (what workers must be sent, not find in git)."""
     repo = toy(tmp_path, seconds=seconds, uncached_report=True)
+    git(repo, "config", "user.email", "test@example.com")  # no global identity needed
+    git(repo, "config", "user.name", "transferlab tests")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "toy")
     origin = tmp_path / "origin repo.git"
