@@ -40,6 +40,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -450,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--git", metavar="URL", help="--remote: the URL workers clone (default: "
                     "this repository's origin)")
     ap.add_argument("--workdir", metavar="DIR",
-                    default=os.path.join(__import__("tempfile").gettempdir(), "transferlab-fanout"),
+                    default=os.path.join(tempfile.gettempdir(), "transferlab-fanout"),
                     help="--remote: where a worker clones, on its node (default: %(default)s)")
     args = ap.parse_args(argv)
     if not 1 <= args.jobs <= 1024:

@@ -64,8 +64,7 @@ def _git(root: str, *args: str) -> str:
 def prepare(repo, remote: str, url: str | None, workdir: str) -> Sync:
     """The runner's checks before any stage runs, each a one-line refusal: workers check out
     HEAD, so every tracked file but the dvc.lock files and the stages' outputs (the runner sends
-    both) must equal it;
-    the remote must exist; the git URL defaults to the `origin` remote's."""
+    both) must equal it; the remote must exist; the git URL defaults to the `origin` remote's."""
     root = repo.root_dir
     try:
         commit = _git(root, "rev-parse", "--verify", "HEAD^{commit}")
@@ -94,9 +93,8 @@ def prepare(repo, remote: str, url: str | None, workdir: str) -> Sync:
         known = ", ".join(repo.config.get("remote", {})) or "none"
         raise UserError(f"--remote {remote}: no such DVC remote (configured: {known}): "
                         f"`dvc remote add {remote} URL`, or name one of them")
-    secrets = {k: v for k, v in settings.items() if SECRET.search(str(k))}
-    return Sync(url, commit, remote, _plain({k: v for k, v in settings.items()
-                                             if k not in secrets}), workdir)
+    shared = {k: v for k, v in settings.items() if not SECRET.search(str(k))}
+    return Sync(url, commit, remote, _plain(shared), workdir)
 
 
 def _plain(value):
@@ -109,19 +107,14 @@ def _plain(value):
 
 
 def lock_entry(stage) -> tuple[str, str, dict] | None:
-    """(lock file relative to the repository, stage name, its entry as dvc.lock holds it) for a
-    pipeline stage that has one; None for a `.dvc` file (git carries its hashes)."""
-    import yaml
+    """(lock file relative to the repository, stage name, its entry as DVC writes it, from the
+    hashes the loaded stage holds) for a pipeline stage; None for a `.dvc` file (git carries
+    its hashes)."""
+    from dvc.stage.serialize import to_single_stage_lockfile
 
-    if not getattr(stage, "is_data_source", False) and stage.cmd is not None:
-        path = Path(stage.dvcfile.path).with_name(LOCK)
-        try:
-            entry = (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get(stage.name)
-        except (OSError, yaml.YAMLError):
-            entry = None
-        if entry is not None:
-            return os.path.relpath(path, stage.repo.root_dir), stage.name, entry
-    return None
+    if getattr(stage, "is_data_source", False) or stage.cmd is None:
+        return None
+    return lock_path(stage), stage.name, to_single_stage_lockfile(stage)
 
 
 def lock_path(stage) -> str:
