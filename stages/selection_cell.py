@@ -70,6 +70,7 @@ def main(argv=None):
     x_test = to_device({"x": test["x_test"]}, device)["x"]
     checkpoints = checkpoint_rows(outcomes, x_test, np.asarray(test["y_test"]))
     write_json(args.out, {"task": args.task, "seed": args.seed, "draw": args.draw, "shots": 0,
+                          "classes": len(target_classes),
                           "task_params": read_json(args.data / "task.json").get("params", {}),
                           "options": {n: options[n] for n in checkpoints},
                           "checkpoints": checkpoints})

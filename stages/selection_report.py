@@ -37,6 +37,7 @@ def task_summary(runs: list[dict], params_selection) -> dict:
             "guards": selection_stats.guard_table(runs, rules, drop),
             "own_rule_draw0": selection_stats.guard_table(draw0, rules[:1], drop)[0],
             "drops": selection_stats.drop_table(runs, rules[0]),
+            "health": selection_stats.detector_counts(runs),
             "source_accuracy": round(sum(r["rows"][0]["test_accuracy"] for r in runs)
                                      / len(runs), 4),
             "runs": len(runs), "draws": sorted({r["draw"] for r in runs})}
@@ -57,7 +58,9 @@ def metrics_of(summary: dict) -> dict:
             "recommended_gain_draw0": own0["recommended_gain"]["mean"],
             "oracle_gain_per_run": oracle["gain_over_source"]["mean"],
             "best_validator": best["validator"],
-            "best_validator_gap": best["gap_to_oracle"]["mean"]}
+            "best_validator_gap": best["gap_to_oracle"]["mean"],
+            "health_check_misses": summary["health"]["misses"],
+            "health_check_false_alarms": summary["health"]["false_alarms"]}
 
 
 def overview(summaries: dict[str, dict]) -> list[str]:
@@ -88,6 +91,18 @@ def overview(summaries: dict[str, dict]) -> list[str]:
             rho = "" if v["spearman"] is None else f"{v['spearman']:+.2f}"
             cells.append(f"{interval(v['gap_to_oracle'])} | {rho}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    from transferlab.health import COLLAPSE_MARGIN, NEAR_BEST
+    lines += ["", "The label-free health check (docs/troubleshooting.md) on every candidate: a "
+              f"candidate below chance + {100 * COLLAPSE_MARGIN:.0f} points on the test set has "
+              "collapsed (the check should fire), one within "
+              f"{100 * NEAR_BEST:.0f} points of the best candidate of its cell (seed and draw) "
+              "is healthy (it should not):", "",
+              "| task | candidates | collapsed | flagged (hits) | missed | near the best | "
+              "false alarms |", "|---|---|---|---|---|---|---|"]
+    for task, s in summaries.items():
+        h = s["health"]
+        lines.append(f"| {task} | {h['models']} | {h['collapsed']} | {h['hits']} | "
+                     f"{h['misses']} | {h['near_best']} | {h['false_alarms']} |")
     return lines + [""]
 
 
@@ -135,12 +150,12 @@ def main(argv=None):
             args.cells / f"{task}-s{s}-d{d}.json" for s in study.seeds for d in study.draws)}
         try:
             runs = selection_stats.runs_of(cells)
+            if not runs:
+                raise UserError(f"selection task {task}: its cells hold no label-free run (no "
+                                "method ran at 0 labels): check its task_params")
+            summaries[task] = task_summary(runs, params.selection)
         except ValueError as err:
-            raise UserError(f"{err}: rerun `make selection`") from None
-        if not runs:
-            raise UserError(f"selection task {task}: its cells hold no label-free run (no "
-                            "method ran at 0 labels): check its task_params")
-        summaries[task] = task_summary(runs, params.selection)
+            raise UserError(f"selection task {task}: {err}: rerun `make selection`") from None
 
     write_json(args.metrics, {task: metrics_of(s) for task, s in summaries.items()})
     with atomic_path(args.report) as tmp:

@@ -200,11 +200,12 @@ def test_the_report_leads_with_every_task_and_every_validator(tmp_path):
 
     def row(step, score, test):
         return {"step": step, "val_accuracy": test, "test_accuracy": test,
-                **{name: score for name in NAMES}, "source_accuracy": 0.9}
+                **{name: score for name in NAMES}, "source_accuracy": 0.9,
+                "top_share": 0.15, "marginal_entropy": 0.95}
 
     for task, later in (("default", 0.7), ("noise", 0.7), ("blend", 0.4)):
         (tmp_path / f"cells/{task}-s0-d0.json").write_text(json.dumps(
-            {"shots": 0, "seed": 0, "draw": 0, "checkpoints": {
+            {"shots": 0, "seed": 0, "draw": 0, "classes": 10, "checkpoints": {
                 "dan": [row(0, 0.5, 0.5), row(1, 0.6, later)]}}))
     run_main(tmp_path, "selection_report", "cells", "--metrics", "m.json", "--report", "r.md",
              "--plots", "plots")
@@ -217,6 +218,31 @@ def test_the_report_leads_with_every_task_and_every_validator(tmp_path):
     assert all(f"| {name} | +0.0 | " in overview for name in NAMES if name != "source_accuracy")
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["noise"]["recommended_gain"] == pytest.approx(0.2)
+    # the health check on every candidate: none collapsed, the best of each cell not flagged
+    assert "| blend | 2 | 0 | 0 | 0 | 1 | 0 |" in overview
+    assert metrics["blend"]["health_check_false_alarms"] == 0
+
+
+def test_the_health_check_is_scored_on_every_candidate_of_a_cell():
+    """A hit, a miss and a false alarm among one cell's candidates (K = 10: collapsed below
+    30 %, near the best within 5 points); a cell without classes or a row without the check's
+    numbers is a ValueError naming it."""
+    from transferlab.selection_stats import detector_counts
+
+    def c(test, top, entropy):
+        return {"test_accuracy": test, "top_share": top, "marginal_entropy": entropy}
+
+    runs = [{"method": "dan", "seed": 0, "draw": 0, "classes": 10, "rows": [
+        c(0.90, 0.15, 0.95),   # the best, healthy
+        c(0.12, 0.90, 0.20),   # collapsed, flagged: a hit
+        c(0.20, 0.30, 0.90),   # collapsed, not flagged: a miss
+        c(0.88, 0.75, 0.80)]}]  # near the best, flagged: a false alarm
+    assert detector_counts(runs) == {"models": 4, "collapsed": 2, "hits": 1, "misses": 1,
+                                     "near_best": 2, "false_alarms": 1}
+    with pytest.raises(ValueError, match="classes=None"):
+        detector_counts([{**runs[0], "classes": None}])
+    with pytest.raises(ValueError, match=r"checkpoints.dan\[1\] has no health numbers"):
+        detector_counts([{**runs[0], "rows": [runs[0]["rows"][0], {"test_accuracy": 0.5}]}])
 
 
 @pytest.mark.slow

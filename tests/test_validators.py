@@ -24,7 +24,7 @@ def confident(classes, scale=50.0):
 
 def test_the_registry_finds_every_module_once():
     assert set(NAMES) == {"source_accuracy", "entropy", "info_max", "bnm", "snd", "cluster",
-                          "dev"}
+                          "dev", "iwv", "circular", "mixval"}
     assert all(v.family == v.name for v in VALIDATORS.values())  # one validator per module
     assert len({v.label for v in VALIDATORS.values()}) == len(VALIDATORS)
 
@@ -87,6 +87,71 @@ def test_dev_weights_the_source_loss_towards_where_the_target_is():
     assert math.isnan(score_all(view(confident([0, 1])))["dev"])
 
 
+def test_iwv_weights_the_source_accuracy_towards_where_the_target_is():
+    """IWV: the same half-right source as DEV's test; a target near the right half scores
+    about 1, near the wrong half about 0, spread like the source about the plain accuracy."""
+    torch.manual_seed(0)
+    a, b = torch.zeros(8), torch.full((8,), 4.0)
+    source_x = torch.cat([a + torch.randn(40, 8), b + torch.randn(40, 8)])
+    source_y = torch.cat([torch.zeros(40), torch.ones(40)]).long()
+    logits = torch.cat([confident([0] * 40, 3.0), confident([2] * 40, 3.0)])  # B all wrong
+
+    def iwv(target_x):
+        return score_all(View(torch.zeros(len(target_x), K), logits, source_y, target_x,
+                              source_x), ["iwv"])["iwv"]
+
+    assert iwv(a + torch.randn(60, 8)) > 0.85 and iwv(b + torch.randn(60, 8)) < 0.15
+    assert iwv(source_x[torch.randperm(80)]) == pytest.approx(0.5, abs=0.1)
+    assert math.isnan(score_all(view(confident([0, 1])), ["iwv"])["iwv"])
+
+
+def clustered(n_per_class=20, dims=16, seed=0):
+    """Features in K tight clusters, one per class, and their classes."""
+    gen = torch.Generator().manual_seed(seed)
+    classes = torch.arange(K).repeat(n_per_class)
+    return torch.eye(K, dims)[classes] * 10 + 0.1 * torch.randn(len(classes), dims, generator=gen), classes
+
+
+def test_circular_validation_leads_back_to_the_source_labels_only_from_a_right_labelling():
+    """Circular: a target labelled right (its clusters are the source's) labels the source
+    right (1.0); the same clusters under the wrong class names label it wrong (0.0); a
+    collapsed labelling scores the share of its one class among the source images."""
+    target_f, target_y = clustered(seed=0)
+    source_f, source_y = clustered(n_per_class=5, seed=1)
+
+    def circular(labels):
+        return score_all(View(confident(labels), torch.zeros(len(source_y), K), source_y,
+                              target_f, source_f), ["circular"])["circular"]
+
+    assert circular(target_y) == pytest.approx(1.0)
+    assert circular((target_y + 1) % K) == pytest.approx(0.0)
+    assert circular([3] * len(target_y)) == pytest.approx(1 / K)
+    assert math.isnan(score_all(view(confident(target_y)), ["circular"])["circular"])
+
+
+def test_mixval_rewards_classes_that_hold_between_clusters():
+    """MixVal on images whose class is the brightest of K pixels: a model reading that pixel
+    keeps the dominant image's class on every 0.55 / 0.45 mix (1.0); a model that predicts one
+    class has no inter-cluster pair (0.5 at most); one that guesses at random scores low.
+    Without a probe or images: NaN."""
+    gen = torch.Generator().manual_seed(0)
+    classes = torch.randint(0, K, (200,), generator=gen)
+    images = (torch.nn.functional.one_hot(classes, K).float() * 200 + 20
+              ).to(torch.uint8).view(-1, 1, 1, K)
+
+    def mixval(probe, labels):
+        return score_all(View(confident(labels), torch.eye(K), torch.arange(K), target_x=images,
+                              probe=probe), ["mixval"])["mixval"]
+
+    reads = lambda x: x.float().flatten(1)  # noqa: E731  logits = the pixels
+    assert mixval(reads, classes) == pytest.approx(1.0)
+    one_class = lambda x: confident([0] * len(x))  # noqa: E731
+    assert mixval(one_class, [0] * 200) == pytest.approx(0.5)
+    guesses = lambda x: torch.randn(len(x), K, generator=gen)  # noqa: E731
+    assert mixval(guesses, classes) < 0.3
+    assert math.isnan(score_all(view(confident(classes)), ["mixval"])["mixval"])
+
+
 def test_label_free_scores_read_the_models_own_features_and_logits(monkeypatch):
     """What LabelFree hands the validators: the encoder's features on the anchors, and logits
     byte-identical to the model's forward (what the checkpoints are chosen by)."""
@@ -109,6 +174,11 @@ def test_label_free_scores_read_the_models_own_features_and_logits(monkeypatch):
         assert torch.equal(seen[0].target, model(anchors_x))
         assert torch.equal(seen[0].source, model(train.to_float(source)))
         assert torch.equal(seen[0].source_features, model.encoder(train.to_float(source)))
+        # mixval's probe: the same model on images of the 0-255 scale, which it does not alter
+        assert torch.equal(seen[0].target_x, target[anchors(20, 16, seed=1)])
+        mixed = seen[0].target_x.float()
+        assert torch.equal(seen[0].probe(mixed), model(anchors_x))
+        assert torch.equal(mixed, seen[0].target_x.float())
 
 
 def test_empty_inputs_score_nan_not_an_error():

@@ -48,7 +48,7 @@ def runs_of(cells: Mapping[str, Mapping]) -> list[dict]:
                 raise ValueError(f"{where}: checkpoints.{method} does not start with the source "
                                  "model (step 0)")
             runs.append({"method": method, "seed": cell["seed"], "draw": cell.get("draw", 0),
-                         "rows": rows})
+                         "classes": cell.get("classes"), "rows": rows})
     return runs
 
 
@@ -143,6 +143,40 @@ def guard_table(runs: Sequence[Mapping], rules: Sequence[Mapping], max_source_dr
                       "share_of_best_gain": round(math.fsum(recommended) / math.fsum(best_gain), 3)
                       if math.fsum(best_gain) > 0 else None})
     return table
+
+
+HEALTH_KEYS = ("top_share", "marginal_entropy")
+
+
+def detector_counts(runs: Sequence[Mapping]) -> dict[str, int]:
+    """The health check (transferlab/health.py) scored on every candidate of `runs`:
+    health.score_detector's hits, misses and false alarms, where a candidate's "best" is the
+    best test accuracy of its cell (one seed and draw: every method's candidates). Each run
+    needs its cell's `classes` and each row the check's two numbers (study.checkpoint_rows):
+    ValueError naming what is missing otherwise."""
+    from transferlab import health
+
+    best: dict[tuple, float] = {}
+    for r in runs:
+        key = (r["seed"], r["draw"])
+        best[key] = max(best.get(key, 0.0), *(c["test_accuracy"] for c in r["rows"]))
+    total = health.score_detector([], 2)  # every count at zero
+    for k in sorted({r["classes"] for r in runs}, key=str):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise ValueError(f"a cell records classes={k!r}, not a number of classes")
+        rows = []
+        for r in (r for r in runs if r["classes"] == k):
+            for i, c in enumerate(r["rows"]):
+                if not all(isinstance(c.get(key), (int, float)) and not isinstance(c.get(key), bool)
+                           and math.isfinite(c[key]) for key in HEALTH_KEYS):
+                    raise ValueError(f"seed {r['seed']} draw {r['draw']}: checkpoints."
+                                     f"{r['method']}[{i}] has no health numbers "
+                                     f"({', '.join(HEALTH_KEYS)})")
+                rows.append({"accuracy": c["test_accuracy"], "best": best[(r["seed"], r["draw"])],
+                             **{key: c[key] for key in HEALTH_KEYS}})
+        counts = health.score_detector(rows, k)
+        total = {key: total[key] + counts[key] for key in total}
+    return total
 
 
 DROPS = (0.0, 0.005, 0.01, 0.02, 0.05)  # the eligibility sweep of the selection study

@@ -20,7 +20,7 @@ import torch
 from transferlab import strategies
 from transferlab.errors import UserError
 from transferlab.evaluation import compare, predict
-from transferlab.health import check_models
+from transferlab.health import check_health, check_models
 from transferlab.models import Classifier
 from transferlab.params import Params, encoder_blocks
 from transferlab.scenario import draw_shots
@@ -82,9 +82,11 @@ def train_cell(target: dict[str, torch.Tensor], unlabelled: torch.Tensor, params
 def checkpoint_rows(outcomes: dict[str, strategies.Outcome], x_test: torch.Tensor,
                     y_test: np.ndarray) -> dict[str, list[dict]]:
     """{method: one row per label-free candidate (the starting model, step 0, then every
-    evaluation): its step, target-val accuracy, every validator's score and its target-test
-    accuracy}, for the methods whose fit kept its checkpoints (k = 0). Called after every model
-    was chosen: the selection replay (transferlab/selection_stats.py) reads these rows."""
+    evaluation): its step, target-val accuracy, every validator's score, its target-test
+    accuracy and the health check's numbers on the test images (top_share, marginal_entropy:
+    predictions only, no label)}, for the methods whose fit kept its checkpoints (k = 0).
+    Called after every model was chosen: the selection replay (transferlab/selection_stats.py)
+    reads these rows, and scores the health check on them."""
     out = {}
     for name, outcome in outcomes.items():
         fit = outcome.fit
@@ -93,9 +95,13 @@ def checkpoint_rows(outcomes: dict[str, strategies.Outcome], x_test: torch.Tenso
         rows = []
         for row in fit.candidates():
             model = _copy_with_state(outcome.model, fit.checkpoints[row["step"]])
-            accuracy = float((predict(model, x_test) == y_test).mean())
+            predicted = predict(model, x_test)
+            health = check_health(predicted, model.head.out_features)
             rows.append({k: round(v, 6) for k, v in row.items() if k not in ("train_loss", "val_loss")}
-                        | {"step": row["step"], "test_accuracy": round(accuracy, 4)})
+                        | {"step": row["step"],
+                           "test_accuracy": round(float((predicted == y_test).mean()), 4),
+                           "top_share": round(health.top_share, 4),
+                           "marginal_entropy": round(health.marginal_entropy, 4)})
         out[name] = rows
     return out
 

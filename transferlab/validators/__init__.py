@@ -9,6 +9,9 @@ checkpoint, `selection.guard` the ones that must agree before an adapted model r
 source model (transferlab/selection.py). The study measures each against the target test
 accuracy of the same checkpoints (docs/selection.md).
 
+One of them probes the model with images of its own (`View.probe`: mixed anchors in
+mixval.py, one forward pass of the anchors).
+
 Each module declares `VALIDATORS = (Validator(...),)`: its name (the module's), a label for
 tables, its reference, its cost, and `score(view) -> float`. torch is imported inside `score`:
 the params schema reads the names, and check_params must stay light.
@@ -31,6 +34,9 @@ class View:
     source_y: Any      # (m,) their labels
     target_features: Any = None  # (n, D) the encoder's features on the same anchors
     source_features: Any = None  # (m, D) ... on the source validation images
+    target_x: Any = None  # (n, C, H, W) the anchor images, uint8 as stored
+    probe: Any = None     # images (any dtype, 0-255 scale) -> logits of the same model in eval
+                          # mode: for a validator that feeds it images of its own (mixval.py)
 
 
 @dataclass(frozen=True)

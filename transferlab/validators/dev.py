@@ -14,11 +14,11 @@ from __future__ import annotations
 from transferlab.validators import Validator, View, projected, sklearn_threads
 
 
-def risk(source_features, source_logits, source_y, target_features) -> float:
-    """DEV's estimate of the target loss."""
+def density_ratio(source_features, target_features):
+    """w_i = p(target | x_i) / p(source | x_i) x m / n for each source image x_i: a logistic
+    domain classifier on the features (randomly projected, standardised), as numpy."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -29,7 +29,21 @@ def risk(source_features, source_logits, source_y, target_features) -> float:
     with sklearn_threads():
         p_target = LogisticRegression(max_iter=200).fit(x, domain).predict_proba(x[:m])[:, 1]
     p_target = np.clip(p_target, 1e-6, 1 - 1e-6)
-    w = p_target / (1 - p_target) * m / len(target_features)
+    return p_target / (1 - p_target) * m / len(target_features)
+
+
+def usable(view: View) -> bool:
+    """Features of at least two images on each side (a domain classifier needs both)."""
+    return not (view.source_features is None or view.target_features is None
+                or len(view.source_features) < 2 or len(view.target_features) < 2)
+
+
+def risk(source_features, source_logits, source_y, target_features) -> float:
+    """DEV's estimate of the target loss."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    w = density_ratio(source_features, target_features)
     loss = F.cross_entropy(source_logits.float(), source_y.long(), reduction="none").cpu().numpy()
     weighted = w * loss
     var = np.var(w, ddof=1)
@@ -38,8 +52,7 @@ def risk(source_features, source_logits, source_y, target_features) -> float:
 
 
 def score(view: View) -> float:
-    if view.source_features is None or view.target_features is None \
-            or len(view.source_features) < 2 or len(view.target_features) < 2:
+    if not usable(view):
         return float("nan")
     return -risk(view.source_features, view.source, view.source_y, view.target_features)
 
