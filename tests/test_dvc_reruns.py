@@ -133,7 +133,7 @@ RERUNS: dict[str, frozenset[str]] = {
     "transferlab/strategies/__init__.py": EVERY,
     # the validator registry imports every module, and the schema (selection.*) the registry
     **{f"transferlab/validators/{m}.py": EVERY
-       for m in ("__init__", "bnm", "circular", "cluster", "dev", "entropy", "info_max", "iwv",
+       for m in ("__init__", "agreement", "bnm", "circular", "cluster", "dev", "entropy", "info_max", "iwv",
                  "mixval", "snd", "source_accuracy")},
     **{f"transferlab/strategies/{s.removeprefix('transfer@')}.py": frozenset({"check_params", s})
        for s in sorted(TRANSFER)},

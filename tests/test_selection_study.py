@@ -181,7 +181,8 @@ def test_the_report_refuses_a_cell_without_a_validator_score(tmp_path):
     row = {"step": 0, "val_accuracy": 0.5, "test_accuracy": 0.5}  # no validator score
     (tmp_path / "cells/default-s0-d0.json").write_text(json.dumps(
         {"shots": 0, "seed": 0, "draw": 0, "checkpoints": {"dan": [row]}}))
-    with cwd(tmp_path), pytest.raises(UserError, match="has no 'bnm' number.*rerun `make selection`"):
+    with cwd(tmp_path), pytest.raises(UserError,
+                                      match="has no 'agreement' number.*rerun `make selection`"):
         load_stage("selection_report").main(["cells", "--metrics", "m.json", "--report", "r.md",
                                              "--plots", "plots"])
     assert not (tmp_path / "m.json").exists()

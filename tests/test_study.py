@@ -165,7 +165,7 @@ def _candidate(step, test, val, snd, info_max, source_accuracy=0.95):
     return {"step": step, "val_accuracy": val, "test_accuracy": test, "snd": snd,
             "info_max": info_max, "entropy": -0.1, "bnm": 0.3, "source_accuracy": source_accuracy,
             "cluster": 0.5, "dev": -1.0, "iwv": 0.9, "circular": 0.8, "mixval": 0.7,
-            "top_share": 0.2, "marginal_entropy": 0.9}
+            "agreement": 0.6, "top_share": 0.2, "marginal_entropy": 0.9}
 
 
 def test_report_stage_replays_label_free_selection(tmp_path):

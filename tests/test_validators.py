@@ -24,7 +24,7 @@ def confident(classes, scale=50.0):
 
 def test_the_registry_finds_every_module_once():
     assert set(NAMES) == {"source_accuracy", "entropy", "info_max", "bnm", "snd", "cluster",
-                          "dev", "iwv", "circular", "mixval"}
+                          "dev", "iwv", "circular", "mixval", "agreement"}
     assert all(v.family == v.name for v in VALIDATORS.values())  # one validator per module
     assert len({v.label for v in VALIDATORS.values()}) == len(VALIDATORS)
 
@@ -127,6 +127,25 @@ def test_circular_validation_leads_back_to_the_source_labels_only_from_a_right_l
     assert circular((target_y + 1) % K) == pytest.approx(0.0)
     assert circular([3] * len(target_y)) == pytest.approx(1 / K)
     assert math.isnan(score_all(view(confident(target_y)), ["circular"])["circular"])
+
+
+def test_agreement_of_the_head_with_the_source_prototypes():
+    """Agreement: target features in the source's clusters, named right by the head: 1.0;
+    named wrong: 0.0; a class with no source image is never the prototype's answer."""
+    target_f, target_y = clustered(seed=0)
+    source_f, source_y = clustered(n_per_class=5, seed=1)
+
+    def agreement(labels, keep=slice(None)):
+        return score_all(View(confident(labels), torch.zeros(len(source_y[keep]), K),
+                              source_y[keep], target_f, source_f[keep]),
+                         ["agreement"])["agreement"]
+
+    assert agreement(target_y) == pytest.approx(1.0)
+    assert agreement((target_y + 1) % K) == pytest.approx(0.0)
+    # no source image of class 0: the prototypes name the others only, so class 0's target
+    # images (a quarter) cannot agree
+    assert agreement(target_y, source_y != 0) == pytest.approx(1 - 1 / K)
+    assert math.isnan(score_all(view(confident(target_y)), ["agreement"])["agreement"])
 
 
 def test_mixval_rewards_classes_that_hold_between_clusters():
