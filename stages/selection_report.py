@@ -37,6 +37,8 @@ def task_summary(runs: list[dict], params_selection) -> dict:
             "guards": selection_stats.guard_table(runs, rules, drop),
             "own_rule_draw0": selection_stats.guard_table(draw0, rules[:1], drop)[0],
             "drops": selection_stats.drop_table(runs, rules[0]),
+            "methods": selection_stats.method_table(
+                runs, rules[:1] + selection_stats.extra_guard_rules(rules[0]), drop),
             "health": selection_stats.detector_counts(runs),
             "source_accuracy": round(sum(r["rows"][0]["test_accuracy"] for r in runs)
                                      / len(runs), 4),
@@ -129,6 +131,10 @@ def markdown(summaries: dict[str, dict], params) -> str:
                   "The params' rule at other `selection.max_source_drop` values (how far below "
                   "the source model's source-validation accuracy a candidate may fall):", "",
                   selection_stats.drop_markdown(s["drops"]), "",
+                  "Within each method, the params' rule and the same rule with one more "
+                  "validator in its guard: runs that shipped a model more than 1 point below the "
+                  "source model, and the mean gain over it (points):", "",
+                  selection_stats.method_markdown(s["methods"]), "",
                   selection_stats.markdown(s["validators"], s["guards"]), ""]
     return "\n".join(lines)
 

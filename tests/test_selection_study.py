@@ -219,6 +219,13 @@ def test_the_report_leads_with_every_task_and_every_validator(tmp_path):
     assert all(f"| {name} | +0.0 | " in overview for name in NAMES if name != "source_accuracy")
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["noise"]["recommended_gain"] == pytest.approx(0.2)
+    # within the method: the params' rule and each one-more-guard variant ship the -10 model,
+    # except with source accuracy in the guard (it does not rise: the source model is kept)
+    blend = report.split("## blend")[1]
+    within = [line for line in blend.splitlines() if line.endswith("| 1/1, -10.0 |")]
+    assert len(within) == 1 + sum(1 for n in NAMES if n not in ("info_max", "bnm",
+                                                                 "source_accuracy"))
+    assert "| info_max; guard bnm+info_max+source_accuracy, margin 0.01 | 0/1, +0.0 |" in blend
     # the health check on every candidate: none collapsed, the best of each cell not flagged
     assert "| blend | 2 | 0 | 0 | 0 | 1 | 0 |" in overview
     assert metrics["blend"]["health_check_false_alarms"] == 0

@@ -196,12 +196,14 @@ def describe(rule: Mapping) -> str:
 
 
 def default_rules(params_selection) -> list[dict]:
-    """The rules the study replays: params.selection's own first, then each validator without
-    a guard, guarded by itself, and guarded by itself with IM and BNM (the two that ranked
-    candidates best on every task measured, docs/selection.md), at margins 0 and 0.01."""
+    """The rules the study replays: params.selection's own first, then the own rule with one
+    more validator in its guard (each one it lacks: what would stop a method that harms), then
+    each validator without a guard, guarded by itself, and guarded by itself with IM and BNM
+    (the two that ranked candidates best on every task measured, docs/selection.md), at
+    margins 0 and 0.01."""
     own = {"validator": params_selection.validator, "guard": sorted(set(params_selection.guard)),
            "margin": params_selection.guard_margin}  # the order of a guard's names is no rule
-    rules = [own]
+    rules = [own] + extra_guard_rules(own)
     for name in NAMES:
         for guard in ([], [name], sorted({name, "info_max", "bnm"})):
             for margin in ((0.0,) if not guard else (0.0, 0.01)):
@@ -209,6 +211,39 @@ def default_rules(params_selection) -> list[dict]:
                 if rule not in rules:
                     rules.append(rule)
     return rules
+
+
+def extra_guard_rules(own: Mapping) -> list[dict]:
+    """`own` with each validator it does not guard by added to its guard."""
+    return [{**own, "guard": sorted({*own["guard"], name})} for name in NAMES
+            if name not in own["guard"]]
+
+
+def method_table(runs: Sequence[Mapping], rules: Sequence[Mapping], max_source_drop: float
+                 ) -> list[dict]:
+    """Per rule, per method: how many of its runs shipped a model more than HARM below the
+    source model, and its mean gain: which guard stops which method's harm."""
+    methods = sorted({r["method"] for r in runs})
+    table = []
+    for rule in rules:
+        row = {"rule": describe(rule), "methods": {}}
+        for method in methods:
+            gains = [_shipped(r["rows"], rule, max_source_drop)["test_accuracy"]
+                     - r["rows"][0]["test_accuracy"] for r in runs if r["method"] == method]
+            row["methods"][method] = {"harmed": sum(g < -HARM for g in gains), "runs": len(gains),
+                                      "gain": round(math.fsum(gains) / len(gains), 4)}
+        table.append(row)
+    return table
+
+
+def method_markdown(rows: list[dict]) -> str:
+    methods = list(rows[0]["methods"]) if rows else []
+    lines = ["| rule (validator; guard) | " + " | ".join(methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for r in rows:
+        cells = [f"{m['harmed']}/{m['runs']}, {100 * m['gain']:+.1f}" for m in r["methods"].values()]
+        lines.append(f"| {r['rule']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _interval(s: Mapping, signed: bool = True) -> str:
