@@ -227,7 +227,7 @@ def test_the_report_leads_with_every_task_and_every_validator(tmp_path):
                                                                  "source_accuracy"))
     assert "| info_max; guard bnm+info_max+source_accuracy, margin 0.01 | 0/1, +0.0 |" in blend
     # the health check on every candidate: none collapsed, the best of each cell not flagged
-    assert "| blend | 2 | 0 | 0 | 0 | 1 | 0 |" in overview
+    assert "| blend | 2 | 0 | 0 | 0 | 1 | 0 | 0 | 0 | 0 |" in overview
     assert metrics["blend"]["health_check_false_alarms"] == 0
 
 
@@ -237,16 +237,20 @@ def test_the_health_check_is_scored_on_every_candidate_of_a_cell():
     numbers is a ValueError naming it."""
     from transferlab.selection_stats import detector_counts
 
-    def c(test, top, entropy):
-        return {"test_accuracy": test, "top_share": top, "marginal_entropy": entropy}
+    def c(test, top, entropy, source=0.9):
+        return {"test_accuracy": test, "top_share": top, "marginal_entropy": entropy,
+                "source_accuracy": source}
 
     runs = [{"method": "dan", "seed": 0, "draw": 0, "classes": 10, "rows": [
         c(0.90, 0.15, 0.95),   # the best, healthy
         c(0.12, 0.90, 0.20),   # collapsed, flagged: a hit
-        c(0.20, 0.30, 0.90),   # collapsed, not flagged: a miss
+        c(0.20, 0.30, 0.90, source=0.05),  # collapsed, not flagged: a miss (classes permuted)
         c(0.88, 0.75, 0.80)]}]  # near the best, flagged: a false alarm
     assert detector_counts(runs) == {"models": 4, "collapsed": 2, "hits": 1, "misses": 1,
                                      "near_best": 2, "false_alarms": 1}
+    # the source split sees the permuted one
+    assert detector_counts(runs, source_check=True) == {
+        "models": 4, "collapsed": 2, "hits": 2, "misses": 0, "near_best": 2, "false_alarms": 1}
     with pytest.raises(ValueError, match="classes=None"):
         detector_counts([{**runs[0], "classes": None}])
     with pytest.raises(ValueError, match=r"checkpoints.dan\[1\] has no health numbers"):

@@ -148,12 +148,14 @@ def guard_table(runs: Sequence[Mapping], rules: Sequence[Mapping], max_source_dr
 HEALTH_KEYS = ("top_share", "marginal_entropy")
 
 
-def detector_counts(runs: Sequence[Mapping]) -> dict[str, int]:
+def detector_counts(runs: Sequence[Mapping], source_check: bool = False) -> dict[str, int]:
     """The health check (transferlab/health.py) scored on every candidate of `runs`:
     health.score_detector's hits, misses and false alarms, where a candidate's "best" is the
     best test accuracy of its cell (one seed and draw: every method's candidates). Each run
     needs its cell's `classes` and each row the check's two numbers (study.checkpoint_rows):
-    ValueError naming what is missing otherwise."""
+    ValueError naming what is missing otherwise. `source_check`: the check also fires where
+    the candidate's source-validation accuracy is below chance + health.COLLAPSE_MARGIN (a
+    model that permuted its classes keeps a healthy marginal; the source split sees it)."""
     from transferlab import health
 
     best: dict[tuple, float] = {}
@@ -174,7 +176,13 @@ def detector_counts(runs: Sequence[Mapping]) -> dict[str, int]:
                                      f"({', '.join(HEALTH_KEYS)})")
                 rows.append({"accuracy": c["test_accuracy"], "best": best[(r["seed"], r["draw"])],
                              **{key: c[key] for key in HEALTH_KEYS}})
-        counts = health.score_detector(rows, k)
+                rows[-1]["source_accuracy"] = c["source_accuracy"]
+        fires = None
+        if source_check:
+            def fires(r, k=k):
+                return bool(health.problems(r["top_share"], r["marginal_entropy"], k)) \
+                    or r["source_accuracy"] < 1 / k + health.COLLAPSE_MARGIN
+        counts = health.score_detector(rows, k, fires)
         total = {key: total[key] + counts[key] for key in total}
     return total
 
