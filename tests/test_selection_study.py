@@ -196,7 +196,8 @@ def test_the_report_leads_with_every_task_and_every_validator(tmp_path):
     from transferlab.selection_stats import NAMES
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(selection_study={
         **STUDY, "tasks": ["default", "noise", "blend"], "draws": [0],
-        "task_params": {"default": {}, "noise": {}, "blend": {}}})))
+        "task_params": {"default": {}, "noise": {}, "blend": {}}},
+        selection={"validator": "info_max", "guard": ["info_max", "bnm"], "guard_margin": 0.01})))
     (tmp_path / "cells").mkdir()
 
     def row(step, score, test):
