@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import yaml
 
 from tests.bad_input_helpers import run_entry
 from tests.conftest import merge, stage_commands, tiny_params_dict
+from transferlab.errors import UserError
 from transferlab.io import load_arrays, load_state_dict
 from transferlab.models import load_classifier
 from transferlab.predict import predict_files, preprocess_file, preprocessing
@@ -230,6 +232,25 @@ def test_with_zero_shots_no_target_label_chooses_what_is_exported():
     # with shots, features (selection none, no SND) makes it a target-val choice
     features = {"selection": "none", "val_accuracy": 0.5}
     assert choose({**with_adabn, "features": features}, "snd") == ("adabn", "target-val")
+    # a validator that could not score (NaN: too few unlabelled images) ranks its method last
+    unscored = {**label_free, "dann": {**label_free["dann"], "validators": scores(1.2, math.nan)}}
+    assert choose(unscored, "info_max") == ("mcc", "source-val+IM")
+
+
+def test_a_label_free_record_may_hold_a_validator_that_could_not_score(tmp_path):
+    """A pool of one image leaves DEV, ClassAMI, MixVal... at NaN: the metrics file that records
+    it reads back (export reads it); an infinite score is still refused in one line."""
+    from transferlab.records import TransferMetrics, read_record
+
+    record = {"selection": "source-val+IM", "val_accuracy": None, "snd": math.nan,
+              "validators": {"info_max": 0.5, "cluster": math.nan},
+              "source_validators": {"info_max": 0.4, "cluster": math.nan}}
+    path = tmp_path / "mcc.json"
+    path.write_text(json.dumps(record))
+    assert math.isnan(read_record(path, TransferMetrics).validators["cluster"])
+    path.write_text(json.dumps({**record, "validators": {"info_max": math.inf}}))
+    with pytest.raises(UserError, match="validators.info_max.*finite, or NaN"):
+        read_record(path, TransferMetrics)
 
 
 def test_export_passes_over_a_degenerate_best_model(pipeline, tmp_path, capsys):

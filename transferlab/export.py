@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 from collections.abc import Mapping
 
@@ -47,8 +48,9 @@ def ranked(val_metrics: Mapping[str, Mapping], validator: str) -> tuple[list[str
         raise ValueError("no strategy to choose from")
     order = list(val_metrics)
     if all(label_free(m) for m in val_metrics.values()):
-        def key(n):
-            return -float(val_metrics[n]["validators"][validator])
+        def key(n):  # a validator that could not score (NaN) ranks its method last
+            score = float(val_metrics[n]["validators"][validator])
+            return math.inf if math.isnan(score) else -score
         from transferlab.validators import VALIDATORS
 
         by = f"source-val+{VALIDATORS[validator].label}"  # as each method's own selection

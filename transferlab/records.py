@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from transferlab.errors import UserError, one_line, path_error, show_path
 from transferlab.io import check_readable
@@ -49,6 +49,17 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 Selection = Literal[("target-val", *(f"source-val+{v.label}" for v in VALIDATORS.values()),  # type: ignore[valid-type]
                      "source-val", "none")]
 ValidatorKey = Literal[NAMES]  # type: ignore[valid-type]
+
+
+def _not_infinite(value: float) -> float:
+    if math.isinf(value):
+        raise ValueError("a validator's score is finite, or NaN where it cannot score")
+    return value
+
+
+# a validator's score: NaN where it cannot score (an unlabelled pool of one image, or of no more
+# images than classes: validators/*.py say which), which a label-free run may well record
+ValidatorScore = Annotated[float, Field(allow_inf_nan=True), AfterValidator(_not_infinite)]
 Gain = Annotated[float, Field(ge=-1, le=1)]  # accuracy points / 100 between two strategies
 
 
@@ -118,11 +129,11 @@ class TransferMetrics(Open):
     skipped: bool = False
     val_accuracy: Fraction | None = None
     selection: Selection | None = None
-    snd: float | None = None  # soft neighbourhood density: label-free selection only
+    snd: ValidatorScore | None = None  # soft neighbourhood density: label-free selection only
     # label-free choices (transferlab/selection.py): every validator's score of the shipped
     # model and of the source model, and the guard's verdict
-    validators: dict[ValidatorKey, float] | None = None
-    source_validators: dict[ValidatorKey, float] | None = None
+    validators: dict[ValidatorKey, ValidatorScore] | None = None
+    source_validators: dict[ValidatorKey, ValidatorScore] | None = None
     guard: Annotated[str, Field(max_length=2000)] | None = None
 
     @model_validator(mode="after")
