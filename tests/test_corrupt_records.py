@@ -230,7 +230,8 @@ EXPORT_METRICS = [  # (what finetune.json holds, what the line names)
     ('{"selection": "target-val"}', "selection target-val records val_accuracy"),
     ('{"val_accuracy": 0.5}', "records its selection"),
     ('{"val_accuracy": 0.5, "selection": "source-val+SND"}', "records snd"),
-    ('{"val_accuracy": 0.5, "selection": "source-val+SND", "snd": NaN}', "key 'snd'=nan"),
+    # NaN is a validator that could not score (a pool of one image); infinity is damage
+    ('{"val_accuracy": 0.5, "selection": "source-val+SND", "snd": Infinity}', "key 'snd'=inf"),
     ('{"val_accuracy": 0.5, "selection": 3}', "key 'selection'=3"),
     ('{"skipped": "yes"}', "key 'skipped'='yes'"),
     ('[0.5]', "Input should be a valid dictionary"),
