@@ -48,7 +48,7 @@ def runs_of(cells: Mapping[str, Mapping]) -> list[dict]:
                 raise ValueError(f"{where}: checkpoints.{method} does not start with the source "
                                  "model (step 0)")
             runs.append({"method": method, "seed": cell["seed"], "draw": cell.get("draw", 0),
-                         "classes": cell.get("classes"), "rows": rows})
+                         "classes": cell.get("classes"), "rows": rows, "where": where})
     return runs
 
 
@@ -165,13 +165,15 @@ def detector_counts(runs: Sequence[Mapping], source_check: bool = False) -> dict
     total = health.score_detector([], 2)  # every count at zero
     for k in sorted({r["classes"] for r in runs}, key=str):
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            raise ValueError(f"a cell records classes={k!r}, not a number of classes")
+            where = next(r.get("where", "a cell") for r in runs if r["classes"] == k)
+            raise ValueError(f"{where} records classes={k!r}, not a number of classes")
         rows = []
         for r in (r for r in runs if r["classes"] == k):
             for i, c in enumerate(r["rows"]):
                 if not all(isinstance(c.get(key), (int, float)) and not isinstance(c.get(key), bool)
                            and math.isfinite(c[key]) for key in HEALTH_KEYS):
-                    raise ValueError(f"seed {r['seed']} draw {r['draw']}: checkpoints."
+                    where = r.get("where", f"seed {r['seed']} draw {r['draw']}")
+                    raise ValueError(f"{where}: checkpoints."
                                      f"{r['method']}[{i}] has no health numbers "
                                      f"({', '.join(HEALTH_KEYS)})")
                 rows.append({"accuracy": c["test_accuracy"], "best": best[(r["seed"], r["draw"])],
