@@ -40,8 +40,7 @@ def runs_of(cells: Mapping[str, Mapping]) -> list[dict]:
             for i, row in enumerate(rows):
                 for key in ROW_KEYS:
                     value = row.get(key) if isinstance(row, Mapping) else None
-                    if not isinstance(value, (int, float)) or isinstance(value, bool) \
-                            or not math.isfinite(value):
+                    if not _finite_number(value):
                         raise ValueError(f"{where}: checkpoints.{method}[{i}] has no '{key}' "
                                          f"number (got {value!r})")
             if not rows or rows[0]["step"] != 0:
@@ -50,6 +49,11 @@ def runs_of(cells: Mapping[str, Mapping]) -> list[dict]:
             runs.append({"method": method, "seed": cell["seed"], "draw": cell.get("draw", 0),
                          "classes": cell.get("classes"), "rows": rows, "where": where})
     return runs
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def _oracle(rows: Sequence[Mapping]) -> Mapping:
@@ -170,15 +174,14 @@ def detector_counts(runs: Sequence[Mapping], source_check: bool = False) -> dict
         rows = []
         for r in (r for r in runs if r["classes"] == k):
             for i, c in enumerate(r["rows"]):
-                if not all(isinstance(c.get(key), (int, float)) and not isinstance(c.get(key), bool)
-                           and math.isfinite(c[key]) for key in HEALTH_KEYS):
+                if not all(_finite_number(c.get(key)) for key in HEALTH_KEYS):
                     where = r.get("where", f"seed {r['seed']} draw {r['draw']}")
                     raise ValueError(f"{where}: checkpoints."
                                      f"{r['method']}[{i}] has no health numbers "
                                      f"({', '.join(HEALTH_KEYS)})")
                 rows.append({"accuracy": c["test_accuracy"], "best": best[(r["seed"], r["draw"])],
+                             "source_accuracy": c["source_accuracy"],
                              **{key: c[key] for key in HEALTH_KEYS}})
-                rows[-1]["source_accuracy"] = c["source_accuracy"]
         fires = None
         if source_check:
             def fires(r, k=k):
