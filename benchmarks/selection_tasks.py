@@ -71,9 +71,11 @@ def replay(task: str, repo: Path, seeds: list[int]) -> dict:
     selection = load_params(repo / "params.yaml").selection
     runs = selection_stats.runs_of(cells)
     result = {"task": task, "runs": len(runs), "seconds": round(time.perf_counter() - start),
-              "validators": selection_stats.validator_table(runs, selection.max_source_drop),
+              "validators": selection_stats.validator_table(runs, selection.max_source_drop,
+                                                            selection.source_free_floor),
               "guards": selection_stats.guard_table(runs, selection_stats.default_rules(selection),
-                                                    selection.max_source_drop)}
+                                                    selection.max_source_drop,
+                                                    selection.source_free_floor)}
     (repo / "selection.json").write_text(json.dumps(result, indent=1))
     return result
 

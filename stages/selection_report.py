@@ -30,15 +30,16 @@ def _cell(path: Path) -> Path:
 def task_summary(runs: list[dict], params_selection) -> dict:
     """The replay of one task's runs: validators, every rule with every draw, and the params'
     own rule with draw 0 only (what the default options alone would have given)."""
-    drop = params_selection.max_source_drop
+    drop, floor = params_selection.max_source_drop, params_selection.source_free_floor
     rules = selection_stats.default_rules(params_selection)
     draw0 = [r for r in runs if r["draw"] == 0]
-    return {"validators": selection_stats.validator_table(runs, drop),
-            "guards": selection_stats.guard_table(runs, rules, drop),
-            "own_rule_draw0": selection_stats.guard_table(draw0, rules[:1], drop)[0],
-            "drops": selection_stats.drop_table(runs, rules[0]),
+    return {"validators": selection_stats.validator_table(runs, drop, floor),
+            "guards": selection_stats.guard_table(runs, rules, drop, floor),
+            "own_rule_draw0": selection_stats.guard_table(draw0, rules[:1], drop, floor)[0],
+            "drops": selection_stats.drop_table(runs, rules[0], floor),
+            "floors": selection_stats.floor_table(runs, rules[0], drop),
             "methods": selection_stats.method_table(
-                runs, rules[:1] + selection_stats.extra_guard_rules(rules[0]), drop),
+                runs, rules[:1] + selection_stats.extra_guard_rules(rules[0]), drop, floor),
             "health": selection_stats.detector_counts(runs),
             "health_with_source": selection_stats.detector_counts(runs, source_check=True),
             "source_accuracy": round(sum(r["rows"][0]["test_accuracy"] for r in runs)
@@ -139,6 +140,11 @@ def markdown(summaries: dict[str, dict], params) -> str:
                   "The params' rule at other `selection.max_source_drop` values (how far below "
                   "the source model's source-validation accuracy a candidate may fall):", "",
                   selection_stats.drop_markdown(s["drops"]), "",
+                  "The params' rule at other `selection.source_free_floor` values (how far "
+                  "above chance a source-free method's candidate must stay on source "
+                  "validation; null: held to `max_source_drop` like the rest), with the two best "
+                  "validators' gaps to the oracle's pick:", "",
+                  selection_stats.floor_markdown(s["floors"]), "",
                   "Within each method, the params' rule and the same rule with one more "
                   "validator in its guard: runs that shipped a model more than 1 point below the "
                   "source model, and the mean gain over it (points):", "",

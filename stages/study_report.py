@@ -89,10 +89,10 @@ def main(argv=None):
         runs = selection_stats.runs_of({str(p): c for p, c in zip(paths, cells)})
     except ValueError as err:  # written by another version, or edited
         raise UserError(f"{err}: delete it and run `dvc repro study/dvc.yaml`") from None
-    drop = params.selection.max_source_drop
-    replay = ({"validators": selection_stats.validator_table(runs, drop),
+    drop, floor = params.selection.max_source_drop, params.selection.source_free_floor
+    replay = ({"validators": selection_stats.validator_table(runs, drop, floor),
                "guards": selection_stats.guard_table(
-                   runs, selection_stats.default_rules(params.selection), drop)}
+                   runs, selection_stats.default_rules(params.selection), drop, floor)}
               if runs else {"validators": [], "guards": []})
     write_json(args.selection, {"runs": len(runs), "methods": sorted({r["method"] for r in runs}),
                                 **replay})

@@ -258,6 +258,39 @@ def test_the_health_check_is_scored_on_every_candidate_of_a_cell():
         detector_counts([{**runs[0], "rows": [runs[0]["rows"][0], {"test_accuracy": 0.5}]}])
 
 
+def test_the_replay_holds_source_free_methods_to_their_floor():
+    """SHOT's step 1 gains 20 points on target while its source accuracy drifts from 0.95 to
+    0.6 (it never trains on a source image); DAN's does the same and is refused (it trains on
+    source labels: a drop is forgetting). Floor 0.2 over chance (0.3 at K = 10) lets SHOT's
+    through, 0.6 does not, and null holds it to max_source_drop like DAN."""
+    from transferlab import selection_stats
+    from transferlab.selection_stats import NAMES
+
+    def row(step, score, test, source):
+        return {"step": step, "val_accuracy": test, "test_accuracy": test,
+                **{name: score for name in NAMES}, "source_accuracy": source}
+
+    runs = [{"method": m, "seed": 0, "draw": 0, "classes": 10, "where": "cell.json",
+             "rows": [row(0, 0.5, 0.5, 0.95), row(1, 0.6, 0.7, 0.6)]} for m in ("dan", "shot")]
+    rule = {"validator": "info_max", "guard": ["info_max"], "margin": 0.0}
+    assert [selection_stats.floor_of(r, 0.2) for r in runs] == [None, pytest.approx(0.3)]
+    gains = {f: selection_stats.method_table(runs, [rule], 0.01, f)[0]["methods"]
+             for f in (None, 0.2, 0.6)}
+    assert gains[0.2]["shot"]["gain"] == pytest.approx(0.2) and gains[0.2]["dan"]["gain"] == 0
+    assert gains[None]["shot"]["gain"] == 0 == gains[0.6]["shot"]["gain"]
+    table = selection_stats.floor_table(runs, rule, 0.01, (None, 0.2))
+    assert [t["info_max_gap"]["mean"] for t in table] == [pytest.approx(-0.2), pytest.approx(-0.1)]
+    assert "| null (the drop) | -20.0 " in selection_stats.floor_markdown(table)
+    # a source-free run must say how many classes its chance is taken over
+    with pytest.raises(ValueError, match="cell.json records classes=None"):
+        selection_stats.floor_of({**runs[1], "classes": None}, 0.2)
+    assert selection_stats.floor_of({**runs[1], "classes": None}, None) is None
+    # a cell of a method this version does not have is named, not replayed as another
+    with pytest.raises(ValueError, match="checkpoints.nope: no such method"):
+        selection_stats.runs_of({"c.json": {"shots": 0, "seed": 0, "checkpoints": {
+            "nope": runs[0]["rows"]}}})
+
+
 @pytest.mark.slow
 def test_the_study_through_dvc_adds_a_draw_by_running_only_its_cells(tmp_path):
     """One tiny task, one seed: `dvc repro selection/dvc.yaml` runs the task, its cells and the

@@ -184,8 +184,8 @@ def test_label_free_scores_read_the_models_own_features_and_logits(monkeypatch):
     source = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
     seen = []
     monkeypatch.setattr(train, "score_all", lambda v: seen.append(v) or {})
-    cfg = Selection(validator="info_max", max_source_drop=0.02, pool_size=16, guard=["info_max"],
-                    guard_margin=0.01)
+    cfg = Selection(validator="info_max", max_source_drop=0.02, source_free_floor=0.2,
+                    pool_size=16, guard=["info_max"], guard_margin=0.01)
     train.LabelFree(source, torch.arange(6) % K, target, model, cfg, seed=1).scores()
     anchors_x = train.to_float(target[anchors(20, 16, seed=1)])
     with torch.no_grad():
@@ -228,6 +228,37 @@ def test_pick_prefers_eligible_candidates_and_can_answer_do_not_adapt():
     assert selection.pick(only_worse, "snd", 0.02) == 0  # the source model itself
     shipped, picked, why = selection.decide(only_worse, "snd", 0.02, ["snd"], 0.0)
     assert (shipped, picked) == (0, 0) and "ranks the source model first" in why
+
+
+def test_a_source_free_method_is_held_to_a_floor_above_chance_not_to_the_drop():
+    # SHOT / TENT never train on a source image: 0.80 on source val is a drift, not forgetting;
+    # 0.25 (ten classes: chance 0.1 + 0.2 = 0.3) is a model that no longer knows its classes
+    cands = rows((1.0, 0.5, 0.95), (3.0, 0.6, 0.80), (4.0, 0.7, 0.25))
+    floor = selection.source_floor(True, 10, 0.2)
+    assert floor == pytest.approx(0.3)
+    assert selection.pick(cands, "snd", 0.02) == 0  # the drop: both adapted ones fell
+    assert selection.pick(cands, "snd", 0.02, floor) == 1
+    assert selection.decide(cands, "snd", 0.02, ["snd"], 0.0, floor) == (1, 1, None)
+    # the source model stays a candidate even below the floor (a poor source model)
+    poor = rows((1.0, 0.5, 0.2), (0.5, 0.6, 0.2))
+    assert selection.pick(poor, "snd", 0.02, floor) == 0
+    # other methods, and a floor of null, keep the drop
+    assert selection.source_floor(False, 10, 0.2) is None
+    assert selection.source_floor(True, 10, None) is None
+
+
+def test_label_free_runs_of_source_free_methods_carry_their_floor():
+    from transferlab import train
+    from transferlab.models import Classifier, SmallCNN
+    from transferlab.options import Selection
+
+    model = Classifier(SmallCNN(1, (4, 8), "group", "flatten"), K).eval()
+    cfg = Selection(validator="info_max", max_source_drop=0.02, source_free_floor=0.25,
+                    pool_size=16, guard=["info_max"], guard_margin=0.01)
+    x, y = torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.arange(4) % K
+    assert train.LabelFree(x, y, x, model, cfg).floor() is None
+    assert train.LabelFree(x, y, x, model, cfg, source_free=True).floor() == \
+        pytest.approx(1 / K + 0.25)
 
 
 def test_the_guard_keeps_the_source_model_unless_every_validator_agrees():

@@ -80,6 +80,10 @@ class Selection(Strict):
     # a checkpoint whose source validation accuracy fell more than this below the source
     # model's is not a candidate (adaptation must not forget the task it transfers)
     max_source_drop: float = Field(ge=0, le=1)
+    # ... except for a source-free method (shot, tent), which never trains on a source image:
+    # its candidates must stay this far above chance (1/K) on source validation instead; null
+    # holds them to max_source_drop too
+    source_free_floor: float | None = Field(ge=0, le=1)
     # unlabelled target images the validators read: a seeded subsample of the pool, so that
     # scoring a checkpoint costs the same on a pool of 700 or 70,000 images
     pool_size: int = Field(ge=2, le=MAX_IMAGES_PER_CLASS)

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from transferlab import selection
 from transferlab.stats import summarize
+from transferlab.strategies import METHODS
 from transferlab.validators import NAMES
 
 HARM = 0.01  # a recommendation more than 1 point below the source model counts as harm
@@ -37,6 +38,9 @@ def runs_of(cells: Mapping[str, Mapping]) -> list[dict]:
         if cell.get("shots") != 0:
             continue
         for method, rows in sorted(cell.get("checkpoints", {}).items()):
+            if method not in METHODS:
+                raise ValueError(f"{where}: checkpoints.{method}: no such method in "
+                                 "transferlab/strategies/")
             for i, row in enumerate(rows):
                 for key in ROW_KEYS:
                     value = row.get(key) if isinstance(row, Mapping) else None
@@ -49,6 +53,18 @@ def runs_of(cells: Mapping[str, Mapping]) -> list[dict]:
             runs.append({"method": method, "seed": cell["seed"], "draw": cell.get("draw", 0),
                          "classes": cell.get("classes"), "rows": rows, "where": where})
     return runs
+
+
+def floor_of(run: Mapping, source_free_floor: float | None) -> float | None:
+    """The run's source-accuracy floor (selection.source_floor): its method's family and its
+    cell's class count decide; ValueError naming the cell where that count is missing."""
+    source_free = METHODS[run["method"]].family == selection.SOURCE_FREE
+    if source_free and source_free_floor is not None:
+        k = run.get("classes")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise ValueError(f"{run.get('where', 'a cell')} records classes={k!r}, not a number "
+                             "of classes")
+    return selection.source_floor(source_free, run.get("classes"), source_free_floor)
 
 
 def _finite_number(value) -> bool:
@@ -74,7 +90,8 @@ def _ci(values: Sequence[float]) -> dict:
     return {k: (None if s[k] is None else round(s[k], 4)) for k in ("mean", "ci_low", "ci_high")}
 
 
-def validator_table(runs: Sequence[Mapping], max_source_drop: float) -> list[dict]:
+def validator_table(runs: Sequence[Mapping], max_source_drop: float,
+                    source_free_floor: float | None = None) -> list[dict]:
     """Per validator (and the oracle): mean test accuracy of its pick over runs, its gap to the
     oracle's pick and its gain over the source model, paired by run, with 95 % t intervals, and
     the mean Spearman rho between its score and test accuracy over a run's candidates."""
@@ -82,7 +99,8 @@ def validator_table(runs: Sequence[Mapping], max_source_drop: float) -> list[dic
     source = [r["rows"][0]["test_accuracy"] for r in runs]
     oracle = [_oracle(r["rows"])["test_accuracy"] for r in runs]
     for name in NAMES:
-        picked = [r["rows"][selection.pick(r["rows"], name, max_source_drop)]["test_accuracy"]
+        picked = [r["rows"][selection.pick(r["rows"], name, max_source_drop,
+                                           floor_of(r, source_free_floor))]["test_accuracy"]
                   for r in runs]
         rhos = [rho for r in runs if (rho := _spearman([c[name] for c in r["rows"]],
                                                        [c["test_accuracy"] for c in r["rows"]]))
@@ -108,14 +126,16 @@ def validator_table(runs: Sequence[Mapping], max_source_drop: float) -> list[dic
     return table
 
 
-def _shipped(rows: Sequence[Mapping], rule: Mapping, max_source_drop: float) -> Mapping:
+def _shipped(run: Mapping, rule: Mapping, max_source_drop: float,
+             source_free_floor: float | None) -> Mapping:
+    rows = run["rows"]
     index, _, _ = selection.decide(rows, rule["validator"], max_source_drop, rule["guard"],
-                                   rule["margin"])
+                                   rule["margin"], floor_of(run, source_free_floor))
     return rows[index]
 
 
-def guard_table(runs: Sequence[Mapping], rules: Sequence[Mapping], max_source_drop: float
-                ) -> list[dict]:
+def guard_table(runs: Sequence[Mapping], rules: Sequence[Mapping], max_source_drop: float,
+                source_free_floor: float | None = None) -> list[dict]:
     """Per rule {validator, guard, margin}: within runs, the shipped model's gain over the
     source model and how often it is more than HARM below it; across the methods of each seed,
     the recommendation (export's: the shipped model with the best validator score, the source
@@ -130,7 +150,7 @@ def guard_table(runs: Sequence[Mapping], rules: Sequence[Mapping], max_source_dr
         for seed in seeds:
             mine = [r for r in runs if r["seed"] == seed]
             source = mine[0]["rows"][0]
-            shipped = [_shipped(r["rows"], rule, max_source_drop) for r in mine]
+            shipped = [_shipped(r, rule, max_source_drop, source_free_floor) for r in mine]
             for s in shipped:
                 gains.append(s["test_accuracy"] - source["test_accuracy"])
                 harmed += s["test_accuracy"] < source["test_accuracy"] - HARM
@@ -195,11 +215,31 @@ def detector_counts(runs: Sequence[Mapping], source_check: bool = False) -> dict
 DROPS = (0.0, 0.005, 0.01, 0.02, 0.05)  # the eligibility sweep of the selection study
 
 
-def drop_table(runs: Sequence[Mapping], rule: Mapping, drops: Sequence[float] = DROPS
-               ) -> list[dict]:
+def drop_table(runs: Sequence[Mapping], rule: Mapping, source_free_floor: float | None,
+               drops: Sequence[float] = DROPS) -> list[dict]:
     """`rule` replayed at each `selection.max_source_drop` of `drops`: how far an adapted
     checkpoint may fall below the source model on source validation and still be chosen."""
-    return [{"max_source_drop": drop, **guard_table(runs, [rule], drop)[0]} for drop in drops]
+    return [{"max_source_drop": drop, **guard_table(runs, [rule], drop, source_free_floor)[0]}
+            for drop in drops]
+
+
+# the source-free floor sweep: None holds shot and tent to max_source_drop like the rest
+FLOORS = (None, 0.0, 0.1, 0.2, 0.3, 0.5)
+
+
+def floor_table(runs: Sequence[Mapping], rule: Mapping, max_source_drop: float,
+                floors: Sequence[float | None] = FLOORS) -> list[dict]:
+    """`rule` replayed at each `selection.source_free_floor` of `floors`, with the best
+    validator's gap to the oracle per method beside it (info_max and bnm: the best rankers
+    measured)."""
+    table = []
+    for floor in floors:
+        gaps = {v["validator"]: v["gap_to_oracle"]
+                for v in validator_table(runs, max_source_drop, floor)}
+        table.append({"source_free_floor": floor, "info_max_gap": gaps["info_max"],
+                      "bnm_gap": gaps["bnm"],
+                      **guard_table(runs, [rule], max_source_drop, floor)[0]})
+    return table
 
 
 def describe(rule: Mapping) -> str:
@@ -232,8 +272,8 @@ def extra_guard_rules(own: Mapping) -> list[dict]:
             if name not in own["guard"]]
 
 
-def method_table(runs: Sequence[Mapping], rules: Sequence[Mapping], max_source_drop: float
-                 ) -> list[dict]:
+def method_table(runs: Sequence[Mapping], rules: Sequence[Mapping], max_source_drop: float,
+                 source_free_floor: float | None = None) -> list[dict]:
     """Per rule, per method: how many of its runs shipped a model more than HARM below the
     source model, and its mean gain: which guard stops which method's harm."""
     methods = sorted({r["method"] for r in runs})
@@ -241,7 +281,7 @@ def method_table(runs: Sequence[Mapping], rules: Sequence[Mapping], max_source_d
     for rule in rules:
         row = {"rule": describe(rule), "methods": {}}
         for method in methods:
-            gains = [_shipped(r["rows"], rule, max_source_drop)["test_accuracy"]
+            gains = [_shipped(r, rule, max_source_drop, source_free_floor)["test_accuracy"]
                      - r["rows"][0]["test_accuracy"] for r in runs if r["method"] == method]
             row["methods"][method] = {"harmed": sum(g < -HARM for g in gains), "runs": len(gains),
                                       "gain": round(math.fsum(gains) / len(gains), 4)}
@@ -275,6 +315,19 @@ def drop_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['max_source_drop']:g} | {_interval(r['method_gain'])} | "
                      f"{r['methods_harmed']} | {_interval(r['recommended_gain'])} | "
                      f"{r['recommended_harmed']} | {share} |")
+    return "\n".join(lines)
+
+
+def floor_markdown(rows: list[dict]) -> str:
+    lines = ["| source_free_floor | info_max: gap to oracle | bnm: gap | method gain over source "
+             "| methods > 1 pt below source | recommended gain | seeds harmed | share of best "
+             "oracle gain |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        share = "" if r["share_of_best_gain"] is None else f"{100 * r['share_of_best_gain']:.0f} %"
+        floor = "null (the drop)" if r["source_free_floor"] is None else f"{r['source_free_floor']:g}"
+        lines.append(f"| {floor} | {_interval(r['info_max_gap'])} | {_interval(r['bnm_gap'])} | "
+                     f"{_interval(r['method_gain'])} | {r['methods_harmed']} | "
+                     f"{_interval(r['recommended_gain'])} | {r['recommended_harmed']} | {share} |")
     return "\n".join(lines)
 
 

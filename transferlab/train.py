@@ -260,7 +260,15 @@ class LabelFree:
     selection: Any  # options.Selection
     seed: int = 0
     keep_checkpoints: bool = False  # the study: keep every candidate's weights to score them
+    # a source-free method (transfer.source_free): its candidates keep their source accuracy
+    # above selection.source_free_floor over chance, not within max_source_drop (selection.py)
+    source_free: bool = False
     _anchors: Any = None
+
+    def floor(self) -> float | None:
+        """The absolute source-val accuracy a candidate must keep (selection.source_floor)."""
+        return selection.source_floor(self.source_free, self.forward.head.out_features,
+                                      self.selection.source_free_floor)
 
     def scores(self) -> dict[str, float]:
         if self._anchors is None:  # tensors or DiskImages: either takes an index tensor
@@ -445,14 +453,14 @@ def fit(model: nn.Module, param_groups: Sequence[dict], streams: Sequence[Stream
                     oracle_best = oracle_key
                     result.oracle_step, result.oracle_val_accuracy = step + 1, val_acc
                 if not label_free.keep_checkpoints:  # keep the weights a choice may still need
-                    keep = {0, result.oracle_step, _label_free_pick(result, label_free.selection)}
+                    keep = {0, result.oracle_step, _label_free_pick(result, label_free)}
                     states = {k: v for k, v in states.items() if k in keep}
             elif best_key is None or oracle_key > best_key:
                 best_key = oracle_key
                 best_state = _copy_state(model)
                 result.best_step, result.best_val_accuracy = step + 1, val_acc
     if label_free is not None:
-        best_state = _choose_label_free(result, label_free.selection, states)
+        best_state = _choose_label_free(result, label_free, states)
         result.oracle_state = states[result.oracle_step] if has_val else None
         if label_free.keep_checkpoints:
             result.checkpoints = states
@@ -472,18 +480,18 @@ def _copy_state(model: nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _label_free_pick(result: FitResult, cfg) -> int:
+def _label_free_pick(result: FitResult, label_free: LabelFree) -> int:
     """The step the validator picks among the rows recorded so far."""
-    rows = result.candidates()
-    return rows[selection.pick(rows, cfg.validator, cfg.max_source_drop)]["step"]
+    rows, cfg = result.candidates(), label_free.selection
+    return rows[selection.pick(rows, cfg.validator, cfg.max_source_drop, label_free.floor())]["step"]
 
 
-def _choose_label_free(result: FitResult, cfg, states: dict) -> dict:
+def _choose_label_free(result: FitResult, label_free: LabelFree, states: dict) -> dict:
     """Fill in the label-free choice (selection.decide on the recorded rows, row 0 the starting
     model) and return the shipped checkpoint's weights."""
-    rows = result.candidates()
+    rows, cfg = result.candidates(), label_free.selection
     shipped, picked, why = selection.decide(rows, cfg.validator, cfg.max_source_drop, cfg.guard,
-                                            cfg.guard_margin)
+                                            cfg.guard_margin, label_free.floor())
     result.picked_step, result.guard = rows[picked]["step"], why
     result.best_step, result.best_val_accuracy = rows[shipped]["step"], rows[shipped]["val_accuracy"]
     return states[result.best_step]

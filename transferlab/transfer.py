@@ -153,7 +153,7 @@ def source_free(inputs: Inputs, cfg: Adaptation, params: Callable[[Classifier], 
         raise ValueError("0 target labels: Inputs.selection (params.selection) says how to choose")
     label_free = None if streams else LabelFree(
         inputs.source["x_val"], inputs.source["y_val"], inputs.unlabelled, model,
-        inputs.selection, inputs.seed, inputs.keep_checkpoints)
+        inputs.selection, inputs.seed, inputs.keep_checkpoints, source_free=True)
     result = fit(model, [{"params": chosen, "lr": cfg.lr}], streams,
                  (t["x_val"], t["y_val"], model), steps=cfg.steps, batch_size=cfg.batch_size,
                  weight_decay=cfg.weight_decay, shift_px=cfg.shift_px, seed=inputs.seed,
