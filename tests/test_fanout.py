@@ -25,6 +25,8 @@ if os.path.exists(marker):  # the test's fault: this try dies as an OOM kill wou
 if os.path.exists(f"fail-{name}"):
     print(f"error: cell {name} cannot run: remove fail-{name}", file=sys.stderr)
     sys.exit(2)
+if os.path.exists(f"slow-{name}"):  # the test edits a file while this one runs
+    seconds *= 40
 time.sleep(seconds)
 open(f"out/{name}.txt.tmp", "w").write(name * 3)
 os.replace(f"out/{name}.txt.tmp", f"out/{name}.txt")  # atomic, as the pipeline's stages
@@ -122,6 +124,26 @@ def test_a_params_edit_reruns_only_the_stages_that_read_it(tmp_path):
     assert done.returncode == 0 and "1 stages ran, 4 unchanged" in done.stdout, done.stdout
     assert (repo / "report.txt").read_text() == "aaa+bbb+ccc+ddd"
     assert "up to date" in dvc(repo, "status")
+
+
+def test_a_file_edited_during_the_run_is_reported_not_called_clean(tmp_path):
+    """Each stage is looked at once: cells a-d, unchanged when the run starts, are out of date
+    once cell.py is edited while the new cell e runs. The run succeeds, and its last line says
+    that `dvc status` is not clean and names them, instead of claiming it is."""
+    repo = toy(tmp_path, seconds=0.1)
+    assert fanout(repo, "--jobs", "2").returncode == 0
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "cells": [*params["cells"], "e"]}))
+    (repo / "slow-e").write_text("")
+    run = fanout(repo, "--jobs", "2", wait=False)
+    deadline = time.monotonic() + 60
+    while not processes("cell.py e 0.1") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (repo / "cell.py").write_text(CELL + "# edited while e runs\n")
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    assert "is NOT clean: 4 stages changed while it ran" in out and "cell@a" in out, out
+    assert "cell@a" in dvc(repo, "status")
 
 
 def test_a_failing_stage_stops_the_run_with_its_line_and_records_the_others(tmp_path):

@@ -497,9 +497,23 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"another dvc command holds this repository's lock ({why}): wait for "
                         "it to finish, then run this again") from None
     ran = sum(v == "ran" for v in outcome.values())
+    stale = changed_since(relative)
+    state = "clean" if not stale else (
+        f"NOT clean: {len(stale)} stages changed while it ran (a file they read was edited: "
+        f"{', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}): run it again")
     print(f"{ran} stages ran, {len(outcome) - ran} unchanged, in {time.monotonic() - begin:.0f} s"
           f" ({'ray' if args.ray else f'{args.jobs} local jobs'}); `dvc status {relative}` is "
-          "clean")
+          f"{state}")
+
+
+def changed_since(target: str) -> list[str]:
+    """The stages of `target` (and upstream) that `dvc status` reports changed now: each was
+    looked at once, when its turn came, so a file edited after that (code, params) leaves it
+    out of date although the run succeeded."""
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        return sorted(repo.status(targets=[target], with_deps=True))
 
 
 def cli() -> None:
