@@ -229,9 +229,8 @@ FLOORS = (None, 0.0, 0.1, 0.2, 0.3, 0.5)
 
 def floor_table(runs: Sequence[Mapping], rule: Mapping, max_source_drop: float,
                 floors: Sequence[float | None] = FLOORS) -> list[dict]:
-    """`rule` replayed at each `selection.source_free_floor` of `floors`, with the best
-    validator's gap to the oracle per method beside it (info_max and bnm: the best rankers
-    measured)."""
+    """`rule` replayed at each `selection.source_free_floor` of `floors`, with info_max's and
+    bnm's gaps to the oracle's pick beside it (the two best rankers measured)."""
     table = []
     for floor in floors:
         gaps = {v["validator"]: v["gap_to_oracle"]
