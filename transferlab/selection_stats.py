@@ -59,12 +59,18 @@ def floor_of(run: Mapping, source_free_floor: float | None) -> float | None:
     """The run's source-accuracy floor (selection.source_floor): its method's family and its
     cell's class count decide; ValueError naming the cell where that count is missing."""
     source_free = METHODS[run["method"]].family == selection.SOURCE_FREE
-    if source_free and source_free_floor is not None:
-        k = run.get("classes")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            raise ValueError(f"{run.get('where', 'a cell')} records classes={k!r}, not a number "
-                             "of classes")
-    return selection.source_floor(source_free, run.get("classes"), source_free_floor)
+    if not source_free or source_free_floor is None:
+        return None
+    return selection.source_floor(source_free, _classes(run), source_free_floor)
+
+
+def _classes(run: Mapping) -> int:
+    """The run's cell's class count; ValueError naming the cell where it is not one."""
+    k = run.get("classes")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"{run.get('where', 'a cell')} records classes={k!r}, not a number of "
+                         "classes")
+    return k
 
 
 def _finite_number(value) -> bool:
@@ -187,10 +193,9 @@ def detector_counts(runs: Sequence[Mapping], source_check: bool = False) -> dict
         key = (r["seed"], r["draw"])
         best[key] = max(best.get(key, 0.0), *(c["test_accuracy"] for c in r["rows"]))
     total = health.score_detector([], 2)  # every count at zero
-    for k in sorted({r["classes"] for r in runs}, key=str):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            where = next(r.get("where", "a cell") for r in runs if r["classes"] == k)
-            raise ValueError(f"{where} records classes={k!r}, not a number of classes")
+    for r in runs:
+        _classes(r)
+    for k in sorted({r["classes"] for r in runs}):
         rows = []
         for r in (r for r in runs if r["classes"] == k):
             for i, c in enumerate(r["rows"]):
